@@ -1,0 +1,129 @@
+//! Admin token and phone basic-auth checking: hashed secrets, constant-time comparison,
+//! lenient-but-safe header parsing. Never logs credentials.
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// SHA-256 of a secret.
+pub fn hash(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Constant-time equality of two secrets (compared as hashes, so lengths do not leak).
+pub fn secret_eq(a: &str, b: &str) -> bool {
+    hash(a).ct_eq(&hash(b)).into()
+}
+
+/// Constant-time check of `secret` against a stored hash.
+pub fn matches_hash(secret: &str, stored: &[u8]) -> bool {
+    stored.len() == 32 && bool::from(hash(secret).ct_eq(stored))
+}
+
+/// A random secret of `n` characters from an unambiguous alphabet (CSPRNG).
+pub fn random_secret(n: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    // Rejection sampling keeps every character equally likely.
+    let limit = 256 - 256 % ALPHABET.len();
+    let mut out = String::with_capacity(n);
+    while out.len() < n {
+        let b = rand::random::<u8>() as usize;
+        if b < limit {
+            out.push(ALPHABET[b % ALPHABET.len()] as char);
+        }
+    }
+    out
+}
+
+/// Credentials from an `Authorization: Basic` header.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicCredentials {
+    /// User.
+    pub user: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for BasicCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicCredentials").field("user", &self.user).field("password", &"<redacted>").finish()
+    }
+}
+
+impl BasicCredentials {
+    /// Parses a Basic header: scheme case-insensitive, any run of spaces after it (RFC 7235
+    /// allows it; http-auth-basic does not), UTF-8, non-empty user and password.
+    pub fn parse(header: &[u8]) -> Option<Self> {
+        let s = std::str::from_utf8(header).ok()?;
+        let (scheme, rest) = s.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let token = rest.trim_start_matches(' ').trim_end();
+        if token.is_empty() || token.contains(' ') {
+            return None;
+        }
+        let c = http_auth_basic::Credentials::decode(token.to_string()).ok()?;
+        if c.user_id.is_empty() || c.password.is_empty() {
+            return None;
+        }
+        Some(BasicCredentials { user: c.user_id, password: c.password })
+    }
+
+    /// Constant-time check against a plaintext pair (both halves always compared).
+    pub fn matches(&self, user: &str, password: &str) -> bool {
+        secret_eq(&self.user, user) & secret_eq(&self.password, password)
+    }
+}
+
+/// Extracts the token of an `Authorization: Bearer` header.
+pub fn bearer(header: &[u8]) -> Option<&str> {
+    let s = std::str::from_utf8(header).ok()?;
+    let (scheme, rest) = s.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let t = rest.trim();
+    if t.is_empty() { None } else { Some(t) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn basic_variants() {
+        let ok = BasicCredentials { user: "phone".into(), password: "secret".into() };
+        assert_eq!(BasicCredentials::parse(b"Basic cGhvbmU6c2VjcmV0"), Some(ok.clone()));
+        assert_eq!(BasicCredentials::parse(b"basic cGhvbmU6c2VjcmV0"), Some(ok.clone()));
+        assert_eq!(BasicCredentials::parse(b"Basic  cGhvbmU6c2VjcmV0"), Some(ok));
+        assert_eq!(BasicCredentials::parse(b"Basic cGhvbmU6"), None, "empty password");
+        assert_eq!(BasicCredentials::parse(b"Basic OnNlY3JldA=="), None, "empty user");
+        assert_eq!(BasicCredentials::parse(b"Bearer abc"), None);
+        assert_eq!(BasicCredentials::parse(b"Basic"), None);
+        assert_eq!(BasicCredentials::parse(b"Basic \xff\xfe"), None);
+        assert_eq!(BasicCredentials::parse(b"Basic cGhvbmU6c2VjcmV0="), None, "bad padding");
+        let c = BasicCredentials::parse(b"Basic dXNlcjpwYTpzcw==").unwrap();
+        assert_eq!(c.password, "pa:ss");
+        assert!(c.matches("user", "pa:ss") && !c.matches("user", "pa"));
+        assert!(!format!("{c:?}").contains("pa:ss"));
+    }
+
+    #[test]
+    fn tokens() {
+        assert_eq!(bearer(b"Bearer abc"), Some("abc"));
+        assert_eq!(bearer(b"bearer  abc "), Some("abc"));
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert!(matches_hash("abc", &hash("abc")));
+        assert!(!matches_hash("abd", &hash("abc")));
+        assert_eq!(random_secret(16).len(), 16);
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(b in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = BasicCredentials::parse(&b);
+            let _ = bearer(&b);
+        }
+    }
+}

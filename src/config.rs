@@ -1,0 +1,277 @@
+//! Turns built-in defaults, `autoprov.toml`, `AUTOPROV_*` env vars and CLI flags (in that
+//! rising precedence) into one validated `Config`, with errors naming the key. Reads no
+//! environment itself: clap does that for flags, and the file text is passed in.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::model::settings::{self, Settings};
+
+/// Command line (each flag is also an `AUTOPROV_*` variable).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "autoprov", version, about = "Auto-provisioning server for SIP desk phones and ATAs")]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Address to listen on [default: 0.0.0.0:8080].
+    #[arg(long, env = "AUTOPROV_LISTEN", global = true)]
+    pub listen: Option<String>,
+    /// Data folder (sled store, admin token, credentials) [default: ./data].
+    #[arg(long, env = "AUTOPROV_DATA", global = true)]
+    pub data: Option<PathBuf>,
+    /// Models folder [default: ./models].
+    #[arg(long, env = "AUTOPROV_MODELS", global = true)]
+    pub models: Option<PathBuf>,
+    /// Templates folder [default: ./templates].
+    #[arg(long, env = "AUTOPROV_TEMPLATES", global = true)]
+    pub templates: Option<PathBuf>,
+    /// Config file [default: ./autoprov.toml if it exists].
+    #[arg(long, env = "AUTOPROV_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Log format: `text` or `json` [default: text].
+    #[arg(long, env = "AUTOPROV_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+}
+
+/// `autoprov.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    /// Listen address.
+    pub listen: Option<String>,
+    /// Data folder.
+    pub data: Option<PathBuf>,
+    /// Models folder.
+    pub models: Option<PathBuf>,
+    /// Templates folder.
+    pub templates: Option<PathBuf>,
+    /// Log format.
+    pub log_format: Option<String>,
+    /// sled page cache in MiB.
+    pub store_cache_mb: Option<u64>,
+    /// Server-wide defaults (settings layer).
+    pub defaults: Option<toml::Table>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data folder.
+    pub data: PathBuf,
+    /// Models folder.
+    pub models: PathBuf,
+    /// Templates folder.
+    pub templates: PathBuf,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// sled page cache in bytes.
+    pub store_cache_bytes: u64,
+    /// Server-wide defaults.
+    pub defaults: Settings,
+}
+
+/// A configuration error naming the key and its source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid (unknown key, wrong type).
+    #[error("config file {path}: {message}")]
+    File {
+        /// Path.
+        path: PathBuf,
+        /// What toml said, naming the key.
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("{key}: {message}")]
+    Value {
+        /// The key, with its source (`--listen`, `autoprov.toml: defaults.x`).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Defaults for tests: listen on 127.0.0.1:0, folders as given.
+    pub fn for_test(data: PathBuf, models: PathBuf, templates: PathBuf) -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data,
+            models,
+            templates,
+            log_format: LogFormat::Text,
+            store_cache_bytes: 16 << 20,
+            defaults: Settings::new(),
+        }
+    }
+
+    /// Resolves the CLI (flags + env, already merged by clap) over the file text.
+    pub fn resolve(cli: &Cli, file: Option<(PathBuf, String)>) -> Result<Self, ConfigError> {
+        let (path, fc) = match file {
+            Some((path, text)) => {
+                let fc: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    message: e.message().to_string(),
+                })?;
+                (path, fc)
+            }
+            None => (PathBuf::from("autoprov.toml"), FileConfig::default()),
+        };
+        let listen_raw = cli.listen.clone().or(fc.listen).unwrap_or_else(|| "0.0.0.0:8080".into());
+        let listen = listen_raw.parse::<SocketAddr>().map_err(|_| ConfigError::Value {
+            key: "listen".into(),
+            message: format!("{listen_raw:?} is not an address like 0.0.0.0:8080"),
+        })?;
+        let log_format = match cli.log_format.clone().or(fc.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Value {
+                    key: "log-format".into(),
+                    message: format!("{other:?} is not text or json"),
+                });
+            }
+        };
+        let mut defaults = Settings::new();
+        for (k, v) in fc.defaults.unwrap_or_default() {
+            let key = format!("{}: defaults.{k}", path.display());
+            if !settings::valid_key(&k) {
+                return Err(ConfigError::Value { key, message: "is not a valid setting name".into() });
+            }
+            let s = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                _ => {
+                    return Err(ConfigError::Value { key, message: "must be a string or an integer".into() });
+                }
+            };
+            settings::check_value(&k, &s).map_err(|message| ConfigError::Value { key, message })?;
+            defaults.insert(k, s);
+        }
+        let mb = fc.store_cache_mb.unwrap_or(64);
+        if mb == 0 || mb > 65536 {
+            return Err(ConfigError::Value {
+                key: "store-cache-mb".into(),
+                message: "must be from 1 to 65536".into(),
+            });
+        }
+        Ok(Config {
+            listen,
+            data: cli.data.clone().or(fc.data).unwrap_or_else(|| "./data".into()),
+            models: cli.models.clone().or(fc.models).unwrap_or_else(|| "./models".into()),
+            templates: cli.templates.clone().or(fc.templates).unwrap_or_else(|| "./templates".into()),
+            log_format,
+            store_cache_bytes: mb << 20,
+            defaults,
+        })
+    }
+
+    /// Reads the config file named by `--config`, else `./autoprov.toml` if it exists.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(p) => Some(p.clone()),
+            None => {
+                let p = PathBuf::from("autoprov.toml");
+                p.exists().then_some(p)
+            }
+        };
+        let file = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                Some((path, text))
+            }
+            None => None,
+        };
+        Self::resolve(cli, file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut v = vec!["autoprov"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn clap_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::resolve(&cli(&[]), None).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.data, PathBuf::from("./data"));
+        assert_eq!(c.models, PathBuf::from("./models"));
+        assert_eq!(c.templates, PathBuf::from("./templates"));
+    }
+
+    #[test]
+    fn flag_beats_file() {
+        let file = Some(("a.toml".into(), "listen = \"127.0.0.1:9000\"\ndata = \"/x\"".to_string()));
+        let c = Config::resolve(&cli(&["--listen", "127.0.0.1:9001"]), file).unwrap();
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.data, PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let file = Some(("a.toml".into(), "lisen = \"x\"".to_string()));
+        let e = Config::resolve(&cli(&[]), file).unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = Config::resolve(&cli(&["--listen", "nope"]), None).unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+        let file = Some((
+            "a.toml".into(),
+            "[defaults]\ndevice-provisioning-sip-transport-protocol = \"sctp\"".to_string(),
+        ));
+        let e = Config::resolve(&cli(&[]), file).unwrap_err().to_string();
+        assert!(e.contains("defaults.device-provisioning-sip-transport-protocol"), "{e}");
+    }
+
+    #[test]
+    fn serve_is_a_subcommand() {
+        assert!(matches!(cli(&["serve", "--listen", "127.0.0.1:1"]).command, Some(Command::Serve)));
+    }
+}

@@ -1,0 +1,173 @@
+//! `AppError` (wrapping each layer's error), its mapping to HTTP status in one exhaustive
+//! match, and the JSON error body `{"error":{"code","message","field"}}`. Phone-facing
+//! errors get small plain-text bodies instead. Source error text never reaches a client.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::render::RenderError;
+use crate::store::StoreError;
+
+/// Every error a request can end in.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A field is invalid (400).
+    #[error("{field}: {message}")]
+    Invalid {
+        /// JSON path of the field (`members[1].port`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The body is not JSON, or not the expected shape (400).
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// Not `application/json` (415).
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// Missing or wrong admin token (401).
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// Missing or wrong phone credentials (401 with a Basic challenge).
+    #[error("authentication required")]
+    PhoneUnauthorized,
+    /// Refused (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such resource (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Conflicts with existing data (409).
+    #[error("{field}: {message}")]
+    Conflict {
+        /// The field in conflict.
+        field: String,
+        /// What conflicts.
+        message: String,
+    },
+    /// Method not allowed on this path (405).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The store failed (500).
+    #[error("store")]
+    Store(#[from] StoreError),
+    /// A template failed (500).
+    #[error("render")]
+    Render(#[from] RenderError),
+}
+
+impl AppError {
+    /// 400 naming `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        AppError::Invalid { field: field.into(), message: message.into() }
+    }
+
+    /// 409 naming `field`.
+    pub fn conflict(field: impl Into<String>, message: impl Into<String>) -> Self {
+        AppError::Conflict { field: field.into(), message: message.into() }
+    }
+
+    /// Status, stable code, and the field when there is one.
+    pub fn parts(&self) -> (StatusCode, &'static str, Option<&str>) {
+        match self {
+            AppError::Invalid { field, .. } => (StatusCode::BAD_REQUEST, "invalid", Some(field)),
+            AppError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json", None),
+            AppError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", None)
+            }
+            AppError::Unauthorized | AppError::PhoneUnauthorized => {
+                (StatusCode::UNAUTHORIZED, "unauthorized", None)
+            }
+            AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
+            AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            AppError::Conflict { field, .. } => (StatusCode::CONFLICT, "conflict", Some(field)),
+            AppError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
+            }
+            AppError::Store(_) | AppError::Render(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
+            }
+        }
+    }
+
+    fn client_message(&self) -> String {
+        match self {
+            AppError::Invalid { message, .. } | AppError::Conflict { message, .. } => {
+                message.clone()
+            }
+            AppError::Store(_) | AppError::Render(_) => "internal error; see the server log".into(),
+            other => other.to_string(),
+        }
+    }
+
+    fn log(&self) {
+        if let AppError::Store(_) | AppError::Render(_) = self {
+            tracing::error!(error = %crate::render::error_chain(self), "request failed");
+        }
+    }
+
+    /// The plain-text response phones get.
+    pub fn into_phone_response(self) -> Response {
+        self.log();
+        let (status, _, _) = self.parts();
+        let body = match status {
+            StatusCode::UNAUTHORIZED => "authentication required\n",
+            StatusCode::FORBIDDEN => "forbidden\n",
+            StatusCode::NOT_FOUND => "not found\n",
+            StatusCode::METHOD_NOT_ALLOWED => "method not allowed\n",
+            _ if status.is_server_error() => "internal error\n",
+            _ => "bad request\n",
+        };
+        let mut r = (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response();
+        add_challenge(&self, &mut r);
+        r
+    }
+}
+
+fn add_challenge(e: &AppError, r: &mut Response) {
+    match e {
+        AppError::PhoneUnauthorized => {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"autoprov\""));
+        }
+        AppError::Unauthorized => {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"autoprov\""));
+        }
+        AppError::MethodNotAllowed => {
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        _ => {}
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        self.log();
+        let (status, code, field) = self.parts();
+        let mut err = json!({ "code": code, "message": self.client_message() });
+        if let Some(f) = field {
+            err["field"] = json!(f);
+        }
+        let mut r = (status, axum::Json(json!({ "error": err }))).into_response();
+        if !matches!(self, AppError::MethodNotAllowed) {
+            add_challenge(&self, &mut r);
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(AppError::invalid("a", "b").parts().0, StatusCode::BAD_REQUEST);
+        assert_eq!(AppError::UnsupportedMediaType.parts().0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(AppError::conflict("a", "b").parts().0, StatusCode::CONFLICT);
+        let r = AppError::PhoneUnauthorized.into_phone_response();
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Basic realm=\"autoprov\"");
+    }
+}

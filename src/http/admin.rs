@@ -1,0 +1,973 @@
+//! The admin JSON API under `/api/v1`: DTOs kept apart from store records, field-level
+//! validation before any write, one all-or-nothing store commit per request, flushed
+//! before the 2xx. Status codes as DESIGN.md §3 lists them.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::body::{Fields, JsonBody, Patch, merge_patch};
+use crate::AppState;
+use crate::auth;
+use crate::error::AppError;
+use crate::model::records::account_id;
+use crate::model::settings::{self as st, SEED_FLAGS};
+use crate::model::{Account, Domain, FileRef, LineType, Mac, Member, Model, Phone};
+use crate::render::overlay;
+use crate::store::{Change, render_key};
+
+/// The admin routes (mounted under `/api/v1`).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/models", get(list_models))
+        .route("/domains/{domain}", get(get_domain).put(put_domain).delete(delete_domain))
+        .route("/domains/{domain}/users/{user}/devices", get(list_accounts).post(post_account))
+        .route(
+            "/domains/{domain}/users/{user}/devices/{device}",
+            get(get_account).put(put_account).delete(delete_account),
+        )
+        .route("/phones", get(list_phones))
+        .route("/phones/{mac}", get(get_phone).put(put_phone).delete(delete_phone))
+        .route("/phones/{mac}/members", get(get_members).put(put_members))
+        .route("/phones/{mac}/files/{file}", get(preview))
+}
+
+/// Proof that the request carries a valid admin token.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// The token's domain (`None` for the server-wide token).
+    pub domain: Option<String>,
+    /// The token's user.
+    pub user: Option<String>,
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, AppError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| auth::bearer(v.as_bytes()))
+            .ok_or(AppError::Unauthorized)?;
+        if auth::matches_hash(token, &st.admin_token_hash) {
+            Ok(Admin { domain: None, user: None })
+        } else {
+            Err(AppError::Unauthorized)
+        }
+    }
+}
+
+fn check_name(field: &str, v: &str, max: usize) -> Result<(), AppError> {
+    if v.is_empty() || v.len() > max || !v.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-')) {
+        return Err(AppError::invalid(field, format!("must be 1 to {max} of A-Z a-z 0-9 . _ -")));
+    }
+    Ok(())
+}
+
+/// Resolves `~` in the domain path segment to the token's domain.
+fn resolve_domain(admin: &Admin, domain: &str) -> Result<String, AppError> {
+    let d = if domain == "~" {
+        admin.domain.clone().ok_or_else(|| AppError::invalid("domain", "`~` needs a token bound to a domain; name the domain"))?
+    } else {
+        domain.to_string()
+    };
+    check_name("domain", &d, 64)?;
+    Ok(d)
+}
+
+fn resolve_user(admin: &Admin, user: &str) -> Result<String, AppError> {
+    let u = if user == "~" {
+        admin.user.clone().ok_or_else(|| AppError::invalid("user", "`~` needs a token bound to a user; name the user"))?
+    } else {
+        user.to_string()
+    };
+    check_name("user", &u, 16)?;
+    Ok(u)
+}
+
+fn parse_mac(field: &str, s: &str) -> Result<Mac, AppError> {
+    Mac::parse(s).map_err(|e| AppError::invalid(field, e.to_string()))
+}
+
+fn created_or_ok(created: bool, body: Value) -> Response {
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    (status, Json(body)).into_response()
+}
+
+// ---------------------------------------------------------------- models
+
+async fn list_models(_: Admin, State(st): State<AppState>) -> Json<Value> {
+    let models: Vec<Value> = st
+        .catalogue
+        .models()
+        .map(|m| {
+            json!({
+                "id": m.id, "vendor": m.vendor, "name": m.name, "ports": m.ports,
+                "lineKeys": m.line_keys, "ata": m.ata,
+                "files": m.files.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+                "defaults": m.settings,
+            })
+        })
+        .collect();
+    Json(json!({ "models": models }))
+}
+
+// ---------------------------------------------------------------- domains
+
+fn domain_json(d: &Domain) -> Value {
+    json!({
+        "domain": d.name,
+        "defaults": d.settings,
+        "device-provisioning-username": d.provisioning_username,
+    })
+}
+
+async fn get_domain(a: Admin, State(st): State<AppState>, Path(domain): Path<String>) -> Result<Json<Value>, AppError> {
+    let name = resolve_domain(&a, &domain)?;
+    let d = st.store.domain(&name)?.ok_or_else(|| AppError::NotFound(format!("no domain {name}")))?;
+    Ok(Json(domain_json(&d)))
+}
+
+async fn put_domain(
+    a: Admin,
+    State(st): State<AppState>,
+    Path(domain): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, AppError> {
+    let name = resolve_domain(&a, &domain)?;
+    let (change, d, created) = {
+        let _w = st.store.writer();
+        let existing = st.store.domain(&name)?;
+        let created = existing.is_none();
+        let mut d = existing.clone().unwrap_or_else(|| Domain { name: name.clone(), ..Default::default() });
+        let mut f = Fields::new(body, "");
+        f.echo("domain", &name)?;
+        let defaults = f.take("defaults");
+        merge_patch(&mut d.settings, "defaults", defaults, &|k, v| {
+            if !st::valid_key(k) {
+                return Err("is not a valid setting name".into());
+            }
+            st::check_value(k, v)
+        })?;
+        set_opt(&mut d.provisioning_username, f.string("device-provisioning-username")?);
+        set_opt(&mut d.provisioning_password, f.string("device-provisioning-password")?);
+        f.finish()?;
+        if d.provisioning_username.is_some() != d.provisioning_password.is_some() {
+            return Err(AppError::invalid(
+                "device-provisioning-password",
+                "provisioning username and password are set together",
+            ));
+        }
+        let mut change = Change::default();
+        if existing.as_ref() != Some(&d) {
+            change.touch.extend(st.store.phones_in_domain(&name)?);
+            change.domains.push((name.clone(), Some(d.clone())));
+            st.store.commit(&change)?;
+        }
+        (change, d, created)
+    };
+    if !change.is_empty() {
+        st.store.flush().await?;
+    }
+    Ok(created_or_ok(created, domain_json(&d)))
+}
+
+fn set_opt(target: &mut Option<String>, p: Patch<String>) {
+    match p {
+        Patch::Absent => {}
+        Patch::Null => *target = None,
+        Patch::Set(v) => *target = Some(v),
+    }
+}
+
+async fn delete_domain(a: Admin, State(st): State<AppState>, Path(domain): Path<String>) -> Result<StatusCode, AppError> {
+    let name = resolve_domain(&a, &domain)?;
+    {
+        let _w = st.store.writer();
+        if st.store.domain(&name)?.is_none() {
+            return Err(AppError::NotFound(format!("no domain {name}")));
+        }
+        if st.store.domain_in_use(&name)? {
+            return Err(AppError::conflict("domain", "the domain still has phones or accounts; delete them first"));
+        }
+        st.store.commit(&Change { domains: vec![(name, None)], ..Default::default() })?;
+    }
+    st.store.flush().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- accounts
+
+/// The phone an account is linked to (the first phone it is a member of), with its port.
+fn linked_phone(st: &AppState, id: &str) -> Result<Option<(Phone, u32)>, AppError> {
+    for mac in st.store.phones_of_account(id)? {
+        if let Some(p) = st.store.phone(mac)?
+            && let Some(m) = p.members.iter().find(|m| m.id == id)
+        {
+            let port = m.port;
+            return Ok(Some((p, port)));
+        }
+    }
+    Ok(None)
+}
+
+fn account_json(st: &AppState, a: &Account) -> Result<Value, AppError> {
+    let get = |k: &str, default: &str| a.settings.get(k).cloned().unwrap_or_else(|| default.to_string());
+    let mut o = Map::new();
+    o.insert("id".into(), json!(a.id()));
+    o.insert("domain".into(), json!(a.domain));
+    o.insert("user".into(), json!(a.user));
+    o.insert("device".into(), json!(a.device));
+    o.insert(st::EMERGENCY_CID.into(), json!(get(st::EMERGENCY_CID, "[*]")));
+    for (flag, default) in SEED_FLAGS {
+        o.insert((*flag).into(), json!(get(flag, default)));
+    }
+    let expiry = get(st::EXPIRY, "60");
+    o.insert(st::EXPIRY.into(), json!(expiry.parse::<i64>().unwrap_or(60)));
+    o.insert(st::SRTP.into(), json!(get(st::SRTP, "no")));
+    o.insert(st::RECORDING.into(), json!(get(st::RECORDING, "no")));
+    o.insert(st::ALLOWED_UA.into(), json!(a.settings.get(st::ALLOWED_UA)));
+    o.insert(st::NAT.into(), json!(get(st::NAT, "automatic")));
+    o.insert("emergency-address-id".into(), json!(a.emergency_address_id));
+    let linked = linked_phone(st, &a.id())?;
+    o.insert("device-models-model".into(), json!(linked.as_ref().map(|(p, _)| p.model.clone())));
+    o.insert("device-provisioning-mac-address".into(), json!(linked.as_ref().map(|(p, _)| p.mac.lower())));
+    o.insert("device-provisioning-line".into(), json!(linked.as_ref().map(|(_, port)| *port)));
+    o.insert(st::CORE_SERVER.into(), json!(a.settings.get(st::CORE_SERVER)));
+    o.insert(st::TRANSPORT.into(), json!(get(st::TRANSPORT, "udp")));
+    o.insert("device-provisioning-username".into(), json!(a.provisioning_username));
+    o.insert("device-provisioning-overrides".into(), json!(a.overrides));
+    Ok(Value::Object(o))
+}
+
+/// The account-level settings fields a body may carry (stored in `Account::settings`).
+fn account_setting_fields() -> impl Iterator<Item = &'static str> {
+    [st::EMERGENCY_CID, st::EXPIRY, st::SRTP, st::RECORDING, st::ALLOWED_UA, st::NAT, st::CORE_SERVER, st::TRANSPORT]
+        .into_iter()
+        .chain(SEED_FLAGS.iter().map(|(k, _)| *k))
+}
+
+/// Parses `device-provisioning-overrides`: an object of key → string, or the NetSapiens
+/// string form with one `key = value` (or `key: value`) per line.
+fn parse_overrides(field: &str, v: Value) -> Result<crate::model::Overrides, AppError> {
+    let mut out = crate::model::Overrides::new();
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                let Value::String(s) = v else {
+                    return Err(AppError::invalid(format!("{field}.{k}"), "must be a string"));
+                };
+                out.insert(k, s);
+            }
+        }
+        Value::String(s) => {
+            for (i, line) in s.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let (k, v) = line
+                    .split_once('=')
+                    .or_else(|| line.split_once(':'))
+                    .ok_or_else(|| AppError::invalid(field, format!("line {} is not `key = value`", i + 1)))?;
+                out.insert(k.trim().to_string(), v.trim().to_string());
+            }
+        }
+        _ => return Err(AppError::invalid(field, "must be an object of key → string value, or `key = value` lines")),
+    }
+    Ok(out)
+}
+
+fn check_overrides(model: &Model, field: &str, ov: &crate::model::Overrides) -> Result<(), AppError> {
+    for (k, v) in ov {
+        for f in &model.files {
+            overlay::check_override(f.format, k, v).map_err(|m| AppError::invalid(format!("{field}.{k}"), m))?;
+        }
+    }
+    Ok(())
+}
+
+/// What an account body asks of its phone link.
+struct LinkRequest {
+    mac: Patch<Mac>,
+    model: Patch<String>,
+    line: Patch<i64>,
+}
+
+/// Builds the change for creating/updating an account. Runs under the writer lock.
+fn account_change(
+    st: &AppState,
+    domain: &str,
+    user: &str,
+    device: &str,
+    body: Map<String, Value>,
+    create_only: bool,
+) -> Result<(Change, Account, bool), AppError> {
+    if st.store.domain(domain)?.is_none() {
+        return Err(AppError::NotFound(format!("no domain {domain}")));
+    }
+    let id = account_id(domain, device);
+    let existing = st.store.account(&id)?;
+    if let Some(e) = &existing {
+        if create_only {
+            return Err(AppError::conflict("device", format!("device {device} already exists in {domain}")));
+        }
+        if e.user != user {
+            return Err(AppError::conflict("device", format!("device {device} belongs to user {} in {domain}", e.user)));
+        }
+    }
+    let created = existing.is_none();
+    let mut acc = existing.clone().unwrap_or_else(|| Account {
+        domain: domain.into(),
+        user: user.into(),
+        device: device.into(),
+        password: auth::random_secret(16),
+        ..Default::default()
+    });
+    let mut f = Fields::new(body, "");
+    f.echo("device", device)?;
+    f.echo("domain", domain)?;
+    f.echo("user", user)?;
+    f.echo("id", &id)?;
+    match f.string("device-sip-registration-password")? {
+        Patch::Set(p) if p.is_empty() => {
+            return Err(AppError::invalid("device-sip-registration-password", "must not be empty"));
+        }
+        Patch::Set(p) => acc.password = p,
+        Patch::Null => acc.password = auth::random_secret(16),
+        Patch::Absent => {}
+    }
+    for key in account_setting_fields() {
+        match f.setting(key)? {
+            Patch::Set(v) => {
+                acc.settings.insert(key.to_string(), v);
+            }
+            Patch::Null => {
+                acc.settings.remove(key);
+            }
+            Patch::Absent => {}
+        }
+    }
+    set_opt(&mut acc.emergency_address_id, f.string("emergency-address-id")?);
+    set_opt(&mut acc.provisioning_username, f.string("device-provisioning-username")?);
+    set_opt(&mut acc.provisioning_password, f.string("device-provisioning-password")?);
+    let prov_named = acc.provisioning_username != existing.as_ref().and_then(|e| e.provisioning_username.clone())
+        || acc.provisioning_password != existing.as_ref().and_then(|e| e.provisioning_password.clone());
+    let overrides_named = match f.take("device-provisioning-overrides") {
+        Patch::Set(v) => {
+            acc.overrides = Some(parse_overrides("device-provisioning-overrides", v)?);
+            true
+        }
+        Patch::Null => {
+            acc.overrides = None;
+            true
+        }
+        Patch::Absent => false,
+    };
+    let link = LinkRequest {
+        mac: match f.string("device-provisioning-mac-address")? {
+            Patch::Set(s) => Patch::Set(parse_mac("device-provisioning-mac-address", &s)?),
+            Patch::Null => Patch::Null,
+            Patch::Absent => Patch::Absent,
+        },
+        model: f.string("device-models-model")?,
+        line: f.int("device-provisioning-line", 1, 64)?,
+    };
+    f.finish()?;
+    if acc.provisioning_username.is_some() != acc.provisioning_password.is_some() {
+        return Err(AppError::invalid("device-provisioning-password", "provisioning username and password are set together"));
+    }
+
+    let mut change = Change::default();
+    let current = linked_phone(st, &id)?;
+    // Which phone the account should end up linked to.
+    let target_mac = match &link.mac {
+        Patch::Set(m) => Some(*m),
+        Patch::Null => None,
+        Patch::Absent => current.as_ref().map(|(p, _)| p.mac),
+    };
+    if link.model.named() && !link.mac.named() && target_mac.is_none() {
+        return Err(AppError::invalid("device-models-model", "needs device-provisioning-mac-address to link a phone"));
+    }
+    if link.line.named() && target_mac.is_none() {
+        return Err(AppError::invalid("device-provisioning-line", "needs device-provisioning-mac-address to link a phone"));
+    }
+    // Unlink from the previous phone when the MAC changes or is cleared.
+    if let Some((old, _)) = &current
+        && target_mac != Some(old.mac)
+    {
+        let mut p = old.clone();
+        p.members.retain(|m| m.id != id);
+        change.phones.push((p.mac, Some(p)));
+    }
+    if let Some(mac) = target_mac {
+        let existing_phone = match &current {
+            Some((p, _)) if p.mac == mac => Some(p.clone()),
+            _ => st.store.phone(mac)?,
+        };
+        let mut phone = match existing_phone {
+            Some(p) => {
+                if let Patch::Set(m) = &link.model
+                    && *m != p.model
+                {
+                    return Err(AppError::conflict(
+                        "device-models-model",
+                        format!("{} is linked as {}; change the model with PUT /phones/{}", mac.lower(), p.model, mac.lower()),
+                    ));
+                }
+                if let Some(d) = &p.domain
+                    && d != domain
+                {
+                    return Err(AppError::conflict(
+                        "device-provisioning-mac-address",
+                        format!("{} belongs to another domain", mac.lower()),
+                    ));
+                }
+                p
+            }
+            None => {
+                let Patch::Set(model) = &link.model else {
+                    return Err(AppError::invalid(
+                        "device-models-model",
+                        "is required to link a MAC that is not provisioned yet",
+                    ));
+                };
+                if st.catalogue.get(model).is_none() {
+                    return Err(AppError::invalid("device-models-model", format!("unknown model {model:?}; see GET /api/v1/models")));
+                }
+                Phone::new(mac, model.clone())
+            }
+        };
+        if let Patch::Set(m) = &link.model
+            && st.catalogue.get(m).is_none()
+        {
+            return Err(AppError::invalid("device-models-model", format!("unknown model {m:?}; see GET /api/v1/models")));
+        }
+        let model = st
+            .catalogue
+            .get(&phone.model)
+            .ok_or_else(|| AppError::conflict("device-models-model", format!("model {} is not loaded", phone.model)))?;
+        phone.domain = Some(domain.to_string());
+        let already = phone.members.iter().position(|m| m.id == id);
+        let wanted_port = match link.line {
+            Patch::Set(n) => Some(n as u32),
+            _ => None,
+        };
+        match (already, wanted_port) {
+            (Some(i), Some(port)) if phone.members[i].port != port => {
+                let mut moved = phone.members.remove(i);
+                moved.port = port;
+                place(&phone, model, &moved, "device-provisioning-line")?;
+                phone.members.push(moved);
+            }
+            (Some(_), _) => {}
+            (None, port) => {
+                let port = match port {
+                    Some(p) => p,
+                    None => phone.first_free_port(model.ports).ok_or_else(|| {
+                        AppError::conflict("device-provisioning-mac-address", format!("all {} ports of {} are taken", model.ports, mac.lower()))
+                    })?,
+                };
+                let mut m = Member::new(port, id.clone());
+                m.primary_owner = !phone.members.iter().any(|m| m.primary_owner);
+                place(&phone, model, &m, "device-provisioning-line")?;
+                phone.members.push(m);
+            }
+        }
+        phone.members.sort_by_key(|m| m.port);
+        if prov_named || link.mac.named() {
+            if let (Some(u), Some(p)) = (&acc.provisioning_username, &acc.provisioning_password) {
+                phone.provisioning_username = Some(u.clone());
+                phone.provisioning_password = Some(p.clone());
+            }
+        }
+        if overrides_named || (link.mac.named() && acc.overrides.is_some()) {
+            let ov = acc.overrides.clone().unwrap_or_default();
+            check_overrides(model, "device-provisioning-overrides", &ov)?;
+            phone.overrides = ov;
+        }
+        change.phones.push((mac, Some(phone)));
+    } else if overrides_named {
+        if let Some(ov) = &acc.overrides {
+            for (k, v) in ov {
+                overlay::check_override(crate::model::Format::KeyValue, k, v)
+                    .map_err(|m| AppError::invalid(format!("device-provisioning-overrides.{k}"), m))?;
+            }
+        }
+    }
+    if existing.as_ref() != Some(&acc) {
+        change.touch.extend(st.store.phones_of_account(&id)?);
+        change.accounts.push((id, Some(acc.clone())));
+    }
+    Ok((change, acc, created))
+}
+
+/// Checks that `m` fits on `phone` (inside the model's ports, no overlap with others).
+fn place(phone: &Phone, model: &Model, m: &Member, field: &str) -> Result<(), AppError> {
+    let last = m.port.saturating_add(m.line_weight.max(1) - 1);
+    if m.port == 0 || last > model.ports {
+        return Err(AppError::invalid(field, format!("port {} with lineWeight {} does not fit the {} ports of {}", m.port, m.line_weight, model.ports, model.id)));
+    }
+    if let Some(o) = phone.members.iter().find(|o| o.id != m.id && o.ports().any(|p| m.ports().contains(&p))) {
+        return Err(AppError::conflict(field, format!("port {} is taken by {}", m.port, o.id)));
+    }
+    Ok(())
+}
+
+async fn write_account(
+    a: Admin,
+    st: AppState,
+    domain: String,
+    user: String,
+    device: Option<String>,
+    body: Map<String, Value>,
+) -> Result<Response, AppError> {
+    let domain = resolve_domain(&a, &domain)?;
+    let user = resolve_user(&a, &user)?;
+    let create_only = device.is_none();
+    let device = match device {
+        Some(d) => d,
+        None => match body.get("device") {
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => return Err(AppError::invalid("device", "must be a string")),
+            None => return Err(AppError::invalid("device", "is required")),
+        },
+    };
+    check_name("device", &device, 64)?;
+    let (change, acc, created) = {
+        let _w = st.store.writer();
+        let (change, acc, created) = account_change(&st, &domain, &user, &device, body, create_only)?;
+        st.store.commit(&change)?;
+        (change, acc, created)
+    };
+    if !change.is_empty() {
+        st.store.flush().await?;
+    }
+    Ok(created_or_ok(created, account_json(&st, &acc)?))
+}
+
+async fn post_account(
+    a: Admin,
+    State(st): State<AppState>,
+    Path((domain, user)): Path<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, AppError> {
+    write_account(a, st, domain, user, None, body).await
+}
+
+async fn put_account(
+    a: Admin,
+    State(st): State<AppState>,
+    Path((domain, user, device)): Path<(String, String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, AppError> {
+    write_account(a, st, domain, user, Some(device), body).await
+}
+
+fn find_account(st: &AppState, a: &Admin, domain: &str, user: &str, device: &str) -> Result<Account, AppError> {
+    let domain = resolve_domain(a, domain)?;
+    let user = resolve_user(a, user)?;
+    check_name("device", device, 64)?;
+    match st.store.account(&account_id(&domain, device))? {
+        Some(acc) if acc.user == user => Ok(acc),
+        _ => Err(AppError::NotFound(format!("no device {device} for user {user} in {domain}"))),
+    }
+}
+
+async fn get_account(
+    a: Admin,
+    State(st): State<AppState>,
+    Path((domain, user, device)): Path<(String, String, String)>,
+) -> Result<Json<Value>, AppError> {
+    let acc = find_account(&st, &a, &domain, &user, &device)?;
+    Ok(Json(account_json(&st, &acc)?))
+}
+
+async fn list_accounts(
+    a: Admin,
+    State(st): State<AppState>,
+    Path((domain, user)): Path<(String, String)>,
+) -> Result<Json<Value>, AppError> {
+    let domain = resolve_domain(&a, &domain)?;
+    let user = resolve_user(&a, &user)?;
+    if st.store.domain(&domain)?.is_none() {
+        return Err(AppError::NotFound(format!("no domain {domain}")));
+    }
+    let list: Result<Vec<Value>, AppError> =
+        st.store.accounts_of(&domain, Some(&user))?.iter().map(|acc| account_json(&st, acc)).collect();
+    Ok(Json(Value::Array(list?)))
+}
+
+async fn delete_account(
+    a: Admin,
+    State(st): State<AppState>,
+    Path((domain, user, device)): Path<(String, String, String)>,
+) -> Result<StatusCode, AppError> {
+    {
+        let _w = st.store.writer();
+        let acc = find_account(&st, &a, &domain, &user, &device)?;
+        let id = acc.id();
+        let mut change = Change::default();
+        for mac in st.store.phones_of_account(&id)? {
+            if let Some(mut p) = st.store.phone(mac)? {
+                p.members.retain(|m| m.id != id);
+                change.phones.push((mac, Some(p)));
+            }
+        }
+        change.accounts.push((id, None));
+        st.store.commit(&change)?;
+    }
+    st.store.flush().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- phones
+
+fn phone_json(p: &Phone) -> Value {
+    json!({
+        "mac": p.mac.lower(),
+        "domain": p.domain,
+        "device-models-model": p.model,
+        "device-provisioning-username": p.provisioning_username,
+        st::CORE_SERVER: p.settings.get(st::CORE_SERVER),
+        st::TRANSPORT: p.settings.get(st::TRANSPORT),
+        "device-provisioning-overrides": p.overrides,
+        "members": p.members,
+        "revision": p.revision,
+    })
+}
+
+async fn get_phone(_: Admin, State(st): State<AppState>, Path(mac): Path<String>) -> Result<Json<Value>, AppError> {
+    let mac = parse_mac("mac", &mac)?;
+    let p = st.store.phone(mac)?.ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))?;
+    Ok(Json(phone_json(&p)))
+}
+
+#[derive(Debug, Deserialize)]
+struct PhoneQuery {
+    domain: Option<String>,
+    model: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_phones(
+    _: Admin,
+    State(st): State<AppState>,
+    q: Result<Query<PhoneQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, AppError> {
+    let Query(q) = q.map_err(|e| AppError::invalid("query", e.body_text()))?;
+    let after = q.cursor.as_deref().map(|c| parse_mac("cursor", c)).transpose()?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(AppError::invalid("limit", "must be from 1 to 1000"));
+    }
+    let phones = st.store.phones(after, limit, &|p| {
+        q.domain.as_ref().is_none_or(|d| p.domain.as_ref() == Some(d)) && q.model.as_ref().is_none_or(|m| &p.model == m)
+    })?;
+    let next = if phones.len() == limit { phones.last().map(|p| p.mac.lower()) } else { None };
+    Ok(Json(json!({ "phones": phones.iter().map(phone_json).collect::<Vec<_>>(), "next": next })))
+}
+
+async fn put_phone(
+    _: Admin,
+    State(st): State<AppState>,
+    Path(mac): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, AppError> {
+    let mac = parse_mac("mac", &mac)?;
+    let (change, phone, created) = {
+        let _w = st.store.writer();
+        let existing = st.store.phone(mac)?;
+        let created = existing.is_none();
+        let mut f = Fields::new(body, "");
+        f.echo("mac", &mac.lower())?;
+        let model_patch = f.string("device-models-model")?;
+        let mut phone = match (&existing, &model_patch) {
+            (Some(p), _) => p.clone(),
+            (None, Patch::Set(m)) => Phone::new(mac, m.clone()),
+            (None, _) => return Err(AppError::invalid("device-models-model", "is required to create a phone")),
+        };
+        match model_patch {
+            Patch::Set(m) => {
+                if st.catalogue.get(&m).is_none() {
+                    return Err(AppError::invalid("device-models-model", format!("unknown model {m:?}; see GET /api/v1/models")));
+                }
+                phone.model = m;
+            }
+            Patch::Null => return Err(AppError::invalid("device-models-model", "cannot be null")),
+            Patch::Absent => {}
+        }
+        match f.string("domain")? {
+            Patch::Set(d) => {
+                check_name("domain", &d, 64)?;
+                if st.store.domain(&d)?.is_none() {
+                    return Err(AppError::invalid("domain", format!("unknown domain {d:?}; create it with PUT /api/v1/domains/{d}")));
+                }
+                phone.domain = Some(d);
+            }
+            Patch::Null => phone.domain = None,
+            Patch::Absent => {}
+        }
+        set_opt(&mut phone.provisioning_username, f.string("device-provisioning-username")?);
+        set_opt(&mut phone.provisioning_password, f.string("device-provisioning-password")?);
+        for key in [st::CORE_SERVER, st::TRANSPORT] {
+            match f.setting(key)? {
+                Patch::Set(v) => {
+                    phone.settings.insert(key.into(), v);
+                }
+                Patch::Null => {
+                    phone.settings.remove(key);
+                }
+                Patch::Absent => {}
+            }
+        }
+        let ov = f.take("device-provisioning-overrides");
+        let model = st
+            .catalogue
+            .get(&phone.model)
+            .ok_or_else(|| AppError::invalid("device-models-model", format!("model {} is not loaded", phone.model)))?;
+        let formats: Vec<_> = model.files.iter().map(|f| f.format).collect();
+        merge_patch(&mut phone.overrides, "device-provisioning-overrides", ov, &|k, v| {
+            formats.iter().try_for_each(|fmt| overlay::check_override(*fmt, k, v))
+        })?;
+        f.finish()?;
+        if phone.provisioning_username.is_some() != phone.provisioning_password.is_some() {
+            return Err(AppError::invalid("device-provisioning-password", "provisioning username and password are set together"));
+        }
+        // Members must still fit the (possibly new) model and belong to the phone's domain.
+        for (i, m) in phone.members.iter().enumerate() {
+            if m.ports().any(|p| p > model.ports) {
+                return Err(AppError::conflict(
+                    "device-models-model",
+                    format!("member {} on port {} does not fit the {} ports of {}", m.id, m.port, model.ports, model.id),
+                ));
+            }
+            if m.t38_fax_compression_enabled && !model.ata {
+                return Err(AppError::conflict("device-models-model", format!("member {i} uses T.38, which {} does not support", model.id)));
+            }
+            let in_domain = st.store.account(&m.id)?.is_some_and(|a| Some(&a.domain) == phone.domain.as_ref());
+            if !in_domain {
+                return Err(AppError::conflict("domain", format!("member {} is an account of another domain", m.id)));
+            }
+        }
+        let mut change = Change::default();
+        if existing.as_ref() != Some(&phone) {
+            change.phones.push((mac, Some(phone.clone())));
+            st.store.commit(&change)?;
+        }
+        (change, phone, created)
+    };
+    if !change.is_empty() {
+        st.store.flush().await?;
+    }
+    let phone = st.store.phone(mac)?.unwrap_or(phone);
+    Ok(created_or_ok(created, phone_json(&phone)))
+}
+
+async fn delete_phone(_: Admin, State(st): State<AppState>, Path(mac): Path<String>) -> Result<StatusCode, AppError> {
+    let mac = parse_mac("mac", &mac)?;
+    {
+        let _w = st.store.writer();
+        if st.store.phone(mac)?.is_none() {
+            return Err(AppError::NotFound(format!("no phone {}", mac.lower())));
+        }
+        st.store.commit(&Change { phones: vec![(mac, None)], ..Default::default() })?;
+    }
+    st.store.flush().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- members
+
+#[derive(Debug, Deserialize)]
+struct OrgQuery {
+    #[serde(rename = "orgId")]
+    org_id: Option<String>,
+}
+
+fn phone_for_org(st: &AppState, mac: &str, org: &Option<String>) -> Result<Phone, AppError> {
+    let mac = parse_mac("mac", mac)?;
+    let p = st.store.phone(mac)?.ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))?;
+    if let Some(o) = org
+        && p.domain.as_ref() != Some(o)
+    {
+        return Err(AppError::NotFound(format!("no phone {} in {o}", mac.lower())));
+    }
+    Ok(p)
+}
+
+async fn get_members(
+    _: Admin,
+    State(st): State<AppState>,
+    Path(mac): Path<String>,
+    Query(q): Query<OrgQuery>,
+) -> Result<Json<Value>, AppError> {
+    let p = phone_for_org(&st, &mac, &q.org_id)?;
+    Ok(Json(json!({ "members": p.members })))
+}
+
+fn parse_member(i: usize, v: Value) -> Result<Member, AppError> {
+    let Value::Object(map) = v else {
+        return Err(AppError::invalid(format!("members[{i}]"), "must be an object"));
+    };
+    let mut f = Fields::new(map, format!("members[{i}]."));
+    let port = match f.int("port", 1, 1024)? {
+        Patch::Set(p) => p as u32,
+        _ => return Err(AppError::invalid(f.path("port"), "is required")),
+    };
+    let id = match f.string("id")? {
+        Patch::Set(s) if !s.is_empty() => s,
+        _ => return Err(AppError::invalid(f.path("id"), "is required")),
+    };
+    let mut m = Member::new(port, id);
+    match f.take("lineType") {
+        Patch::Set(Value::String(s)) if s == "PRIMARY" => m.line_type = LineType::Primary,
+        Patch::Set(Value::String(s)) if s == "SHARED_CALL_APPEARANCE" => m.line_type = LineType::SharedCallAppearance,
+        Patch::Absent | Patch::Null => {}
+        Patch::Set(_) => return Err(AppError::invalid(f.path("lineType"), "must be PRIMARY or SHARED_CALL_APPEARANCE")),
+    }
+    if let Patch::Set(w) = f.int("lineWeight", 1, 64)? {
+        m.line_weight = w as u32;
+    }
+    if let Patch::Set(s) = f.string("lineLabel")? {
+        m.line_label = s;
+    }
+    for (key, target) in [
+        ("primaryOwner", &mut m.primary_owner),
+        ("hotlineEnabled", &mut m.hotline_enabled),
+        ("allowCallDeclineEnabled", &mut m.allow_call_decline_enabled),
+        ("t38FaxCompressionEnabled", &mut m.t38_fax_compression_enabled),
+    ] {
+        if let Patch::Set(b) = f.boolean(key)? {
+            *target = b;
+        }
+    }
+    if let Patch::Set(s) = f.string("hotlineDestination")? {
+        m.hotline_destination = s;
+    }
+    f.finish()?;
+    Ok(m)
+}
+
+/// Validates a whole members list against the phone's model and domain (each rule names
+/// the field).
+fn check_members(st: &AppState, phone: &Phone, model: &Model, members: &[Member]) -> Result<(), AppError> {
+    let mut owners = 0;
+    for (i, m) in members.iter().enumerate() {
+        let at = |k: &str| format!("members[{i}].{k}");
+        if m.port > model.ports {
+            return Err(AppError::invalid(at("port"), format!("{} has ports 1 to {}", model.id, model.ports)));
+        }
+        if let Some(j) = members[..i].iter().position(|o| o.port == m.port) {
+            return Err(AppError::invalid(at("port"), format!("port {} is already used by members[{j}]", m.port)));
+        }
+        if m.ports().any(|p| p > model.ports) {
+            return Err(AppError::invalid(at("lineWeight"), format!("ports {}..{} run past the {} ports of {}", m.port, m.port + m.line_weight - 1, model.ports, model.id)));
+        }
+        if let Some(j) = members.iter().enumerate().position(|(j, o)| j != i && o.port != m.port && o.ports().any(|p| m.ports().contains(&p))) {
+            return Err(AppError::invalid(at("lineWeight"), format!("ports of members[{i}] and members[{j}] overlap")));
+        }
+        if m.primary_owner {
+            owners += 1;
+            if owners > 1 {
+                return Err(AppError::invalid(at("primaryOwner"), "only one member can be the primary owner"));
+            }
+        }
+        if m.hotline_enabled && m.hotline_destination.trim().is_empty() {
+            return Err(AppError::invalid(at("hotlineDestination"), "is required when hotlineEnabled is true"));
+        }
+        if m.t38_fax_compression_enabled && !model.ata {
+            return Err(AppError::invalid(at("t38FaxCompressionEnabled"), format!("{} is not an ATA; T.38 is for ATAs only", model.id)));
+        }
+        match st.store.account(&m.id)? {
+            Some(a) if Some(&a.domain) == phone.domain.as_ref() => {}
+            _ => return Err(AppError::invalid(at("id"), format!("no account {:?} in the phone's domain", m.id))),
+        }
+    }
+    Ok(())
+}
+
+async fn put_members(
+    _: Admin,
+    State(st): State<AppState>,
+    Path(mac): Path<String>,
+    Query(q): Query<OrgQuery>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, AppError> {
+    let (change, members) = {
+        let _w = st.store.writer();
+        let mut phone = phone_for_org(&st, &mac, &q.org_id)?;
+        let mut f = Fields::new(body, "");
+        let members = match f.take("members") {
+            Patch::Set(Value::Array(list)) => {
+                list.into_iter().enumerate().map(|(i, v)| parse_member(i, v)).collect::<Result<Vec<_>, _>>()?
+            }
+            Patch::Set(_) => return Err(AppError::invalid("members", "must be an array")),
+            // Omitted: everyone but the primary owner is removed (the seed's rule).
+            Patch::Absent | Patch::Null => phone.members.iter().filter(|m| m.primary_owner).cloned().collect(),
+        };
+        f.finish()?;
+        let model = st
+            .catalogue
+            .get(&phone.model)
+            .ok_or_else(|| AppError::conflict("device-models-model", format!("model {} is not loaded", phone.model)))?;
+        check_members(&st, &phone, model, &members)?;
+        let mut members = members;
+        members.sort_by_key(|m| m.port);
+        let mut change = Change::default();
+        if phone.members != members {
+            phone.members = members.clone();
+            change.phones.push((phone.mac, Some(phone)));
+            st.store.commit(&change)?;
+        }
+        (change, members)
+    };
+    if !change.is_empty() {
+        st.store.flush().await?;
+    }
+    Ok(Json(json!({ "members": members })))
+}
+
+// ---------------------------------------------------------------- preview
+
+async fn preview(
+    _: Admin,
+    State(st): State<AppState>,
+    Path((mac, file)): Path<(String, String)>,
+) -> Result<Response, AppError> {
+    let mac = parse_mac("mac", &mac)?;
+    let phone = st.store.phone(mac)?.ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))?;
+    let model = st.catalogue.get(&phone.model).ok_or_else(|| AppError::NotFound("model not loaded".into()))?;
+    let found = match st.catalogue.match_path(&file) {
+        Some(FileRef::Phone { mac: m, pattern }) if m == mac => st
+            .catalogue
+            .file_spec(&model.id, &pattern)
+            .map(|s| (s, render_key(Some(mac), &model.id, &pattern), phone.revision)),
+        Some(FileRef::Common { name, .. }) => {
+            st.catalogue.file_spec(&model.id, &name).map(|s| (s, render_key(None, &model.id, &name), 0))
+        }
+        _ => None,
+    };
+    let (spec, key, revision) = found.ok_or_else(|| AppError::NotFound(format!("{} does not request {file}", model.id)))?;
+    let (rendered, _) = st
+        .cache
+        .get_or_render(&st.store, &key, revision, st.digest, || {
+            if spec.per_phone() {
+                super::phone::render_phone(&st, model, spec, &phone)
+            } else {
+                super::phone::render_common(&st, model, spec)
+            }
+        })
+        .await?;
+    let ct = HeaderValue::from_str(&rendered.content_type).unwrap_or(HeaderValue::from_static("text/plain"));
+    let etag = HeaderValue::from_str(&rendered.etag).unwrap_or(HeaderValue::from_static("\"\""));
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct), (header::ETAG, etag)], rendered.body).into_response())
+}

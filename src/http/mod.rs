@@ -1,0 +1,40 @@
+//! The router: phone and admin routes, the layer stack, fallbacks. No handler logic.
+
+pub mod admin;
+mod body;
+pub mod phone;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::AppState;
+use crate::error::AppError;
+
+/// Largest admin request body.
+pub const ADMIN_BODY_LIMIT: usize = 1 << 20;
+
+/// Builds the whole app. Layer order, outermost first: request log → timeout → per-router
+/// body limit.
+pub fn router(state: AppState) -> Router {
+    let admin = admin::routes()
+        .fallback(|| async { AppError::NotFound("no such API path".into()) })
+        .layer(RequestBodyLimitLayer::new(ADMIN_BODY_LIMIT));
+    let phone = Router::new()
+        .route(
+            "/{file}",
+            get(phone::fetch).fallback(|| async { AppError::MethodNotAllowed.into_phone_response() }),
+        )
+        .layer(RequestBodyLimitLayer::new(0));
+    Router::new()
+        .nest("/api/v1", admin)
+        .merge(phone)
+        .fallback(|| async { AppError::NotFound("not found".into()).into_phone_response() })
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .layer(axum::middleware::from_fn(crate::telemetry::log_requests))
+        .with_state(state)
+}

@@ -1,0 +1,78 @@
+//! Process entry: parse argv, install the subscriber, bind, serve until SIGINT/SIGTERM,
+//! and turn a startup error into a printed cause chain and a non-zero exit.
+
+use clap::Parser;
+
+use autoprov::config::{Cli, Command, Config};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("autoprov: error: {}", chain.join(": "));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(&cli)?;
+    autoprov::telemetry::init(config.log_format);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let (state, startup) = autoprov::init(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    println!("autoprov listening on http://{addr} ({} models loaded, data in {})", startup.models, config.data.display());
+    match &startup.new_admin_token {
+        Some(t) => println!(
+            "admin token (shown once, also in {}): {t}",
+            startup.admin_token_path.display()
+        ),
+        None => println!("admin token: see {}", startup.admin_token_path.display()),
+    }
+    match &startup.new_provisioning_credentials {
+        Some((u, p)) => println!(
+            "server-default provisioning credentials (also in {}): {u}:{p}",
+            startup.provisioning_credentials_path.display()
+        ),
+        None => println!(
+            "server-default provisioning credentials: see {}",
+            startup.provisioning_credentials_path.display()
+        ),
+    }
+    tracing::info!(%addr, "listening");
+    autoprov::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("stopped; store flushed");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,366 @@
+//! The model catalogue: loading and validating `models/*.toml`, and matching a phone's
+//! request path against the file names the models declare.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::mac::Mac;
+use super::settings::{self, Settings};
+
+/// How a file's overrides are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// `key = value` lines (Yealink, Fanvil text).
+    KeyValue,
+}
+
+/// One file a model requests.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// Name pattern; `{mac}` (lowercase) or `{MAC}` (uppercase) stands for the MAC.
+    pub name: String,
+    /// Template name under `templates/`.
+    pub template: String,
+    /// Content-Type served.
+    pub content_type: String,
+    /// Overlay format.
+    pub format: Format,
+}
+
+impl FileSpec {
+    /// True when the file is per-phone (its name holds the MAC).
+    pub fn per_phone(&self) -> bool {
+        self.name.contains("{mac}") || self.name.contains("{MAC}")
+    }
+}
+
+/// A phone model as declared in `models/<id>.toml`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    /// Identifier, equal to the file stem (`yealink-t46s`).
+    pub id: String,
+    /// Vendor (`yealink`).
+    pub vendor: String,
+    /// Human name (`Yealink SIP-T46S`).
+    pub name: String,
+    /// Number of ports (SIP accounts) members can occupy.
+    pub ports: u32,
+    /// Number of programmable line keys.
+    pub line_keys: u32,
+    /// Analog telephone adapter (the only kind that accepts T.38).
+    #[serde(default)]
+    pub ata: bool,
+    /// The model token in the HTTP User-Agent (`SIP-T46S`).
+    #[serde(default)]
+    pub user_agent_model: Option<String>,
+    /// Files the model requests.
+    pub files: Vec<FileSpec>,
+    /// Model defaults (the lowest contract layer).
+    #[serde(default)]
+    pub defaults: BTreeMap<String, toml::Value>,
+    /// Model defaults as validated strings.
+    #[serde(skip)]
+    pub settings: Settings,
+}
+
+/// A model file that does not load.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogueError {
+    /// The folder or a file could not be read.
+    #[error("cannot read {path}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not valid TOML for a model.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The path.
+        path: PathBuf,
+        /// What the parser said, with the field.
+        message: String,
+    },
+    /// A field has a bad value.
+    #[error("{path}: field `{field}`: {message}")]
+    Field {
+        /// The path.
+        path: PathBuf,
+        /// The field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No model at all.
+    #[error("no model files (*.toml) in {0}")]
+    Empty(PathBuf),
+}
+
+/// Every loaded model, plus the path matcher.
+#[derive(Debug, Default)]
+pub struct Catalogue {
+    models: BTreeMap<String, Model>,
+    /// Exact common-file names (lowercase) → model ids that request them.
+    common: HashMap<String, Vec<String>>,
+    /// Per-phone name patterns split at `{mac}`: (prefix, suffix, uppercase MAC).
+    patterns: Vec<(String, String)>,
+}
+
+/// What a request path names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileRef {
+    /// A per-phone file: the MAC and the pattern it matched (`{mac}.cfg`).
+    Phone {
+        /// The MAC in the name.
+        mac: Mac,
+        /// The declared pattern.
+        pattern: String,
+    },
+    /// A common file shared by the listed models.
+    Common {
+        /// The file name as declared.
+        name: String,
+        /// The models that request it.
+        models: Vec<String>,
+    },
+}
+
+impl Catalogue {
+    /// Loads every `*.toml` in `dir`, checking each against `template_exists`.
+    pub fn load(
+        dir: &Path,
+        template_exists: &dyn Fn(&str) -> bool,
+    ) -> Result<Self, CatalogueError> {
+        let io = |source| CatalogueError::Io { path: dir.to_path_buf(), source };
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        if paths.is_empty() {
+            return Err(CatalogueError::Empty(dir.to_path_buf()));
+        }
+        let mut models = Vec::new();
+        for path in paths {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| CatalogueError::Io { path: path.clone(), source })?;
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+            models.push(Self::parse_model(&path, &stem, &text, template_exists)?);
+        }
+        Self::from_models(models)
+    }
+
+    /// Parses and validates one model file's text.
+    pub fn parse_model(
+        path: &Path,
+        stem: &str,
+        text: &str,
+        template_exists: &dyn Fn(&str) -> bool,
+    ) -> Result<Model, CatalogueError> {
+        let mut m: Model = toml::from_str(text).map_err(|e| CatalogueError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let field = |field: &str, message: String| CatalogueError::Field {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            message,
+        };
+        if m.id != stem {
+            return Err(field("id", format!("must equal the file name `{stem}`")));
+        }
+        if !settings::valid_key(&m.id) {
+            return Err(field("id", "must be lowercase letters, digits, `-`, `.` or `_`".into()));
+        }
+        if m.ports == 0 || m.ports > 64 {
+            return Err(field("ports", "must be from 1 to 64".into()));
+        }
+        if m.files.is_empty() {
+            return Err(field("files", "must list at least one file".into()));
+        }
+        for (i, f) in m.files.iter().enumerate() {
+            let n = f.name.matches("{mac}").count() + f.name.matches("{MAC}").count();
+            if n > 1 || f.name.is_empty() || f.name.contains('/') {
+                return Err(field(
+                    &format!("files[{i}].name"),
+                    "must be a file name with at most one {mac} or {MAC}".into(),
+                ));
+            }
+            if !template_exists(&f.template) {
+                return Err(field(
+                    &format!("files[{i}].template"),
+                    format!("no template `{}` in the templates folder", f.template),
+                ));
+            }
+            if f.content_type.parse::<http_content_type::Check>().is_err() {
+                return Err(field(&format!("files[{i}].content_type"), "is not a media type".into()));
+            }
+        }
+        for (k, v) in &m.defaults {
+            let key = format!("defaults.{k}");
+            if !settings::valid_key(k) {
+                return Err(field(&key, "is not a valid setting name".into()));
+            }
+            let s = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => if *b { "1" } else { "0" }.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                _ => return Err(field(&key, "must be a string, integer or boolean".into())),
+            };
+            settings::check_value(k, &s).map_err(|msg| field(&key, msg))?;
+            m.settings.insert(k.clone(), s);
+        }
+        Ok(m)
+    }
+
+    /// Builds the catalogue and its path matcher.
+    pub fn from_models(list: Vec<Model>) -> Result<Self, CatalogueError> {
+        let mut cat = Catalogue::default();
+        for m in list {
+            for f in &m.files {
+                if f.per_phone() {
+                    let lower = f.name.replace("{MAC}", "{mac}");
+                    if let Some((pre, suf)) = lower.split_once("{mac}") {
+                        let key = (pre.to_ascii_lowercase(), suf.to_ascii_lowercase());
+                        if !cat.patterns.contains(&key) {
+                            cat.patterns.push(key);
+                        }
+                    }
+                } else {
+                    cat.common.entry(f.name.to_ascii_lowercase()).or_default().push(m.id.clone());
+                }
+            }
+            cat.models.insert(m.id.clone(), m);
+        }
+        // Longest patterns first so `{mac}-local.cfg` wins over `{mac}.cfg`-like overlaps.
+        cat.patterns.sort_by_key(|(p, s)| std::cmp::Reverse(p.len() + s.len()));
+        Ok(cat)
+    }
+
+    /// A model by id.
+    pub fn get(&self, id: &str) -> Option<&Model> {
+        self.models.get(id)
+    }
+
+    /// Every model, ordered by id.
+    pub fn models(&self) -> impl Iterator<Item = &Model> {
+        self.models.values()
+    }
+
+    /// Maps a request path (without the leading `/`) to the file it names, case-insensitively.
+    pub fn match_path(&self, file: &str) -> Option<FileRef> {
+        if file.len() > 128 || !file.is_ascii() {
+            return None;
+        }
+        let lower = file.to_ascii_lowercase();
+        if let Some(models) = self.common.get(&lower) {
+            return Some(FileRef::Common { name: lower, models: models.clone() });
+        }
+        for (pre, suf) in &self.patterns {
+            if lower.len() == pre.len() + 12 + suf.len()
+                && lower.starts_with(pre.as_str())
+                && lower.ends_with(suf.as_str())
+            {
+                let mid = &lower[pre.len()..pre.len() + 12];
+                if let Ok(mac) = Mac::parse_plain(mid) {
+                    return Some(FileRef::Phone { mac, pattern: format!("{pre}{{mac}}{suf}") });
+                }
+            }
+        }
+        None
+    }
+
+    /// The spec of `pattern` (lowercased `{mac}` form) or common `name` in model `id`.
+    pub fn file_spec(&self, id: &str, name: &str) -> Option<&FileSpec> {
+        self.get(id)?
+            .files
+            .iter()
+            .find(|f| f.name.replace("{MAC}", "{mac}").eq_ignore_ascii_case(name))
+    }
+}
+
+/// Minimal media-type syntax check (`type/subtype[; params]`).
+mod http_content_type {
+    pub struct Check;
+    impl std::str::FromStr for Check {
+        type Err = ();
+        fn from_str(s: &str) -> Result<Self, ()> {
+            let essence = s.split(';').next().unwrap_or("").trim();
+            match essence.split_once('/') {
+                Some((t, st)) if !t.is_empty() && !st.is_empty() && !s.contains(['\r', '\n']) => {
+                    Ok(Check)
+                }
+                _ => Err(()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T46S: &str = r#"
+id = "yealink-t46s"
+vendor = "yealink"
+name = "Yealink SIP-T46S"
+ports = 16
+line_keys = 27
+[[files]]
+name = "y000000000066.cfg"
+template = "yealink/common.cfg"
+content_type = "text/plain"
+format = "key-value"
+[[files]]
+name = "{mac}.cfg"
+template = "yealink/mac.cfg"
+content_type = "text/plain"
+format = "key-value"
+[defaults]
+"ntp-server" = "pool.ntp.org"
+"#;
+
+    fn cat() -> Catalogue {
+        let m = Catalogue::parse_model(Path::new("m.toml"), "yealink-t46s", T46S, &|_| true).unwrap();
+        Catalogue::from_models(vec![m]).unwrap()
+    }
+
+    #[test]
+    fn matches_paths() {
+        let c = cat();
+        let mac = Mac::parse("001565aabbcc").unwrap();
+        assert_eq!(
+            c.match_path("001565AABBCC.cfg"),
+            Some(FileRef::Phone { mac, pattern: "{mac}.cfg".into() })
+        );
+        assert!(matches!(c.match_path("y000000000066.cfg"), Some(FileRef::Common { .. })));
+        assert_eq!(c.match_path("001565aabbc.cfg"), None);
+        assert_eq!(c.match_path("../001565aabbcc.cfg"), None);
+        assert_eq!(c.match_path("001565aabbcc.xml"), None);
+        assert!(c.file_spec("yealink-t46s", "{mac}.cfg").is_some());
+    }
+
+    #[test]
+    fn bad_files_name_the_field() {
+        let e = Catalogue::parse_model(Path::new("m.toml"), "other", T46S, &|_| true).unwrap_err();
+        assert!(e.to_string().contains("field `id`"), "{e}");
+        let e = Catalogue::parse_model(Path::new("m.toml"), "yealink-t46s", T46S, &|t| t != "yealink/mac.cfg")
+            .unwrap_err();
+        assert!(e.to_string().contains("files[1].template"), "{e}");
+        let bad = T46S.replace("ports = 16", "ports = 16\ncolour = 1");
+        let e = Catalogue::parse_model(Path::new("m.toml"), "yealink-t46s", &bad, &|_| true).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        let bad = T46S.replace("\"pool.ntp.org\"", "\"a\\nb\"");
+        let e = Catalogue::parse_model(Path::new("m.toml"), "yealink-t46s", &bad, &|_| true).unwrap_err();
+        assert!(e.to_string().contains("defaults.ntp-server"), "{e}");
+    }
+}

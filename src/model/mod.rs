@@ -1,0 +1,14 @@
+//! Pure domain types (MAC, model catalogue, records, settings) and the layered merge.
+//! No axum, sled or tera types; the only I/O is the explicit catalogue loader.
+
+pub mod catalogue;
+pub mod mac;
+pub mod merge;
+pub mod records;
+pub mod settings;
+
+pub use catalogue::{Catalogue, FileRef, FileSpec, Format, Model};
+pub use mac::Mac;
+pub use merge::{Layer, Merged};
+pub use records::{Account, Domain, LineType, Member, Overrides, Phone};
+pub use settings::Settings;

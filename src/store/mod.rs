@@ -1,0 +1,407 @@
+//! Everything sled: tree names, key encoding, versioned record (de)serialisation, and the
+//! one multi-tree transaction every admin write goes through, which also gives each
+//! affected phone a new revision. sled types never leave this module.
+
+mod keys;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use crate::model::{Account, Domain, Mac, Phone};
+
+pub use keys::render_key;
+
+/// Current on-disk schema version.
+pub const SCHEMA_VERSION: u8 = 1;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed.
+    #[error("storage engine")]
+    Sled(#[from] sled::Error),
+    /// The store could not be opened.
+    #[error(
+        "cannot open the store at {path}; if it is corrupt, move it aside and restore from a backup (`autoprov import` of an export, or a copy of the data folder)"
+    )]
+    Open {
+        /// The data folder.
+        path: String,
+        /// The cause.
+        #[source]
+        source: sled::Error,
+    },
+    /// A record did not decode.
+    #[error("corrupt {tree} record")]
+    Corrupt {
+        /// The tree.
+        tree: &'static str,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The store was written by a newer autoprov.
+    #[error("store schema {found} is newer than this autoprov understands ({SCHEMA_VERSION})")]
+    Schema {
+        /// The version found.
+        found: u8,
+    },
+}
+
+/// The sled-backed store.
+#[derive(Debug)]
+pub struct Store {
+    db: sled::Db,
+    domains: sled::Tree,
+    accounts: sled::Tree,
+    phones: sled::Tree,
+    by_domain: sled::Tree,
+    by_account: sled::Tree,
+    renders: sled::Tree,
+    meta: sled::Tree,
+    writer: Mutex<()>,
+}
+
+/// A set of record changes committed together.
+#[derive(Debug, Default)]
+pub struct Change {
+    /// Domains to write (`None` deletes).
+    pub domains: Vec<(String, Option<Domain>)>,
+    /// Accounts to write by id (`None` deletes).
+    pub accounts: Vec<(String, Option<Account>)>,
+    /// Phones to write (`None` deletes); each written phone gets the new revision.
+    pub phones: Vec<(Mac, Option<Phone>)>,
+    /// Other phones whose rendered files this change affects.
+    pub touch: BTreeSet<Mac>,
+    /// Meta entries to write.
+    pub meta: Vec<(String, Vec<u8>)>,
+}
+
+impl Change {
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.domains.is_empty()
+            && self.accounts.is_empty()
+            && self.phones.is_empty()
+            && self.touch.is_empty()
+            && self.meta.is_empty()
+    }
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![SCHEMA_VERSION];
+    // Serialising these plain records cannot fail (string keys, no custom errors).
+    serde_json::to_writer(&mut out, v).unwrap_or_default();
+    out
+}
+
+fn dec<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    let body = bytes.get(1..).unwrap_or_default();
+    serde_json::from_slice(body).map_err(|source| StoreError::Corrupt { tree, source })
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn tx_get<T: DeserializeOwned>(t: &TransactionalTree, tree: &'static str, k: &[u8]) -> TxResult<Option<T>> {
+    match t.get(k)? {
+        Some(v) => dec(tree, &v).map(Some).map_err(ConflictableTransactionError::Abort),
+        None => Ok(None),
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path`, bounding sled's page cache to `cache_bytes`.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        Self::from_db(db)
+    }
+
+    /// A throw-away store (tests, benches).
+    pub fn temporary() -> Result<Self, StoreError> {
+        Self::from_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Self, StoreError> {
+        let s = Store {
+            domains: db.open_tree("domains")?,
+            accounts: db.open_tree("accounts")?,
+            phones: db.open_tree("phones")?,
+            by_domain: db.open_tree("phones_by_domain")?,
+            by_account: db.open_tree("phones_by_account")?,
+            renders: db.open_tree("renders")?,
+            meta: db.open_tree("meta")?,
+            writer: Mutex::new(()),
+            db,
+        };
+        match s.meta.get("schema")? {
+            Some(v) if v.first().copied().unwrap_or(0) > SCHEMA_VERSION => {
+                return Err(StoreError::Schema { found: v[0] });
+            }
+            Some(_) => {}
+            None => {
+                s.meta.insert("schema", &[SCHEMA_VERSION])?;
+            }
+        }
+        Ok(s)
+    }
+
+    /// Takes the writer lock: every admin write reads, validates and commits under it, so
+    /// what it validated against is what it commits on top of.
+    pub fn writer(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Flushes buffered writes to disk (survives a process crash; see DEPS.md on fsync).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Synchronous flush (shutdown).
+    pub fn flush_sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// A meta value.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Current store revision.
+    pub fn revision(&self) -> Result<u64, StoreError> {
+        Ok(self.meta.get("revision")?.map_or(0, |v| keys::be_u64(&v)))
+    }
+
+    /// A domain by name.
+    pub fn domain(&self, name: &str) -> Result<Option<Domain>, StoreError> {
+        self.domains.get(name)?.map(|v| dec("domains", &v)).transpose()
+    }
+
+    /// An account by id.
+    pub fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
+        self.accounts.get(id)?.map(|v| dec("accounts", &v)).transpose()
+    }
+
+    /// A phone by MAC.
+    pub fn phone(&self, mac: Mac) -> Result<Option<Phone>, StoreError> {
+        self.phones.get(mac.bytes())?.map(|v| dec("phones", &v)).transpose()
+    }
+
+    /// Accounts of `user` in `domain`.
+    pub fn accounts_of(&self, domain: &str, user: Option<&str>) -> Result<Vec<Account>, StoreError> {
+        let suffix = format!("@{domain}");
+        let mut out = Vec::new();
+        for kv in self.accounts.iter() {
+            let (k, v) = kv?;
+            if k.ends_with(suffix.as_bytes()) {
+                let a: Account = dec("accounts", &v)?;
+                if a.domain == domain && user.is_none_or(|u| a.user == u) {
+                    out.push(a);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// True when the domain has phones or accounts.
+    pub fn domain_in_use(&self, domain: &str) -> Result<bool, StoreError> {
+        Ok(self.by_domain.scan_prefix(keys::prefix(domain)).next().is_some()
+            || !self.accounts_of(domain, None)?.is_empty())
+    }
+
+    /// MACs of the phones in `domain`.
+    pub fn phones_in_domain(&self, domain: &str) -> Result<Vec<Mac>, StoreError> {
+        keys::macs(self.by_domain.scan_prefix(keys::prefix(domain)))
+    }
+
+    /// MACs of the phones `account_id` is a member of.
+    pub fn phones_of_account(&self, account_id: &str) -> Result<Vec<Mac>, StoreError> {
+        keys::macs(self.by_account.scan_prefix(keys::prefix(account_id)))
+    }
+
+    /// Phones in MAC order after `after`, filtered, at most `limit`.
+    pub fn phones(
+        &self,
+        after: Option<Mac>,
+        limit: usize,
+        filter: &dyn Fn(&Phone) -> bool,
+    ) -> Result<Vec<Phone>, StoreError> {
+        let iter = match after {
+            Some(m) => {
+                let mut start = m.bytes().to_vec();
+                start.push(0);
+                self.phones.range(start..)
+            }
+            None => self.phones.iter(),
+        };
+        let mut out = Vec::new();
+        for kv in iter {
+            let (_, v) = kv?;
+            let p: Phone = dec("phones", &v)?;
+            if filter(&p) {
+                out.push(p);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of phones.
+    pub fn phone_count(&self) -> usize {
+        self.phones.len()
+    }
+
+    /// A cached render.
+    pub fn render_get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.renders.get(key)?)
+    }
+
+    /// Stores a render.
+    pub fn render_put(&self, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        self.renders.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Drops every cached render (startup with a changed template/model set).
+    pub fn render_clear(&self) -> Result<(), StoreError> {
+        self.renders.clear()?;
+        Ok(())
+    }
+
+    /// Commits `change` in one transaction; returns the new revision (unchanged if empty).
+    pub fn commit(&self, change: &Change) -> Result<u64, StoreError> {
+        if change.is_empty() {
+            return self.revision();
+        }
+        let trees = (
+            &self.domains,
+            &self.accounts,
+            &self.phones,
+            &self.by_domain,
+            &self.by_account,
+            &self.meta,
+        );
+        let rev = trees
+            .transaction(|(domains, accounts, phones, by_domain, by_account, meta)| {
+                let rev = meta.get("revision")?.map_or(0, |v| keys::be_u64(&v)) + 1;
+                meta.insert("revision", &rev.to_be_bytes())?;
+                for (k, v) in &change.meta {
+                    meta.insert(k.as_bytes(), v.as_slice())?;
+                }
+                for (name, d) in &change.domains {
+                    match d {
+                        Some(d) => domains.insert(name.as_bytes(), enc(d))?,
+                        None => domains.remove(name.as_bytes())?,
+                    };
+                }
+                for (id, a) in &change.accounts {
+                    match a {
+                        Some(a) => accounts.insert(id.as_bytes(), enc(a))?,
+                        None => accounts.remove(id.as_bytes())?,
+                    };
+                }
+                let written: BTreeSet<Mac> = change.phones.iter().map(|(m, _)| *m).collect();
+                for (mac, p) in &change.phones {
+                    let key = mac.bytes();
+                    let old: Option<Phone> = tx_get(phones, "phones", &key)?;
+                    if let Some(old) = &old {
+                        if let Some(d) = &old.domain {
+                            by_domain.remove(keys::index(d, *mac))?;
+                        }
+                        for m in &old.members {
+                            by_account.remove(keys::index(&m.id, *mac))?;
+                        }
+                    }
+                    match p {
+                        Some(p) => {
+                            let mut p = p.clone();
+                            p.revision = rev;
+                            if let Some(d) = &p.domain {
+                                by_domain.insert(keys::index(d, *mac), &[])?;
+                            }
+                            for m in &p.members {
+                                by_account.insert(keys::index(&m.id, *mac), &[])?;
+                            }
+                            phones.insert(&key, enc(&p))?;
+                        }
+                        None => {
+                            phones.remove(&key)?;
+                        }
+                    }
+                }
+                for mac in change.touch.difference(&written) {
+                    let key = mac.bytes();
+                    if let Some(mut p) = tx_get::<Phone>(phones, "phones", &key)? {
+                        p.revision = rev;
+                        phones.insert(&key, enc(&p))?;
+                    }
+                }
+                Ok(rev)
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => StoreError::Sled(e),
+            })?;
+        for (mac, p) in &change.phones {
+            if p.is_none() {
+                for kv in self.renders.scan_prefix(keys::render_prefix(*mac)).keys() {
+                    self.renders.remove(kv?)?;
+                }
+            }
+        }
+        Ok(rev)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Member;
+
+    fn mac(n: u8) -> Mac {
+        Mac::from_bytes([0, 0x15, 0x65, 0, 0, n])
+    }
+
+    #[test]
+    fn commit_bumps_revisions_and_indexes() {
+        let s = Store::temporary().unwrap();
+        let mut p = Phone::new(mac(1), "m".into());
+        p.domain = Some("d".into());
+        p.members.push(Member::new(1, "a@d".into()));
+        let r1 = s.commit(&Change { phones: vec![(mac(1), Some(p.clone()))], ..Default::default() }).unwrap();
+        assert_eq!(s.phone(mac(1)).unwrap().unwrap().revision, r1);
+        assert_eq!(s.phones_in_domain("d").unwrap(), vec![mac(1)]);
+        assert_eq!(s.phones_of_account("a@d").unwrap(), vec![mac(1)]);
+        assert!(s.phones_of_account("a@").unwrap().is_empty());
+        let mut touch = BTreeSet::new();
+        touch.insert(mac(1));
+        let r2 = s.commit(&Change { touch, ..Default::default() }).unwrap();
+        assert!(r2 > r1);
+        assert_eq!(s.phone(mac(1)).unwrap().unwrap().revision, r2);
+        p.members.clear();
+        p.domain = None;
+        s.commit(&Change { phones: vec![(mac(1), Some(p))], ..Default::default() }).unwrap();
+        assert!(s.phones_in_domain("d").unwrap().is_empty());
+        assert!(s.phones_of_account("a@d").unwrap().is_empty());
+        s.commit(&Change { phones: vec![(mac(1), None)], ..Default::default() }).unwrap();
+        assert!(s.phone(mac(1)).unwrap().is_none());
+    }
+}
