@@ -45,7 +45,10 @@ pub struct BasicCredentials {
 
 impl std::fmt::Debug for BasicCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BasicCredentials").field("user", &self.user).field("password", &"<redacted>").finish()
+        f.debug_struct("BasicCredentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
     }
 }
 
@@ -66,7 +69,10 @@ impl BasicCredentials {
         if c.user_id.is_empty() || c.password.is_empty() {
             return None;
         }
-        Some(BasicCredentials { user: c.user_id, password: c.password })
+        Some(BasicCredentials {
+            user: c.user_id,
+            password: c.password,
+        })
     }
 
     /// Constant-time check against a plaintext pair (both halves always compared).
@@ -93,16 +99,40 @@ mod tests {
 
     #[test]
     fn basic_variants() {
-        let ok = BasicCredentials { user: "phone".into(), password: "secret".into() };
-        assert_eq!(BasicCredentials::parse(b"Basic cGhvbmU6c2VjcmV0"), Some(ok.clone()));
-        assert_eq!(BasicCredentials::parse(b"basic cGhvbmU6c2VjcmV0"), Some(ok.clone()));
-        assert_eq!(BasicCredentials::parse(b"Basic  cGhvbmU6c2VjcmV0"), Some(ok));
-        assert_eq!(BasicCredentials::parse(b"Basic cGhvbmU6"), None, "empty password");
-        assert_eq!(BasicCredentials::parse(b"Basic OnNlY3JldA=="), None, "empty user");
+        let ok = BasicCredentials {
+            user: "phone".into(),
+            password: "secret".into(),
+        };
+        assert_eq!(
+            BasicCredentials::parse(b"Basic cGhvbmU6c2VjcmV0"),
+            Some(ok.clone())
+        );
+        assert_eq!(
+            BasicCredentials::parse(b"basic cGhvbmU6c2VjcmV0"),
+            Some(ok.clone())
+        );
+        assert_eq!(
+            BasicCredentials::parse(b"Basic  cGhvbmU6c2VjcmV0"),
+            Some(ok)
+        );
+        assert_eq!(
+            BasicCredentials::parse(b"Basic cGhvbmU6"),
+            None,
+            "empty password"
+        );
+        assert_eq!(
+            BasicCredentials::parse(b"Basic OnNlY3JldA=="),
+            None,
+            "empty user"
+        );
         assert_eq!(BasicCredentials::parse(b"Bearer abc"), None);
         assert_eq!(BasicCredentials::parse(b"Basic"), None);
         assert_eq!(BasicCredentials::parse(b"Basic \xff\xfe"), None);
-        assert_eq!(BasicCredentials::parse(b"Basic cGhvbmU6c2VjcmV0="), None, "bad padding");
+        assert_eq!(
+            BasicCredentials::parse(b"Basic cGhvbmU6c2VjcmV0="),
+            None,
+            "bad padding"
+        );
         let c = BasicCredentials::parse(b"Basic dXNlcjpwYTpzcw==").unwrap();
         assert_eq!(c.password, "pa:ss");
         assert!(c.matches("user", "pa:ss") && !c.matches("user", "pa"));

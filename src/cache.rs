@@ -31,16 +31,19 @@ impl Rendered {
             "\"{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}\"",
             h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]
         );
-        Rendered { etag, content_type, allowed_user_agents, body }
+        Rendered {
+            etag,
+            content_type,
+            allowed_user_agents,
+            body,
+        }
     }
 
     fn encode(&self, revision: u64, digest: u64) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.body.len() + 128);
         v.extend_from_slice(&revision.to_be_bytes());
         v.extend_from_slice(&digest.to_be_bytes());
-        for s in std::iter::once(&self.etag)
-            .chain(std::iter::once(&self.content_type))
-        {
+        for s in std::iter::once(&self.etag).chain(std::iter::once(&self.content_type)) {
             push_str(&mut v, s);
         }
         v.push(self.allowed_user_agents.len().min(255) as u8);
@@ -66,7 +69,12 @@ impl Rendered {
         for _ in 0..n {
             allowed.push(take_str(b, &mut pos)?);
         }
-        Some(Rendered { etag, content_type, allowed_user_agents: allowed, body: b.get(pos..)?.to_vec() })
+        Some(Rendered {
+            etag,
+            content_type,
+            allowed_user_agents: allowed,
+            body: b.get(pos..)?.to_vec(),
+        })
     }
 }
 
@@ -78,7 +86,9 @@ fn push_str(v: &mut Vec<u8>, s: &str) {
 
 fn take_str(b: &[u8], pos: &mut usize) -> Option<String> {
     let n = u16::from_be_bytes(b.get(*pos..*pos + 2)?.try_into().ok()?) as usize;
-    let s = std::str::from_utf8(b.get(*pos + 2..*pos + 2 + n)?).ok()?.to_string();
+    let s = std::str::from_utf8(b.get(*pos + 2..*pos + 2 + n)?)
+        .ok()?
+        .to_string();
     *pos += 2 + n;
     Some(s)
 }
@@ -129,7 +139,8 @@ impl Cache {
                 Some(r) => Ok((r, Outcome::Hit)),
                 None => {
                     let r = render()?;
-                    self.renders.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.renders
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     store.render_put(key, r.encode(revision, digest))?;
                     Ok((r, Outcome::Miss))
                 }
@@ -142,8 +153,15 @@ impl Cache {
         result
     }
 
-    fn lookup(store: &Store, key: &[u8], revision: u64, digest: u64) -> Result<Option<Rendered>, AppError> {
-        Ok(store.render_get(key)?.and_then(|v| Rendered::decode(&v, revision, digest)))
+    fn lookup(
+        store: &Store,
+        key: &[u8],
+        revision: u64,
+        digest: u64,
+    ) -> Result<Option<Rendered>, AppError> {
+        Ok(store
+            .render_get(key)?
+            .and_then(|v| Rendered::decode(&v, revision, digest)))
     }
 }
 
@@ -153,7 +171,11 @@ mod tests {
 
     #[test]
     fn entry_round_trips_and_checks_validity() {
-        let r = Rendered::new(b"a = 1\n".to_vec(), "text/plain".into(), vec!["Yealink".into()]);
+        let r = Rendered::new(
+            b"a = 1\n".to_vec(),
+            "text/plain".into(),
+            vec!["Yealink".into()],
+        );
         let e = r.encode(7, 9);
         assert_eq!(Rendered::decode(&e, 7, 9), Some(r));
         assert_eq!(Rendered::decode(&e, 8, 9), None);

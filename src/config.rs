@@ -12,7 +12,11 @@ use crate::model::settings::{self, Settings};
 
 /// Command line (each flag is also an `AUTOPROV_*` variable).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "autoprov", version, about = "Auto-provisioning server for SIP desk phones and ATAs")]
+#[command(
+    name = "autoprov",
+    version,
+    about = "Auto-provisioning server for SIP desk phones and ATAs"
+)]
 pub struct Cli {
     /// What to do (default: serve).
     #[command(subcommand)]
@@ -148,11 +152,17 @@ impl Config {
             }
             None => (PathBuf::from("autoprov.toml"), FileConfig::default()),
         };
-        let listen_raw = cli.listen.clone().or(fc.listen).unwrap_or_else(|| "0.0.0.0:8080".into());
-        let listen = listen_raw.parse::<SocketAddr>().map_err(|_| ConfigError::Value {
-            key: "listen".into(),
-            message: format!("{listen_raw:?} is not an address like 0.0.0.0:8080"),
-        })?;
+        let listen_raw = cli
+            .listen
+            .clone()
+            .or(fc.listen)
+            .unwrap_or_else(|| "0.0.0.0:8080".into());
+        let listen = listen_raw
+            .parse::<SocketAddr>()
+            .map_err(|_| ConfigError::Value {
+                key: "listen".into(),
+                message: format!("{listen_raw:?} is not an address like 0.0.0.0:8080"),
+            })?;
         let log_format = match cli.log_format.clone().or(fc.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -167,13 +177,19 @@ impl Config {
         for (k, v) in fc.defaults.unwrap_or_default() {
             let key = format!("{}: defaults.{k}", path.display());
             if !settings::valid_key(&k) {
-                return Err(ConfigError::Value { key, message: "is not a valid setting name".into() });
+                return Err(ConfigError::Value {
+                    key,
+                    message: "is not a valid setting name".into(),
+                });
             }
             let s = match v {
                 toml::Value::String(s) => s,
                 toml::Value::Integer(i) => i.to_string(),
                 _ => {
-                    return Err(ConfigError::Value { key, message: "must be a string or an integer".into() });
+                    return Err(ConfigError::Value {
+                        key,
+                        message: "must be a string or an integer".into(),
+                    });
                 }
             };
             settings::check_value(&k, &s).map_err(|message| ConfigError::Value { key, message })?;
@@ -188,9 +204,21 @@ impl Config {
         }
         Ok(Config {
             listen,
-            data: cli.data.clone().or(fc.data).unwrap_or_else(|| "./data".into()),
-            models: cli.models.clone().or(fc.models).unwrap_or_else(|| "./models".into()),
-            templates: cli.templates.clone().or(fc.templates).unwrap_or_else(|| "./templates".into()),
+            data: cli
+                .data
+                .clone()
+                .or(fc.data)
+                .unwrap_or_else(|| "./data".into()),
+            models: cli
+                .models
+                .clone()
+                .or(fc.models)
+                .unwrap_or_else(|| "./models".into()),
+            templates: cli
+                .templates
+                .clone()
+                .or(fc.templates)
+                .unwrap_or_else(|| "./templates".into()),
             log_format,
             store_cache_bytes: mb << 20,
             defaults,
@@ -208,8 +236,10 @@ impl Config {
         };
         let file = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
                 Some((path, text))
             }
             None => None,
@@ -245,7 +275,10 @@ mod tests {
 
     #[test]
     fn flag_beats_file() {
-        let file = Some(("a.toml".into(), "listen = \"127.0.0.1:9000\"\ndata = \"/x\"".to_string()));
+        let file = Some((
+            "a.toml".into(),
+            "listen = \"127.0.0.1:9000\"\ndata = \"/x\"".to_string(),
+        ));
         let c = Config::resolve(&cli(&["--listen", "127.0.0.1:9001"]), file).unwrap();
         assert_eq!(c.listen.port(), 9001);
         assert_eq!(c.data, PathBuf::from("/x"));
@@ -260,18 +293,26 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let e = Config::resolve(&cli(&["--listen", "nope"]), None).unwrap_err().to_string();
+        let e = Config::resolve(&cli(&["--listen", "nope"]), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen"), "{e}");
         let file = Some((
             "a.toml".into(),
             "[defaults]\ndevice-provisioning-sip-transport-protocol = \"sctp\"".to_string(),
         ));
         let e = Config::resolve(&cli(&[]), file).unwrap_err().to_string();
-        assert!(e.contains("defaults.device-provisioning-sip-transport-protocol"), "{e}");
+        assert!(
+            e.contains("defaults.device-provisioning-sip-transport-protocol"),
+            "{e}"
+        );
     }
 
     #[test]
     fn serve_is_a_subcommand() {
-        assert!(matches!(cli(&["serve", "--listen", "127.0.0.1:1"]).command, Some(Command::Serve)));
+        assert!(matches!(
+            cli(&["serve", "--listen", "127.0.0.1:1"]).command,
+            Some(Command::Serve)
+        ));
     }
 }

@@ -60,12 +60,18 @@ pub enum AppError {
 impl AppError {
     /// 400 naming `field`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        AppError::Invalid { field: field.into(), message: message.into() }
+        AppError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// 409 naming `field`.
     pub fn conflict(field: impl Into<String>, message: impl Into<String>) -> Self {
-        AppError::Conflict { field: field.into(), message: message.into() }
+        AppError::Conflict {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// Status, stable code, and the field when there is one.
@@ -73,9 +79,11 @@ impl AppError {
         match self {
             AppError::Invalid { field, .. } => (StatusCode::BAD_REQUEST, "invalid", Some(field)),
             AppError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json", None),
-            AppError::UnsupportedMediaType => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", None)
-            }
+            AppError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                None,
+            ),
             AppError::Unauthorized | AppError::PhoneUnauthorized => {
                 (StatusCode::UNAUTHORIZED, "unauthorized", None)
             }
@@ -119,7 +127,12 @@ impl AppError {
             _ if status.is_server_error() => "internal error\n",
             _ => "bad request\n",
         };
-        let mut r = (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response();
+        let mut r = (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            body,
+        )
+            .into_response();
         add_challenge(&self, &mut r);
         r
     }
@@ -128,15 +141,20 @@ impl AppError {
 fn add_challenge(e: &AppError, r: &mut Response) {
     match e {
         AppError::PhoneUnauthorized => {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"autoprov\""));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"autoprov\""),
+            );
         }
         AppError::Unauthorized => {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"autoprov\""));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"autoprov\""),
+            );
         }
         AppError::MethodNotAllowed => {
-            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         }
         _ => {}
     }
@@ -164,10 +182,19 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(AppError::invalid("a", "b").parts().0, StatusCode::BAD_REQUEST);
-        assert_eq!(AppError::UnsupportedMediaType.parts().0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(
+            AppError::invalid("a", "b").parts().0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            AppError::UnsupportedMediaType.parts().0,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
         assert_eq!(AppError::conflict("a", "b").parts().0, StatusCode::CONFLICT);
         let r = AppError::PhoneUnauthorized.into_phone_response();
-        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Basic realm=\"autoprov\"");
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Basic realm=\"autoprov\""
+        );
     }
 }

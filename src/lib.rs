@@ -115,7 +115,10 @@ pub enum StartupError {
 }
 
 fn write_secret_file(path: &Path, text: &str) -> Result<(), StartupError> {
-    let io = |source| StartupError::Io { path: path.to_path_buf(), source };
+    let io = |source| StartupError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     #[cfg(unix)]
     {
         use std::io::Write;
@@ -138,7 +141,11 @@ fn write_secret_file(path: &Path, text: &str) -> Result<(), StartupError> {
 
 /// Renders every model's files for a sample phone, so a template that cannot render stops
 /// startup (or a reload) instead of failing a phone later.
-pub fn check_samples(catalogue: &Catalogue, engine: &Engine, server: &Settings) -> Result<(), StartupError> {
+pub fn check_samples(
+    catalogue: &Catalogue,
+    engine: &Engine,
+    server: &Settings,
+) -> Result<(), StartupError> {
     for m in catalogue.models() {
         let mac = model::Mac::from_bytes([0x00, 0x15, 0x65, 0x00, 0x00, 0x01]);
         let mut phone = Phone::new(mac, m.id.clone());
@@ -160,19 +167,31 @@ pub fn check_samples(catalogue: &Catalogue, engine: &Engine, server: &Settings) 
                 mem
             })
             .collect();
-        let lines: Vec<LineInput<'_>> =
-            phone.members.iter().zip(&accounts).map(|(member, account)| LineInput { member, account }).collect();
+        let lines: Vec<LineInput<'_>> = phone
+            .members
+            .iter()
+            .zip(&accounts)
+            .map(|(member, account)| LineInput { member, account })
+            .collect();
         for f in &m.files {
             let input = PhoneInput {
                 model: m,
                 server,
                 domain: None,
                 phone: f.per_phone().then_some(&phone),
-                lines: if f.per_phone() { lines.clone() } else { Vec::new() },
+                lines: if f.per_phone() {
+                    lines.clone()
+                } else {
+                    Vec::new()
+                },
             };
             engine
                 .render(f, &RenderContext::build(&input), &Default::default())
-                .map_err(|source| StartupError::Sample { model: m.id.clone(), file: f.name.clone(), source })?;
+                .map_err(|source| StartupError::Sample {
+                    model: m.id.clone(),
+                    file: f.name.clone(),
+                    source,
+                })?;
         }
     }
     Ok(())
@@ -185,8 +204,10 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
     let catalogue = Catalogue::load(&config.models, &|t| engine.has(t))?;
     check_samples(&catalogue, &engine, &config.defaults)?;
 
-    std::fs::create_dir_all(&config.data)
-        .map_err(|source| StartupError::Io { path: config.data.clone(), source })?;
+    std::fs::create_dir_all(&config.data).map_err(|source| StartupError::Io {
+        path: config.data.clone(),
+        source,
+    })?;
     let store = Store::open(&config.data.join("store"), config.store_cache_bytes)?;
 
     let mut h = Sha256::new();
@@ -223,19 +244,22 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
     };
     let provisioning_credentials_path = config.data.join("provisioning-credentials");
     let mut new_creds = None;
-    let (prov_user, prov_pass_hash) = match (store.meta("prov_user")?, store.meta("prov_pass_sha256")?) {
-        (Some(u), Some(p)) => (String::from_utf8_lossy(&u).into_owned(), p),
-        _ => {
-            let user = format!("prov-{}", auth::random_secret(6).to_ascii_lowercase());
-            let pass = auth::random_secret(20);
-            write_secret_file(&provisioning_credentials_path, &format!("{user}:{pass}\n"))?;
-            let h = auth::hash(&pass).to_vec();
-            change.meta.push(("prov_user".into(), user.clone().into_bytes()));
-            change.meta.push(("prov_pass_sha256".into(), h.clone()));
-            new_creds = Some((user.clone(), pass));
-            (user, h)
-        }
-    };
+    let (prov_user, prov_pass_hash) =
+        match (store.meta("prov_user")?, store.meta("prov_pass_sha256")?) {
+            (Some(u), Some(p)) => (String::from_utf8_lossy(&u).into_owned(), p),
+            _ => {
+                let user = format!("prov-{}", auth::random_secret(6).to_ascii_lowercase());
+                let pass = auth::random_secret(20);
+                write_secret_file(&provisioning_credentials_path, &format!("{user}:{pass}\n"))?;
+                let h = auth::hash(&pass).to_vec();
+                change
+                    .meta
+                    .push(("prov_user".into(), user.clone().into_bytes()));
+                change.meta.push(("prov_pass_sha256".into(), h.clone()));
+                new_creds = Some((user.clone(), pass));
+                (user, h)
+            }
+        };
     store.commit(&change)?;
     store.flush_sync()?;
 

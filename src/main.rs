@@ -32,7 +32,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    println!("autoprov listening on http://{addr} ({} models loaded, data in {})", startup.models, config.data.display());
+    println!(
+        "autoprov listening on http://{addr} ({} models loaded, data in {})",
+        startup.models,
+        config.data.display()
+    );
     match &startup.new_admin_token {
         Some(t) => println!(
             "admin token (shown once, also in {}): {t}",

@@ -13,7 +13,9 @@ use crate::config::LogFormat;
 pub fn init(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("autoprov=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -36,7 +38,11 @@ pub async fn log_requests(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let resp = next.run(req).await;
-    let facts = resp.extensions().get::<RequestFacts>().cloned().unwrap_or_default();
+    let facts = resp
+        .extensions()
+        .get::<RequestFacts>()
+        .cloned()
+        .unwrap_or_default();
     let status = resp.status().as_u16();
     let micros = start.elapsed().as_micros() as u64;
     tracing::info!(

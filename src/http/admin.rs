@@ -26,14 +26,23 @@ use crate::store::{Change, render_key};
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/models", get(list_models))
-        .route("/domains/{domain}", get(get_domain).put(put_domain).delete(delete_domain))
-        .route("/domains/{domain}/users/{user}/devices", get(list_accounts).post(post_account))
+        .route(
+            "/domains/{domain}",
+            get(get_domain).put(put_domain).delete(delete_domain),
+        )
+        .route(
+            "/domains/{domain}/users/{user}/devices",
+            get(list_accounts).post(post_account),
+        )
         .route(
             "/domains/{domain}/users/{user}/devices/{device}",
             get(get_account).put(put_account).delete(delete_account),
         )
         .route("/phones", get(list_phones))
-        .route("/phones/{mac}", get(get_phone).put(put_phone).delete(delete_phone))
+        .route(
+            "/phones/{mac}",
+            get(get_phone).put(put_phone).delete(delete_phone),
+        )
         .route("/phones/{mac}/members", get(get_members).put(put_members))
         .route("/phones/{mac}/files/{file}", get(preview))
 }
@@ -57,7 +66,10 @@ impl FromRequestParts<AppState> for Admin {
             .and_then(|v| auth::bearer(v.as_bytes()))
             .ok_or(AppError::Unauthorized)?;
         if auth::matches_hash(token, &st.admin_token_hash) {
-            Ok(Admin { domain: None, user: None })
+            Ok(Admin {
+                domain: None,
+                user: None,
+            })
         } else {
             Err(AppError::Unauthorized)
         }
@@ -65,8 +77,16 @@ impl FromRequestParts<AppState> for Admin {
 }
 
 fn check_name(field: &str, v: &str, max: usize) -> Result<(), AppError> {
-    if v.is_empty() || v.len() > max || !v.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-')) {
-        return Err(AppError::invalid(field, format!("must be 1 to {max} of A-Z a-z 0-9 . _ -")));
+    if v.is_empty()
+        || v.len() > max
+        || !v
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+    {
+        return Err(AppError::invalid(
+            field,
+            format!("must be 1 to {max} of A-Z a-z 0-9 . _ -"),
+        ));
     }
     Ok(())
 }
@@ -74,7 +94,12 @@ fn check_name(field: &str, v: &str, max: usize) -> Result<(), AppError> {
 /// Resolves `~` in the domain path segment to the token's domain.
 fn resolve_domain(admin: &Admin, domain: &str) -> Result<String, AppError> {
     let d = if domain == "~" {
-        admin.domain.clone().ok_or_else(|| AppError::invalid("domain", "`~` needs a token bound to a domain; name the domain"))?
+        admin.domain.clone().ok_or_else(|| {
+            AppError::invalid(
+                "domain",
+                "`~` needs a token bound to a domain; name the domain",
+            )
+        })?
     } else {
         domain.to_string()
     };
@@ -84,7 +109,9 @@ fn resolve_domain(admin: &Admin, domain: &str) -> Result<String, AppError> {
 
 fn resolve_user(admin: &Admin, user: &str) -> Result<String, AppError> {
     let u = if user == "~" {
-        admin.user.clone().ok_or_else(|| AppError::invalid("user", "`~` needs a token bound to a user; name the user"))?
+        admin.user.clone().ok_or_else(|| {
+            AppError::invalid("user", "`~` needs a token bound to a user; name the user")
+        })?
     } else {
         user.to_string()
     };
@@ -97,7 +124,11 @@ fn parse_mac(field: &str, s: &str) -> Result<Mac, AppError> {
 }
 
 fn created_or_ok(created: bool, body: Value) -> Response {
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     (status, Json(body)).into_response()
 }
 
@@ -129,9 +160,16 @@ fn domain_json(d: &Domain) -> Value {
     })
 }
 
-async fn get_domain(a: Admin, State(st): State<AppState>, Path(domain): Path<String>) -> Result<Json<Value>, AppError> {
+async fn get_domain(
+    a: Admin,
+    State(st): State<AppState>,
+    Path(domain): Path<String>,
+) -> Result<Json<Value>, AppError> {
     let name = resolve_domain(&a, &domain)?;
-    let d = st.store.domain(&name)?.ok_or_else(|| AppError::NotFound(format!("no domain {name}")))?;
+    let d = st
+        .store
+        .domain(&name)?
+        .ok_or_else(|| AppError::NotFound(format!("no domain {name}")))?;
     Ok(Json(domain_json(&d)))
 }
 
@@ -146,7 +184,10 @@ async fn put_domain(
         let _w = st.store.writer();
         let existing = st.store.domain(&name)?;
         let created = existing.is_none();
-        let mut d = existing.clone().unwrap_or_else(|| Domain { name: name.clone(), ..Default::default() });
+        let mut d = existing.clone().unwrap_or_else(|| Domain {
+            name: name.clone(),
+            ..Default::default()
+        });
         let mut f = Fields::new(body, "");
         f.echo("domain", &name)?;
         let defaults = f.take("defaults");
@@ -156,8 +197,14 @@ async fn put_domain(
             }
             st::check_value(k, v)
         })?;
-        set_opt(&mut d.provisioning_username, f.string("device-provisioning-username")?);
-        set_opt(&mut d.provisioning_password, f.string("device-provisioning-password")?);
+        set_opt(
+            &mut d.provisioning_username,
+            f.string("device-provisioning-username")?,
+        );
+        set_opt(
+            &mut d.provisioning_password,
+            f.string("device-provisioning-password")?,
+        );
         f.finish()?;
         if d.provisioning_username.is_some() != d.provisioning_password.is_some() {
             return Err(AppError::invalid(
@@ -187,7 +234,11 @@ fn set_opt(target: &mut Option<String>, p: Patch<String>) {
     }
 }
 
-async fn delete_domain(a: Admin, State(st): State<AppState>, Path(domain): Path<String>) -> Result<StatusCode, AppError> {
+async fn delete_domain(
+    a: Admin,
+    State(st): State<AppState>,
+    Path(domain): Path<String>,
+) -> Result<StatusCode, AppError> {
     let name = resolve_domain(&a, &domain)?;
     {
         let _w = st.store.writer();
@@ -195,9 +246,15 @@ async fn delete_domain(a: Admin, State(st): State<AppState>, Path(domain): Path<
             return Err(AppError::NotFound(format!("no domain {name}")));
         }
         if st.store.domain_in_use(&name)? {
-            return Err(AppError::conflict("domain", "the domain still has phones or accounts; delete them first"));
+            return Err(AppError::conflict(
+                "domain",
+                "the domain still has phones or accounts; delete them first",
+            ));
         }
-        st.store.commit(&Change { domains: vec![(name, None)], ..Default::default() })?;
+        st.store.commit(&Change {
+            domains: vec![(name, None)],
+            ..Default::default()
+        })?;
     }
     st.store.flush().await?;
     Ok(StatusCode::NO_CONTENT)
@@ -219,39 +276,74 @@ fn linked_phone(st: &AppState, id: &str) -> Result<Option<(Phone, u32)>, AppErro
 }
 
 fn account_json(st: &AppState, a: &Account) -> Result<Value, AppError> {
-    let get = |k: &str, default: &str| a.settings.get(k).cloned().unwrap_or_else(|| default.to_string());
+    let get = |k: &str, default: &str| {
+        a.settings
+            .get(k)
+            .cloned()
+            .unwrap_or_else(|| default.to_string())
+    };
     let mut o = Map::new();
     o.insert("id".into(), json!(a.id()));
     o.insert("domain".into(), json!(a.domain));
     o.insert("user".into(), json!(a.user));
     o.insert("device".into(), json!(a.device));
-    o.insert(st::EMERGENCY_CID.into(), json!(get(st::EMERGENCY_CID, "[*]")));
+    o.insert(
+        st::EMERGENCY_CID.into(),
+        json!(get(st::EMERGENCY_CID, "[*]")),
+    );
     for (flag, default) in SEED_FLAGS {
         o.insert((*flag).into(), json!(get(flag, default)));
     }
     let expiry = get(st::EXPIRY, "60");
-    o.insert(st::EXPIRY.into(), json!(expiry.parse::<i64>().unwrap_or(60)));
+    o.insert(
+        st::EXPIRY.into(),
+        json!(expiry.parse::<i64>().unwrap_or(60)),
+    );
     o.insert(st::SRTP.into(), json!(get(st::SRTP, "no")));
     o.insert(st::RECORDING.into(), json!(get(st::RECORDING, "no")));
     o.insert(st::ALLOWED_UA.into(), json!(a.settings.get(st::ALLOWED_UA)));
     o.insert(st::NAT.into(), json!(get(st::NAT, "automatic")));
     o.insert("emergency-address-id".into(), json!(a.emergency_address_id));
     let linked = linked_phone(st, &a.id())?;
-    o.insert("device-models-model".into(), json!(linked.as_ref().map(|(p, _)| p.model.clone())));
-    o.insert("device-provisioning-mac-address".into(), json!(linked.as_ref().map(|(p, _)| p.mac.lower())));
-    o.insert("device-provisioning-line".into(), json!(linked.as_ref().map(|(_, port)| *port)));
-    o.insert(st::CORE_SERVER.into(), json!(a.settings.get(st::CORE_SERVER)));
+    o.insert(
+        "device-models-model".into(),
+        json!(linked.as_ref().map(|(p, _)| p.model.clone())),
+    );
+    o.insert(
+        "device-provisioning-mac-address".into(),
+        json!(linked.as_ref().map(|(p, _)| p.mac.lower())),
+    );
+    o.insert(
+        "device-provisioning-line".into(),
+        json!(linked.as_ref().map(|(_, port)| *port)),
+    );
+    o.insert(
+        st::CORE_SERVER.into(),
+        json!(a.settings.get(st::CORE_SERVER)),
+    );
     o.insert(st::TRANSPORT.into(), json!(get(st::TRANSPORT, "udp")));
-    o.insert("device-provisioning-username".into(), json!(a.provisioning_username));
+    o.insert(
+        "device-provisioning-username".into(),
+        json!(a.provisioning_username),
+    );
     o.insert("device-provisioning-overrides".into(), json!(a.overrides));
     Ok(Value::Object(o))
 }
 
 /// The account-level settings fields a body may carry (stored in `Account::settings`).
 fn account_setting_fields() -> impl Iterator<Item = &'static str> {
-    [st::EMERGENCY_CID, st::EXPIRY, st::SRTP, st::RECORDING, st::ALLOWED_UA, st::NAT, st::CORE_SERVER, st::TRANSPORT]
-        .into_iter()
-        .chain(SEED_FLAGS.iter().map(|(k, _)| *k))
+    [
+        st::EMERGENCY_CID,
+        st::EXPIRY,
+        st::SRTP,
+        st::RECORDING,
+        st::ALLOWED_UA,
+        st::NAT,
+        st::CORE_SERVER,
+        st::TRANSPORT,
+    ]
+    .into_iter()
+    .chain(SEED_FLAGS.iter().map(|(k, _)| *k))
 }
 
 /// Parses `device-provisioning-overrides`: an object of key → string, or the NetSapiens
@@ -262,7 +354,10 @@ fn parse_overrides(field: &str, v: Value) -> Result<crate::model::Overrides, App
         Value::Object(m) => {
             for (k, v) in m {
                 let Value::String(s) = v else {
-                    return Err(AppError::invalid(format!("{field}.{k}"), "must be a string"));
+                    return Err(AppError::invalid(
+                        format!("{field}.{k}"),
+                        "must be a string",
+                    ));
                 };
                 out.insert(k, s);
             }
@@ -276,19 +371,31 @@ fn parse_overrides(field: &str, v: Value) -> Result<crate::model::Overrides, App
                 let (k, v) = line
                     .split_once('=')
                     .or_else(|| line.split_once(':'))
-                    .ok_or_else(|| AppError::invalid(field, format!("line {} is not `key = value`", i + 1)))?;
+                    .ok_or_else(|| {
+                        AppError::invalid(field, format!("line {} is not `key = value`", i + 1))
+                    })?;
                 out.insert(k.trim().to_string(), v.trim().to_string());
             }
         }
-        _ => return Err(AppError::invalid(field, "must be an object of key → string value, or `key = value` lines")),
+        _ => {
+            return Err(AppError::invalid(
+                field,
+                "must be an object of key → string value, or `key = value` lines",
+            ));
+        }
     }
     Ok(out)
 }
 
-fn check_overrides(model: &Model, field: &str, ov: &crate::model::Overrides) -> Result<(), AppError> {
+fn check_overrides(
+    model: &Model,
+    field: &str,
+    ov: &crate::model::Overrides,
+) -> Result<(), AppError> {
     for (k, v) in ov {
         for f in &model.files {
-            overlay::check_override(f.format, k, v).map_err(|m| AppError::invalid(format!("{field}.{k}"), m))?;
+            overlay::check_override(f.format, k, v)
+                .map_err(|m| AppError::invalid(format!("{field}.{k}"), m))?;
         }
     }
     Ok(())
@@ -317,10 +424,16 @@ fn account_change(
     let existing = st.store.account(&id)?;
     if let Some(e) = &existing {
         if create_only {
-            return Err(AppError::conflict("device", format!("device {device} already exists in {domain}")));
+            return Err(AppError::conflict(
+                "device",
+                format!("device {device} already exists in {domain}"),
+            ));
         }
         if e.user != user {
-            return Err(AppError::conflict("device", format!("device {device} belongs to user {} in {domain}", e.user)));
+            return Err(AppError::conflict(
+                "device",
+                format!("device {device} belongs to user {} in {domain}", e.user),
+            ));
         }
     }
     let created = existing.is_none();
@@ -338,7 +451,10 @@ fn account_change(
     f.echo("id", &id)?;
     match f.string("device-sip-registration-password")? {
         Patch::Set(p) if p.is_empty() => {
-            return Err(AppError::invalid("device-sip-registration-password", "must not be empty"));
+            return Err(AppError::invalid(
+                "device-sip-registration-password",
+                "must not be empty",
+            ));
         }
         Patch::Set(p) => acc.password = p,
         Patch::Null => acc.password = auth::random_secret(16),
@@ -355,11 +471,26 @@ fn account_change(
             Patch::Absent => {}
         }
     }
-    set_opt(&mut acc.emergency_address_id, f.string("emergency-address-id")?);
-    set_opt(&mut acc.provisioning_username, f.string("device-provisioning-username")?);
-    set_opt(&mut acc.provisioning_password, f.string("device-provisioning-password")?);
-    let prov_named = acc.provisioning_username != existing.as_ref().and_then(|e| e.provisioning_username.clone())
-        || acc.provisioning_password != existing.as_ref().and_then(|e| e.provisioning_password.clone());
+    set_opt(
+        &mut acc.emergency_address_id,
+        f.string("emergency-address-id")?,
+    );
+    set_opt(
+        &mut acc.provisioning_username,
+        f.string("device-provisioning-username")?,
+    );
+    set_opt(
+        &mut acc.provisioning_password,
+        f.string("device-provisioning-password")?,
+    );
+    let prov_named = acc.provisioning_username
+        != existing
+            .as_ref()
+            .and_then(|e| e.provisioning_username.clone())
+        || acc.provisioning_password
+            != existing
+                .as_ref()
+                .and_then(|e| e.provisioning_password.clone());
     let overrides_named = match f.take("device-provisioning-overrides") {
         Patch::Set(v) => {
             acc.overrides = Some(parse_overrides("device-provisioning-overrides", v)?);
@@ -382,7 +513,10 @@ fn account_change(
     };
     f.finish()?;
     if acc.provisioning_username.is_some() != acc.provisioning_password.is_some() {
-        return Err(AppError::invalid("device-provisioning-password", "provisioning username and password are set together"));
+        return Err(AppError::invalid(
+            "device-provisioning-password",
+            "provisioning username and password are set together",
+        ));
     }
 
     let mut change = Change::default();
@@ -394,10 +528,16 @@ fn account_change(
         Patch::Absent => current.as_ref().map(|(p, _)| p.mac),
     };
     if link.model.named() && !link.mac.named() && target_mac.is_none() {
-        return Err(AppError::invalid("device-models-model", "needs device-provisioning-mac-address to link a phone"));
+        return Err(AppError::invalid(
+            "device-models-model",
+            "needs device-provisioning-mac-address to link a phone",
+        ));
     }
     if link.line.named() && target_mac.is_none() {
-        return Err(AppError::invalid("device-provisioning-line", "needs device-provisioning-mac-address to link a phone"));
+        return Err(AppError::invalid(
+            "device-provisioning-line",
+            "needs device-provisioning-mac-address to link a phone",
+        ));
     }
     // Unlink from the previous phone when the MAC changes or is cleared.
     if let Some((old, _)) = &current
@@ -419,7 +559,12 @@ fn account_change(
                 {
                     return Err(AppError::conflict(
                         "device-models-model",
-                        format!("{} is linked as {}; change the model with PUT /phones/{}", mac.lower(), p.model, mac.lower()),
+                        format!(
+                            "{} is linked as {}; change the model with PUT /phones/{}",
+                            mac.lower(),
+                            p.model,
+                            mac.lower()
+                        ),
                     ));
                 }
                 if let Some(d) = &p.domain
@@ -440,7 +585,10 @@ fn account_change(
                     ));
                 };
                 if st.catalogue.get(model).is_none() {
-                    return Err(AppError::invalid("device-models-model", format!("unknown model {model:?}; see GET /api/v1/models")));
+                    return Err(AppError::invalid(
+                        "device-models-model",
+                        format!("unknown model {model:?}; see GET /api/v1/models"),
+                    ));
                 }
                 Phone::new(mac, model.clone())
             }
@@ -448,12 +596,17 @@ fn account_change(
         if let Patch::Set(m) = &link.model
             && st.catalogue.get(m).is_none()
         {
-            return Err(AppError::invalid("device-models-model", format!("unknown model {m:?}; see GET /api/v1/models")));
+            return Err(AppError::invalid(
+                "device-models-model",
+                format!("unknown model {m:?}; see GET /api/v1/models"),
+            ));
         }
-        let model = st
-            .catalogue
-            .get(&phone.model)
-            .ok_or_else(|| AppError::conflict("device-models-model", format!("model {} is not loaded", phone.model)))?;
+        let model = st.catalogue.get(&phone.model).ok_or_else(|| {
+            AppError::conflict(
+                "device-models-model",
+                format!("model {} is not loaded", phone.model),
+            )
+        })?;
         phone.domain = Some(domain.to_string());
         let already = phone.members.iter().position(|m| m.id == id);
         let wanted_port = match link.line {
@@ -472,7 +625,10 @@ fn account_change(
                 let port = match port {
                     Some(p) => p,
                     None => phone.first_free_port(model.ports).ok_or_else(|| {
-                        AppError::conflict("device-provisioning-mac-address", format!("all {} ports of {} are taken", model.ports, mac.lower()))
+                        AppError::conflict(
+                            "device-provisioning-mac-address",
+                            format!("all {} ports of {} are taken", model.ports, mac.lower()),
+                        )
                     })?,
                 };
                 let mut m = Member::new(port, id.clone());
@@ -497,8 +653,9 @@ fn account_change(
     } else if overrides_named {
         if let Some(ov) = &acc.overrides {
             for (k, v) in ov {
-                overlay::check_override(crate::model::Format::KeyValue, k, v)
-                    .map_err(|m| AppError::invalid(format!("device-provisioning-overrides.{k}"), m))?;
+                overlay::check_override(crate::model::Format::KeyValue, k, v).map_err(|m| {
+                    AppError::invalid(format!("device-provisioning-overrides.{k}"), m)
+                })?;
             }
         }
     }
@@ -513,10 +670,23 @@ fn account_change(
 fn place(phone: &Phone, model: &Model, m: &Member, field: &str) -> Result<(), AppError> {
     let last = m.port.saturating_add(m.line_weight.max(1) - 1);
     if m.port == 0 || last > model.ports {
-        return Err(AppError::invalid(field, format!("port {} with lineWeight {} does not fit the {} ports of {}", m.port, m.line_weight, model.ports, model.id)));
+        return Err(AppError::invalid(
+            field,
+            format!(
+                "port {} with lineWeight {} does not fit the {} ports of {}",
+                m.port, m.line_weight, model.ports, model.id
+            ),
+        ));
     }
-    if let Some(o) = phone.members.iter().find(|o| o.id != m.id && o.ports().any(|p| m.ports().contains(&p))) {
-        return Err(AppError::conflict(field, format!("port {} is taken by {}", m.port, o.id)));
+    if let Some(o) = phone
+        .members
+        .iter()
+        .find(|o| o.id != m.id && o.ports().any(|p| m.ports().contains(&p)))
+    {
+        return Err(AppError::conflict(
+            field,
+            format!("port {} is taken by {}", m.port, o.id),
+        ));
     }
     Ok(())
 }
@@ -543,7 +713,8 @@ async fn write_account(
     check_name("device", &device, 64)?;
     let (change, acc, created) = {
         let _w = st.store.writer();
-        let (change, acc, created) = account_change(&st, &domain, &user, &device, body, create_only)?;
+        let (change, acc, created) =
+            account_change(&st, &domain, &user, &device, body, create_only)?;
         st.store.commit(&change)?;
         (change, acc, created)
     };
@@ -571,13 +742,21 @@ async fn put_account(
     write_account(a, st, domain, user, Some(device), body).await
 }
 
-fn find_account(st: &AppState, a: &Admin, domain: &str, user: &str, device: &str) -> Result<Account, AppError> {
+fn find_account(
+    st: &AppState,
+    a: &Admin,
+    domain: &str,
+    user: &str,
+    device: &str,
+) -> Result<Account, AppError> {
     let domain = resolve_domain(a, domain)?;
     let user = resolve_user(a, user)?;
     check_name("device", device, 64)?;
     match st.store.account(&account_id(&domain, device))? {
         Some(acc) if acc.user == user => Ok(acc),
-        _ => Err(AppError::NotFound(format!("no device {device} for user {user} in {domain}"))),
+        _ => Err(AppError::NotFound(format!(
+            "no device {device} for user {user} in {domain}"
+        ))),
     }
 }
 
@@ -600,8 +779,12 @@ async fn list_accounts(
     if st.store.domain(&domain)?.is_none() {
         return Err(AppError::NotFound(format!("no domain {domain}")));
     }
-    let list: Result<Vec<Value>, AppError> =
-        st.store.accounts_of(&domain, Some(&user))?.iter().map(|acc| account_json(&st, acc)).collect();
+    let list: Result<Vec<Value>, AppError> = st
+        .store
+        .accounts_of(&domain, Some(&user))?
+        .iter()
+        .map(|acc| account_json(&st, acc))
+        .collect();
     Ok(Json(Value::Array(list?)))
 }
 
@@ -644,9 +827,16 @@ fn phone_json(p: &Phone) -> Value {
     })
 }
 
-async fn get_phone(_: Admin, State(st): State<AppState>, Path(mac): Path<String>) -> Result<Json<Value>, AppError> {
+async fn get_phone(
+    _: Admin,
+    State(st): State<AppState>,
+    Path(mac): Path<String>,
+) -> Result<Json<Value>, AppError> {
     let mac = parse_mac("mac", &mac)?;
-    let p = st.store.phone(mac)?.ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))?;
+    let p = st
+        .store
+        .phone(mac)?
+        .ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))?;
     Ok(Json(phone_json(&p)))
 }
 
@@ -664,16 +854,29 @@ async fn list_phones(
     q: Result<Query<PhoneQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
     let Query(q) = q.map_err(|e| AppError::invalid("query", e.body_text()))?;
-    let after = q.cursor.as_deref().map(|c| parse_mac("cursor", c)).transpose()?;
+    let after = q
+        .cursor
+        .as_deref()
+        .map(|c| parse_mac("cursor", c))
+        .transpose()?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
         return Err(AppError::invalid("limit", "must be from 1 to 1000"));
     }
     let phones = st.store.phones(after, limit, &|p| {
-        q.domain.as_ref().is_none_or(|d| p.domain.as_ref() == Some(d)) && q.model.as_ref().is_none_or(|m| &p.model == m)
+        q.domain
+            .as_ref()
+            .is_none_or(|d| p.domain.as_ref() == Some(d))
+            && q.model.as_ref().is_none_or(|m| &p.model == m)
     })?;
-    let next = if phones.len() == limit { phones.last().map(|p| p.mac.lower()) } else { None };
-    Ok(Json(json!({ "phones": phones.iter().map(phone_json).collect::<Vec<_>>(), "next": next })))
+    let next = if phones.len() == limit {
+        phones.last().map(|p| p.mac.lower())
+    } else {
+        None
+    };
+    Ok(Json(
+        json!({ "phones": phones.iter().map(phone_json).collect::<Vec<_>>(), "next": next }),
+    ))
 }
 
 async fn put_phone(
@@ -693,12 +896,20 @@ async fn put_phone(
         let mut phone = match (&existing, &model_patch) {
             (Some(p), _) => p.clone(),
             (None, Patch::Set(m)) => Phone::new(mac, m.clone()),
-            (None, _) => return Err(AppError::invalid("device-models-model", "is required to create a phone")),
+            (None, _) => {
+                return Err(AppError::invalid(
+                    "device-models-model",
+                    "is required to create a phone",
+                ));
+            }
         };
         match model_patch {
             Patch::Set(m) => {
                 if st.catalogue.get(&m).is_none() {
-                    return Err(AppError::invalid("device-models-model", format!("unknown model {m:?}; see GET /api/v1/models")));
+                    return Err(AppError::invalid(
+                        "device-models-model",
+                        format!("unknown model {m:?}; see GET /api/v1/models"),
+                    ));
                 }
                 phone.model = m;
             }
@@ -709,15 +920,24 @@ async fn put_phone(
             Patch::Set(d) => {
                 check_name("domain", &d, 64)?;
                 if st.store.domain(&d)?.is_none() {
-                    return Err(AppError::invalid("domain", format!("unknown domain {d:?}; create it with PUT /api/v1/domains/{d}")));
+                    return Err(AppError::invalid(
+                        "domain",
+                        format!("unknown domain {d:?}; create it with PUT /api/v1/domains/{d}"),
+                    ));
                 }
                 phone.domain = Some(d);
             }
             Patch::Null => phone.domain = None,
             Patch::Absent => {}
         }
-        set_opt(&mut phone.provisioning_username, f.string("device-provisioning-username")?);
-        set_opt(&mut phone.provisioning_password, f.string("device-provisioning-password")?);
+        set_opt(
+            &mut phone.provisioning_username,
+            f.string("device-provisioning-username")?,
+        );
+        set_opt(
+            &mut phone.provisioning_password,
+            f.string("device-provisioning-password")?,
+        );
         for key in [st::CORE_SERVER, st::TRANSPORT] {
             match f.setting(key)? {
                 Patch::Set(v) => {
@@ -730,32 +950,56 @@ async fn put_phone(
             }
         }
         let ov = f.take("device-provisioning-overrides");
-        let model = st
-            .catalogue
-            .get(&phone.model)
-            .ok_or_else(|| AppError::invalid("device-models-model", format!("model {} is not loaded", phone.model)))?;
-        let formats: Vec<_> = model.files.iter().map(|f| f.format).collect();
-        merge_patch(&mut phone.overrides, "device-provisioning-overrides", ov, &|k, v| {
-            formats.iter().try_for_each(|fmt| overlay::check_override(*fmt, k, v))
+        let model = st.catalogue.get(&phone.model).ok_or_else(|| {
+            AppError::invalid(
+                "device-models-model",
+                format!("model {} is not loaded", phone.model),
+            )
         })?;
+        let formats: Vec<_> = model.files.iter().map(|f| f.format).collect();
+        merge_patch(
+            &mut phone.overrides,
+            "device-provisioning-overrides",
+            ov,
+            &|k, v| {
+                formats
+                    .iter()
+                    .try_for_each(|fmt| overlay::check_override(*fmt, k, v))
+            },
+        )?;
         f.finish()?;
         if phone.provisioning_username.is_some() != phone.provisioning_password.is_some() {
-            return Err(AppError::invalid("device-provisioning-password", "provisioning username and password are set together"));
+            return Err(AppError::invalid(
+                "device-provisioning-password",
+                "provisioning username and password are set together",
+            ));
         }
         // Members must still fit the (possibly new) model and belong to the phone's domain.
         for (i, m) in phone.members.iter().enumerate() {
             if m.ports().any(|p| p > model.ports) {
                 return Err(AppError::conflict(
                     "device-models-model",
-                    format!("member {} on port {} does not fit the {} ports of {}", m.id, m.port, model.ports, model.id),
+                    format!(
+                        "member {} on port {} does not fit the {} ports of {}",
+                        m.id, m.port, model.ports, model.id
+                    ),
                 ));
             }
             if m.t38_fax_compression_enabled && !model.ata {
-                return Err(AppError::conflict("device-models-model", format!("member {i} uses T.38, which {} does not support", model.id)));
+                return Err(AppError::conflict(
+                    "device-models-model",
+                    format!("member {i} uses T.38, which {} does not support", model.id),
+                ));
             }
-            let in_domain = st.store.account(&m.id)?.is_some_and(|a| Some(&a.domain) == phone.domain.as_ref());
+            let in_domain = st
+                .store
+                .account(&m.id)?
+                .is_some_and(|a| Some(&a.domain) == phone.domain.as_ref());
             if !in_domain {
-                return Err(AppError::conflict("domain", format!("member {} is an account of another domain", m.id)));
+                return Err(AppError::conflict(
+                    "domain",
+                    format!("member {} is an account of another domain", m.id),
+                ));
             }
         }
         let mut change = Change::default();
@@ -772,14 +1016,21 @@ async fn put_phone(
     Ok(created_or_ok(created, phone_json(&phone)))
 }
 
-async fn delete_phone(_: Admin, State(st): State<AppState>, Path(mac): Path<String>) -> Result<StatusCode, AppError> {
+async fn delete_phone(
+    _: Admin,
+    State(st): State<AppState>,
+    Path(mac): Path<String>,
+) -> Result<StatusCode, AppError> {
     let mac = parse_mac("mac", &mac)?;
     {
         let _w = st.store.writer();
         if st.store.phone(mac)?.is_none() {
             return Err(AppError::NotFound(format!("no phone {}", mac.lower())));
         }
-        st.store.commit(&Change { phones: vec![(mac, None)], ..Default::default() })?;
+        st.store.commit(&Change {
+            phones: vec![(mac, None)],
+            ..Default::default()
+        })?;
     }
     st.store.flush().await?;
     Ok(StatusCode::NO_CONTENT)
@@ -795,11 +1046,17 @@ struct OrgQuery {
 
 fn phone_for_org(st: &AppState, mac: &str, org: &Option<String>) -> Result<Phone, AppError> {
     let mac = parse_mac("mac", mac)?;
-    let p = st.store.phone(mac)?.ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))?;
+    let p = st
+        .store
+        .phone(mac)?
+        .ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))?;
     if let Some(o) = org
         && p.domain.as_ref() != Some(o)
     {
-        return Err(AppError::NotFound(format!("no phone {} in {o}", mac.lower())));
+        return Err(AppError::NotFound(format!(
+            "no phone {} in {o}",
+            mac.lower()
+        )));
     }
     Ok(p)
 }
@@ -816,7 +1073,10 @@ async fn get_members(
 
 fn parse_member(i: usize, v: Value) -> Result<Member, AppError> {
     let Value::Object(map) = v else {
-        return Err(AppError::invalid(format!("members[{i}]"), "must be an object"));
+        return Err(AppError::invalid(
+            format!("members[{i}]"),
+            "must be an object",
+        ));
     };
     let mut f = Fields::new(map, format!("members[{i}]."));
     let port = match f.int("port", 1, 1024)? {
@@ -830,9 +1090,16 @@ fn parse_member(i: usize, v: Value) -> Result<Member, AppError> {
     let mut m = Member::new(port, id);
     match f.take("lineType") {
         Patch::Set(Value::String(s)) if s == "PRIMARY" => m.line_type = LineType::Primary,
-        Patch::Set(Value::String(s)) if s == "SHARED_CALL_APPEARANCE" => m.line_type = LineType::SharedCallAppearance,
+        Patch::Set(Value::String(s)) if s == "SHARED_CALL_APPEARANCE" => {
+            m.line_type = LineType::SharedCallAppearance
+        }
         Patch::Absent | Patch::Null => {}
-        Patch::Set(_) => return Err(AppError::invalid(f.path("lineType"), "must be PRIMARY or SHARED_CALL_APPEARANCE")),
+        Patch::Set(_) => {
+            return Err(AppError::invalid(
+                f.path("lineType"),
+                "must be PRIMARY or SHARED_CALL_APPEARANCE",
+            ));
+        }
     }
     if let Patch::Set(w) = f.int("lineWeight", 1, 64)? {
         m.line_weight = w as u32;
@@ -844,7 +1111,10 @@ fn parse_member(i: usize, v: Value) -> Result<Member, AppError> {
         ("primaryOwner", &mut m.primary_owner),
         ("hotlineEnabled", &mut m.hotline_enabled),
         ("allowCallDeclineEnabled", &mut m.allow_call_decline_enabled),
-        ("t38FaxCompressionEnabled", &mut m.t38_fax_compression_enabled),
+        (
+            "t38FaxCompressionEnabled",
+            &mut m.t38_fax_compression_enabled,
+        ),
     ] {
         if let Patch::Set(b) = f.boolean(key)? {
             *target = b;
@@ -859,37 +1129,76 @@ fn parse_member(i: usize, v: Value) -> Result<Member, AppError> {
 
 /// Validates a whole members list against the phone's model and domain (each rule names
 /// the field).
-fn check_members(st: &AppState, phone: &Phone, model: &Model, members: &[Member]) -> Result<(), AppError> {
+fn check_members(
+    st: &AppState,
+    phone: &Phone,
+    model: &Model,
+    members: &[Member],
+) -> Result<(), AppError> {
     let mut owners = 0;
     for (i, m) in members.iter().enumerate() {
         let at = |k: &str| format!("members[{i}].{k}");
         if m.port > model.ports {
-            return Err(AppError::invalid(at("port"), format!("{} has ports 1 to {}", model.id, model.ports)));
+            return Err(AppError::invalid(
+                at("port"),
+                format!("{} has ports 1 to {}", model.id, model.ports),
+            ));
         }
         if let Some(j) = members[..i].iter().position(|o| o.port == m.port) {
-            return Err(AppError::invalid(at("port"), format!("port {} is already used by members[{j}]", m.port)));
+            return Err(AppError::invalid(
+                at("port"),
+                format!("port {} is already used by members[{j}]", m.port),
+            ));
         }
         if m.ports().any(|p| p > model.ports) {
-            return Err(AppError::invalid(at("lineWeight"), format!("ports {}..{} run past the {} ports of {}", m.port, m.port + m.line_weight - 1, model.ports, model.id)));
+            return Err(AppError::invalid(
+                at("lineWeight"),
+                format!(
+                    "ports {}..{} run past the {} ports of {}",
+                    m.port,
+                    m.port + m.line_weight - 1,
+                    model.ports,
+                    model.id
+                ),
+            ));
         }
-        if let Some(j) = members.iter().enumerate().position(|(j, o)| j != i && o.port != m.port && o.ports().any(|p| m.ports().contains(&p))) {
-            return Err(AppError::invalid(at("lineWeight"), format!("ports of members[{i}] and members[{j}] overlap")));
+        if let Some(j) = members.iter().enumerate().position(|(j, o)| {
+            j != i && o.port != m.port && o.ports().any(|p| m.ports().contains(&p))
+        }) {
+            return Err(AppError::invalid(
+                at("lineWeight"),
+                format!("ports of members[{i}] and members[{j}] overlap"),
+            ));
         }
         if m.primary_owner {
             owners += 1;
             if owners > 1 {
-                return Err(AppError::invalid(at("primaryOwner"), "only one member can be the primary owner"));
+                return Err(AppError::invalid(
+                    at("primaryOwner"),
+                    "only one member can be the primary owner",
+                ));
             }
         }
         if m.hotline_enabled && m.hotline_destination.trim().is_empty() {
-            return Err(AppError::invalid(at("hotlineDestination"), "is required when hotlineEnabled is true"));
+            return Err(AppError::invalid(
+                at("hotlineDestination"),
+                "is required when hotlineEnabled is true",
+            ));
         }
         if m.t38_fax_compression_enabled && !model.ata {
-            return Err(AppError::invalid(at("t38FaxCompressionEnabled"), format!("{} is not an ATA; T.38 is for ATAs only", model.id)));
+            return Err(AppError::invalid(
+                at("t38FaxCompressionEnabled"),
+                format!("{} is not an ATA; T.38 is for ATAs only", model.id),
+            ));
         }
         match st.store.account(&m.id)? {
             Some(a) if Some(&a.domain) == phone.domain.as_ref() => {}
-            _ => return Err(AppError::invalid(at("id"), format!("no account {:?} in the phone's domain", m.id))),
+            _ => {
+                return Err(AppError::invalid(
+                    at("id"),
+                    format!("no account {:?} in the phone's domain", m.id),
+                ));
+            }
         }
     }
     Ok(())
@@ -907,18 +1216,27 @@ async fn put_members(
         let mut phone = phone_for_org(&st, &mac, &q.org_id)?;
         let mut f = Fields::new(body, "");
         let members = match f.take("members") {
-            Patch::Set(Value::Array(list)) => {
-                list.into_iter().enumerate().map(|(i, v)| parse_member(i, v)).collect::<Result<Vec<_>, _>>()?
-            }
+            Patch::Set(Value::Array(list)) => list
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| parse_member(i, v))
+                .collect::<Result<Vec<_>, _>>()?,
             Patch::Set(_) => return Err(AppError::invalid("members", "must be an array")),
             // Omitted: everyone but the primary owner is removed (the seed's rule).
-            Patch::Absent | Patch::Null => phone.members.iter().filter(|m| m.primary_owner).cloned().collect(),
+            Patch::Absent | Patch::Null => phone
+                .members
+                .iter()
+                .filter(|m| m.primary_owner)
+                .cloned()
+                .collect(),
         };
         f.finish()?;
-        let model = st
-            .catalogue
-            .get(&phone.model)
-            .ok_or_else(|| AppError::conflict("device-models-model", format!("model {} is not loaded", phone.model)))?;
+        let model = st.catalogue.get(&phone.model).ok_or_else(|| {
+            AppError::conflict(
+                "device-models-model",
+                format!("model {} is not loaded", phone.model),
+            )
+        })?;
         check_members(&st, &phone, model, &members)?;
         let mut members = members;
         members.sort_by_key(|m| m.port);
@@ -944,19 +1262,32 @@ async fn preview(
     Path((mac, file)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
     let mac = parse_mac("mac", &mac)?;
-    let phone = st.store.phone(mac)?.ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))?;
-    let model = st.catalogue.get(&phone.model).ok_or_else(|| AppError::NotFound("model not loaded".into()))?;
+    let phone = st
+        .store
+        .phone(mac)?
+        .ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))?;
+    let model = st
+        .catalogue
+        .get(&phone.model)
+        .ok_or_else(|| AppError::NotFound("model not loaded".into()))?;
     let found = match st.catalogue.match_path(&file) {
-        Some(FileRef::Phone { mac: m, pattern }) if m == mac => st
-            .catalogue
-            .file_spec(&model.id, &pattern)
-            .map(|s| (s, render_key(Some(mac), &model.id, &pattern), phone.revision)),
-        Some(FileRef::Common { name, .. }) => {
-            st.catalogue.file_spec(&model.id, &name).map(|s| (s, render_key(None, &model.id, &name), 0))
+        Some(FileRef::Phone { mac: m, pattern }) if m == mac => {
+            st.catalogue.file_spec(&model.id, &pattern).map(|s| {
+                (
+                    s,
+                    render_key(Some(mac), &model.id, &pattern),
+                    phone.revision,
+                )
+            })
         }
+        Some(FileRef::Common { name, .. }) => st
+            .catalogue
+            .file_spec(&model.id, &name)
+            .map(|s| (s, render_key(None, &model.id, &name), 0)),
         _ => None,
     };
-    let (spec, key, revision) = found.ok_or_else(|| AppError::NotFound(format!("{} does not request {file}", model.id)))?;
+    let (spec, key, revision) =
+        found.ok_or_else(|| AppError::NotFound(format!("{} does not request {file}", model.id)))?;
     let (rendered, _) = st
         .cache
         .get_or_render(&st.store, &key, revision, st.digest, || {
@@ -967,7 +1298,13 @@ async fn preview(
             }
         })
         .await?;
-    let ct = HeaderValue::from_str(&rendered.content_type).unwrap_or(HeaderValue::from_static("text/plain"));
+    let ct = HeaderValue::from_str(&rendered.content_type)
+        .unwrap_or(HeaderValue::from_static("text/plain"));
     let etag = HeaderValue::from_str(&rendered.etag).unwrap_or(HeaderValue::from_static("\"\""));
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct), (header::ETAG, etag)], rendered.body).into_response())
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, ct), (header::ETAG, etag)],
+        rendered.body,
+    )
+        .into_response())
 }

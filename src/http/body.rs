@@ -24,14 +24,17 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
             .map(|v| v.trim().to_ascii_lowercase())
-            .is_some_and(|v| v == "application/json" || (v.starts_with("application/") && v.ends_with("+json")));
+            .is_some_and(|v| {
+                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+            });
         if !is_json {
             return Err(AppError::UnsupportedMediaType);
         }
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e| AppError::MalformedJson(e.body_text()))?;
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| AppError::MalformedJson(e.to_string()))?;
+        let value: Value =
+            serde_json::from_slice(&bytes).map_err(|e| AppError::MalformedJson(e.to_string()))?;
         match value {
             Value::Object(m) => Ok(JsonBody(m)),
             _ => Err(AppError::invalid("", "the body must be a JSON object")),
@@ -67,7 +70,10 @@ pub struct Fields {
 impl Fields {
     /// Wraps `map`; error fields are reported as `prefix` + key.
     pub fn new(map: Map<String, Value>, prefix: impl Into<String>) -> Self {
-        Fields { map, prefix: prefix.into() }
+        Fields {
+            map,
+            prefix: prefix.into(),
+        }
     }
 
     /// The full name of `key` for error reports.
@@ -103,7 +109,10 @@ impl Fields {
             Patch::Set(v) => match v.as_i64() {
                 Some(n) if (lo..=hi).contains(&n) => Patch::Set(n),
                 _ => {
-                    return Err(AppError::invalid(self.path(key), format!("must be an integer from {lo} to {hi}")));
+                    return Err(AppError::invalid(
+                        self.path(key),
+                        format!("must be an integer from {lo} to {hi}"),
+                    ));
                 }
             },
             Patch::Null => Patch::Null,
@@ -115,7 +124,9 @@ impl Fields {
     pub fn boolean(&mut self, key: &str) -> Result<Patch<bool>, AppError> {
         Ok(match self.take(key) {
             Patch::Set(Value::Bool(b)) => Patch::Set(b),
-            Patch::Set(_) => return Err(AppError::invalid(self.path(key), "must be true or false")),
+            Patch::Set(_) => {
+                return Err(AppError::invalid(self.path(key), "must be true or false"));
+            }
             Patch::Null => Patch::Null,
             Patch::Absent => Patch::Absent,
         })
@@ -131,7 +142,9 @@ impl Fields {
             Patch::Null => return Ok(Patch::Null),
             Patch::Absent => return Ok(Patch::Absent),
         };
-        if matches!(settings::kind_of(key), Some(settings::Kind::Int(..))) && v.parse::<i64>().is_err() {
+        if matches!(settings::kind_of(key), Some(settings::Kind::Int(..)))
+            && v.parse::<i64>().is_err()
+        {
             return Err(AppError::invalid(self.path(key), "must be an integer"));
         }
         settings::check_value(key, &v).map_err(|m| AppError::invalid(self.path(key), m))?;
@@ -144,7 +157,10 @@ impl Fields {
         match self.take(key) {
             Patch::Absent => Ok(()),
             Patch::Set(Value::String(s)) if s == expected => Ok(()),
-            _ => Err(AppError::invalid(self.path(key), format!("is read-only here and must be {expected:?} if given"))),
+            _ => Err(AppError::invalid(
+                self.path(key),
+                format!("is read-only here and must be {expected:?} if given"),
+            )),
         }
     }
 
@@ -192,6 +208,9 @@ pub fn merge_patch(
             }
             Ok(true)
         }
-        Patch::Set(_) => Err(AppError::invalid(field, "must be an object of key → string value")),
+        Patch::Set(_) => Err(AppError::invalid(
+            field,
+            "must be an object of key → string value",
+        )),
     }
 }

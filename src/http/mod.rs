@@ -27,14 +27,18 @@ pub fn router(state: AppState) -> Router {
     let phone = Router::new()
         .route(
             "/{file}",
-            get(phone::fetch).fallback(|| async { AppError::MethodNotAllowed.into_phone_response() }),
+            get(phone::fetch)
+                .fallback(|| async { AppError::MethodNotAllowed.into_phone_response() }),
         )
         .layer(RequestBodyLimitLayer::new(0));
     Router::new()
         .nest("/api/v1", admin)
         .merge(phone)
         .fallback(|| async { AppError::NotFound("not found".into()).into_phone_response() })
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
         .layer(axum::middleware::from_fn(crate::telemetry::log_requests))
         .with_state(state)
 }

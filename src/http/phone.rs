@@ -16,7 +16,11 @@ use crate::store::render_key;
 use crate::telemetry::RequestFacts;
 
 /// `GET|HEAD /{file}`
-pub async fn fetch(State(st): State<AppState>, Path(file): Path<String>, headers: HeaderMap) -> Response {
+pub async fn fetch(
+    State(st): State<AppState>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let mut facts = RequestFacts::default();
     let result = serve_file(&st, &file, &headers, &mut facts).await;
     let mut resp = match result {
@@ -33,13 +37,18 @@ fn credentials(headers: &HeaderMap) -> Option<BasicCredentials> {
 
 fn server_default_ok(st: &AppState, c: Option<&BasicCredentials>) -> bool {
     c.is_some_and(|c| {
-        auth::secret_eq(&c.user, &st.prov_user) & auth::matches_hash(&c.password, &st.prov_pass_hash)
+        auth::secret_eq(&c.user, &st.prov_user)
+            & auth::matches_hash(&c.password, &st.prov_pass_hash)
     })
 }
 
 /// Checks `c` against the most specific credentials configured: phone, else its domain,
 /// else the server default.
-fn phone_auth_ok(st: &AppState, phone: &Phone, c: Option<&BasicCredentials>) -> Result<bool, AppError> {
+fn phone_auth_ok(
+    st: &AppState,
+    phone: &Phone,
+    c: Option<&BasicCredentials>,
+) -> Result<bool, AppError> {
     if let (Some(u), Some(p)) = (&phone.provisioning_username, &phone.provisioning_password) {
         return Ok(c.is_some_and(|c| c.matches(u, p)));
     }
@@ -70,7 +79,10 @@ async fn serve_file(
         return Err(AppError::NotFound("no model requests this file".into()));
     };
     let creds = credentials(headers);
-    let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ua = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let (rendered, outcome) = match fref {
         FileRef::Phone { mac, pattern } => {
             facts.mac = Some(mac.lower());
@@ -84,14 +96,18 @@ async fn serve_file(
             if !phone_auth_ok(st, &phone, creds.as_ref())? {
                 return Err(AppError::PhoneUnauthorized);
             }
-            let model = st.catalogue.get(&phone.model).ok_or_else(|| AppError::NotFound("model not loaded".into()))?;
-            let spec = st
+            let model = st
                 .catalogue
-                .file_spec(&model.id, &pattern)
-                .ok_or_else(|| AppError::NotFound("this model does not request that file".into()))?;
+                .get(&phone.model)
+                .ok_or_else(|| AppError::NotFound("model not loaded".into()))?;
+            let spec = st.catalogue.file_spec(&model.id, &pattern).ok_or_else(|| {
+                AppError::NotFound("this model does not request that file".into())
+            })?;
             let key = render_key(Some(mac), &model.id, &pattern);
             st.cache
-                .get_or_render(&st.store, &key, phone.revision, st.digest, || render_phone(st, model, spec, &phone))
+                .get_or_render(&st.store, &key, phone.revision, st.digest, || {
+                    render_phone(st, model, spec, &phone)
+                })
                 .await?
         }
         FileRef::Common { name, models } => {
@@ -114,11 +130,19 @@ async fn serve_file(
                 .filter(|m| models.contains(m))
                 .or_else(|| models.first().cloned())
                 .ok_or_else(|| AppError::NotFound("no model".into()))?;
-            let model = st.catalogue.get(&id).ok_or_else(|| AppError::NotFound("no model".into()))?;
-            let spec = st.catalogue.file_spec(&id, &name).ok_or_else(|| AppError::NotFound("no file".into()))?;
+            let model = st
+                .catalogue
+                .get(&id)
+                .ok_or_else(|| AppError::NotFound("no model".into()))?;
+            let spec = st
+                .catalogue
+                .file_spec(&id, &name)
+                .ok_or_else(|| AppError::NotFound("no file".into()))?;
             let key = render_key(None, &id, &name);
             st.cache
-                .get_or_render(&st.store, &key, 0, st.digest, || render_common(st, model, spec))
+                .get_or_render(&st.store, &key, 0, st.digest, || {
+                    render_common(st, model, spec)
+                })
                 .await?
         }
     };
@@ -127,14 +151,23 @@ async fn serve_file(
         Outcome::Miss => "miss",
     });
     let ua_lower = ua.to_ascii_lowercase();
-    if !rendered.allowed_user_agents.iter().all(|a| ua_lower.contains(&a.to_ascii_lowercase())) {
+    if !rendered
+        .allowed_user_agents
+        .iter()
+        .all(|a| ua_lower.contains(&a.to_ascii_lowercase()))
+    {
         return Err(AppError::Forbidden("User-Agent not allowed".into()));
     }
     Ok(respond(rendered, headers))
 }
 
 /// Renders a phone's file from the store (the cache-miss path).
-pub fn render_phone(st: &AppState, model: &Model, spec: &FileSpec, phone: &Phone) -> Result<Rendered, AppError> {
+pub fn render_phone(
+    st: &AppState,
+    model: &Model,
+    spec: &FileSpec,
+    phone: &Phone,
+) -> Result<Rendered, AppError> {
     let domain = match &phone.domain {
         Some(d) => st.store.domain(d)?,
         None => None,
@@ -145,24 +178,47 @@ pub fn render_phone(st: &AppState, model: &Model, spec: &FileSpec, phone: &Phone
             accounts.push((m, a));
         }
     }
-    let lines = accounts.iter().map(|(member, account)| LineInput { member, account }).collect();
-    let input = PhoneInput { model, server: &st.server_defaults, domain: domain.as_ref(), phone: Some(phone), lines };
+    let lines = accounts
+        .iter()
+        .map(|(member, account)| LineInput { member, account })
+        .collect();
+    let input = PhoneInput {
+        model,
+        server: &st.server_defaults,
+        domain: domain.as_ref(),
+        phone: Some(phone),
+        lines,
+    };
     let ctx = RenderContext::build(&input);
     let body = st.engine.render(spec, &ctx, &phone.overrides)?;
-    Ok(Rendered::new(body, spec.content_type.clone(), ctx.allowed_user_agents))
+    Ok(Rendered::new(
+        body,
+        spec.content_type.clone(),
+        ctx.allowed_user_agents,
+    ))
 }
 
 /// Renders a model's common file (model and server defaults only).
 pub fn render_common(st: &AppState, model: &Model, spec: &FileSpec) -> Result<Rendered, AppError> {
-    let input = PhoneInput { model, server: &st.server_defaults, domain: None, phone: None, lines: vec![] };
-    let body = st.engine.render(spec, &RenderContext::build(&input), &Default::default())?;
+    let input = PhoneInput {
+        model,
+        server: &st.server_defaults,
+        domain: None,
+        phone: None,
+        lines: vec![],
+    };
+    let body = st
+        .engine
+        .render(spec, &RenderContext::build(&input), &Default::default())?;
     Ok(Rendered::new(body, spec.content_type.clone(), vec![]))
 }
 
 fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
     headers.get_all(header::IF_NONE_MATCH).iter().any(|v| {
         v.to_str().is_ok_and(|s| {
-            s.split(',').map(str::trim).any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+            s.split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
         })
     })
 }
@@ -171,12 +227,21 @@ fn respond(r: Rendered, headers: &HeaderMap) -> Response {
     let etag = HeaderValue::from_str(&r.etag).unwrap_or(HeaderValue::from_static("\"\""));
     let no_cache = HeaderValue::from_static("no-cache");
     if etag_matches(headers, &r.etag) {
-        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag), (header::CACHE_CONTROL, no_cache)]).into_response();
+        return (
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, etag), (header::CACHE_CONTROL, no_cache)],
+        )
+            .into_response();
     }
-    let ct = HeaderValue::from_str(&r.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let ct = HeaderValue::from_str(&r.content_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, ct), (header::ETAG, etag), (header::CACHE_CONTROL, no_cache)],
+        [
+            (header::CONTENT_TYPE, ct),
+            (header::ETAG, etag),
+            (header::CACHE_CONTROL, no_cache),
+        ],
         r.body,
     )
         .into_response()
@@ -189,10 +254,22 @@ mod tests {
     #[test]
     fn ua_macs() {
         let m = Mac::parse("805ec0d57d72").unwrap();
-        assert_eq!(mac_in_user_agent("Yealink SIP-T31G 124.85.257.55 80:5e:c0:d5:7d:72"), Some(m));
-        assert_eq!(mac_in_user_agent("Yealink SIP-T56A  58.80.0.25 805ec0d57d72"), Some(m));
-        assert_eq!(mac_in_user_agent("FileTransport X-UA/4.0 (SN:805ec0d57d72) Type/App"), Some(m));
-        assert_eq!(mac_in_user_agent("Yealink-T46G 28.71.0.81 28.1.0.128.0.0.0"), None);
+        assert_eq!(
+            mac_in_user_agent("Yealink SIP-T31G 124.85.257.55 80:5e:c0:d5:7d:72"),
+            Some(m)
+        );
+        assert_eq!(
+            mac_in_user_agent("Yealink SIP-T56A  58.80.0.25 805ec0d57d72"),
+            Some(m)
+        );
+        assert_eq!(
+            mac_in_user_agent("FileTransport X-UA/4.0 (SN:805ec0d57d72) Type/App"),
+            Some(m)
+        );
+        assert_eq!(
+            mac_in_user_agent("Yealink-T46G 28.71.0.81 28.1.0.128.0.0.0"),
+            None
+        );
         assert_eq!(mac_in_user_agent("curl/8.0"), None);
     }
 }

@@ -138,7 +138,10 @@ impl Catalogue {
         dir: &Path,
         template_exists: &dyn Fn(&str) -> bool,
     ) -> Result<Self, CatalogueError> {
-        let io = |source| CatalogueError::Io { path: dir.to_path_buf(), source };
+        let io = |source| CatalogueError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(io)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -150,9 +153,15 @@ impl Catalogue {
         }
         let mut models = Vec::new();
         for path in paths {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|source| CatalogueError::Io { path: path.clone(), source })?;
-            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+            let text = std::fs::read_to_string(&path).map_err(|source| CatalogueError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
             models.push(Self::parse_model(&path, &stem, &text, template_exists)?);
         }
         Self::from_models(models)
@@ -178,7 +187,10 @@ impl Catalogue {
             return Err(field("id", format!("must equal the file name `{stem}`")));
         }
         if !settings::valid_key(&m.id) {
-            return Err(field("id", "must be lowercase letters, digits, `-`, `.` or `_`".into()));
+            return Err(field(
+                "id",
+                "must be lowercase letters, digits, `-`, `.` or `_`".into(),
+            ));
         }
         if m.ports == 0 || m.ports > 64 {
             return Err(field("ports", "must be from 1 to 64".into()));
@@ -201,7 +213,10 @@ impl Catalogue {
                 ));
             }
             if f.content_type.parse::<http_content_type::Check>().is_err() {
-                return Err(field(&format!("files[{i}].content_type"), "is not a media type".into()));
+                return Err(field(
+                    &format!("files[{i}].content_type"),
+                    "is not a media type".into(),
+                ));
             }
         }
         for (k, v) in &m.defaults {
@@ -236,13 +251,17 @@ impl Catalogue {
                         }
                     }
                 } else {
-                    cat.common.entry(f.name.to_ascii_lowercase()).or_default().push(m.id.clone());
+                    cat.common
+                        .entry(f.name.to_ascii_lowercase())
+                        .or_default()
+                        .push(m.id.clone());
                 }
             }
             cat.models.insert(m.id.clone(), m);
         }
         // Longest patterns first so `{mac}-local.cfg` wins over `{mac}.cfg`-like overlaps.
-        cat.patterns.sort_by_key(|(p, s)| std::cmp::Reverse(p.len() + s.len()));
+        cat.patterns
+            .sort_by_key(|(p, s)| std::cmp::Reverse(p.len() + s.len()));
         Ok(cat)
     }
 
@@ -263,7 +282,10 @@ impl Catalogue {
         }
         let lower = file.to_ascii_lowercase();
         if let Some(models) = self.common.get(&lower) {
-            return Some(FileRef::Common { name: lower, models: models.clone() });
+            return Some(FileRef::Common {
+                name: lower,
+                models: models.clone(),
+            });
         }
         for (pre, suf) in &self.patterns {
             if lower.len() == pre.len() + 12 + suf.len()
@@ -272,7 +294,10 @@ impl Catalogue {
             {
                 let mid = &lower[pre.len()..pre.len() + 12];
                 if let Ok(mac) = Mac::parse_plain(mid) {
-                    return Some(FileRef::Phone { mac, pattern: format!("{pre}{{mac}}{suf}") });
+                    return Some(FileRef::Phone {
+                        mac,
+                        pattern: format!("{pre}{{mac}}{suf}"),
+                    });
                 }
             }
         }
@@ -330,7 +355,8 @@ format = "key-value"
 "#;
 
     fn cat() -> Catalogue {
-        let m = Catalogue::parse_model(Path::new("m.toml"), "yealink-t46s", T46S, &|_| true).unwrap();
+        let m =
+            Catalogue::parse_model(Path::new("m.toml"), "yealink-t46s", T46S, &|_| true).unwrap();
         Catalogue::from_models(vec![m]).unwrap()
     }
 
@@ -340,9 +366,15 @@ format = "key-value"
         let mac = Mac::parse("001565aabbcc").unwrap();
         assert_eq!(
             c.match_path("001565AABBCC.cfg"),
-            Some(FileRef::Phone { mac, pattern: "{mac}.cfg".into() })
+            Some(FileRef::Phone {
+                mac,
+                pattern: "{mac}.cfg".into()
+            })
         );
-        assert!(matches!(c.match_path("y000000000066.cfg"), Some(FileRef::Common { .. })));
+        assert!(matches!(
+            c.match_path("y000000000066.cfg"),
+            Some(FileRef::Common { .. })
+        ));
         assert_eq!(c.match_path("001565aabbc.cfg"), None);
         assert_eq!(c.match_path("../001565aabbcc.cfg"), None);
         assert_eq!(c.match_path("001565aabbcc.xml"), None);
@@ -353,14 +385,18 @@ format = "key-value"
     fn bad_files_name_the_field() {
         let e = Catalogue::parse_model(Path::new("m.toml"), "other", T46S, &|_| true).unwrap_err();
         assert!(e.to_string().contains("field `id`"), "{e}");
-        let e = Catalogue::parse_model(Path::new("m.toml"), "yealink-t46s", T46S, &|t| t != "yealink/mac.cfg")
-            .unwrap_err();
+        let e = Catalogue::parse_model(Path::new("m.toml"), "yealink-t46s", T46S, &|t| {
+            t != "yealink/mac.cfg"
+        })
+        .unwrap_err();
         assert!(e.to_string().contains("files[1].template"), "{e}");
         let bad = T46S.replace("ports = 16", "ports = 16\ncolour = 1");
-        let e = Catalogue::parse_model(Path::new("m.toml"), "yealink-t46s", &bad, &|_| true).unwrap_err();
+        let e = Catalogue::parse_model(Path::new("m.toml"), "yealink-t46s", &bad, &|_| true)
+            .unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
         let bad = T46S.replace("\"pool.ntp.org\"", "\"a\\nb\"");
-        let e = Catalogue::parse_model(Path::new("m.toml"), "yealink-t46s", &bad, &|_| true).unwrap_err();
+        let e = Catalogue::parse_model(Path::new("m.toml"), "yealink-t46s", &bad, &|_| true)
+            .unwrap_err();
         assert!(e.to_string().contains("defaults.ntp-server"), "{e}");
     }
 }

@@ -10,7 +10,9 @@ pub struct Mac([u8; 6]);
 
 /// Why a string is not a MAC address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a MAC address: expected 12 hex digits, optionally grouped as aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff or aabb.ccdd.eeff")]
+#[error(
+    "not a MAC address: expected 12 hex digits, optionally grouped as aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff or aabb.ccdd.eeff"
+)]
 pub struct MacError;
 
 impl Mac {
@@ -162,7 +164,11 @@ mod tests {
             "0015.657a.bbcc",
             "00:15:65:7A:bb:CC",
         ] {
-            assert_eq!(Mac::parse(s).map(|m| m.lower()), Ok("0015657abbcc".into()), "{s}");
+            assert_eq!(
+                Mac::parse(s).map(|m| m.lower()),
+                Ok("0015657abbcc".into()),
+                "{s}"
+            );
         }
     }
 

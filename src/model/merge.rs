@@ -63,12 +63,17 @@ impl Merged {
 
     /// Plain key → value map.
     pub fn to_settings(&self) -> Settings {
-        self.values.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect()
+        self.values
+            .iter()
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Every key with value and origin.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str, Layer)> {
-        self.values.iter().map(|(k, (v, l))| (k.as_str(), v.as_str(), *l))
+        self.values
+            .iter()
+            .map(|(k, (v, l))| (k.as_str(), v.as_str(), *l))
     }
 }
 

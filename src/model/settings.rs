@@ -33,7 +33,10 @@ pub const SEED_FLAGS: &[(&str, &str)] = &[
     ("device-force-notify-new-voicemails-enabled", "no"),
     ("device-level-call-recording-enabled", "no"),
     ("device-push-enabled", "yes"),
-    ("device-sip-registration-ignore-for-presence-calculation", "no"),
+    (
+        "device-sip-registration-ignore-for-presence-calculation",
+        "no",
+    ),
     ("device-sip-registration-ignore-report-enabled", "no"),
     ("device-sip-no-to-tag-in-cancel", "no"),
     ("auto-answer-enabled", "no"),
@@ -125,7 +128,11 @@ pub fn check_text(v: &str) -> Result<(), String> {
 
 /// A host name, IPv4 or bracketed IPv6 literal, optionally followed by `:port`.
 pub fn check_host_port(v: &str) -> Result<(), String> {
-    let bad = || Err(format!("{v:?} is not a host name or address with an optional :port"));
+    let bad = || {
+        Err(format!(
+            "{v:?} is not a host name or address with an optional :port"
+        ))
+    };
     if v.is_empty() || v.len() > 255 {
         return bad();
     }
@@ -189,10 +196,23 @@ mod tests {
 
     #[test]
     fn host_port() {
-        for ok in ["sip.example.com", "10.0.0.1:5061", "[2001:db8::1]:5060", "pbx"] {
+        for ok in [
+            "sip.example.com",
+            "10.0.0.1:5061",
+            "[2001:db8::1]:5060",
+            "pbx",
+        ] {
             assert!(check_host_port(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "sip example", "a:b:c", "host:0", "host:99999", "-x", "[zz]"] {
+        for bad in [
+            "",
+            "sip example",
+            "a:b:c",
+            "host:0",
+            "host:99999",
+            "-x",
+            "[zz]",
+        ] {
             assert!(check_host_port(bad).is_err(), "{bad}");
         }
         assert_eq!(split_host_port("h:5"), ("h", Some("5")));

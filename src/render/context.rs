@@ -153,6 +153,11 @@ pub struct RenderContext {
     pub lines: Vec<LineCtx>,
     /// Hotline.
     pub hotline: HotlineCtx,
+    /// Ports (account indexes) that hold no line: templates disable them, so a removed
+    /// member does not linger on the phone.
+    pub idle_ports: Vec<u32>,
+    /// Line keys among the managed ones (1..=min(ports, line keys)) that no line uses.
+    pub idle_line_keys: Vec<u32>,
     /// Phone-level merge with origins.
     #[serde(skip)]
     pub merged: Merged,
@@ -162,7 +167,9 @@ pub struct RenderContext {
 }
 
 fn snake(m: &Merged) -> BTreeMap<String, String> {
-    m.iter().map(|(k, v, _)| (k.replace(['-', '.'], "_"), v.to_string())).collect()
+    m.iter()
+        .map(|(k, v, _)| (k.replace(['-', '.'], "_"), v.to_string()))
+        .collect()
 }
 
 impl RenderContext {
@@ -180,8 +187,11 @@ impl RenderContext {
             (Layer::Phone, phone_settings),
         ]);
         let m = input.model;
-        let mut lines: Vec<LineCtx> =
-            input.lines.iter().map(|l| line_ctx(&merged, m, l)).collect();
+        let mut lines: Vec<LineCtx> = input
+            .lines
+            .iter()
+            .map(|l| line_ctx(&merged, m, l))
+            .collect();
         lines.sort_by_key(|l| l.port);
         let hotline = input
             .lines
@@ -189,7 +199,11 @@ impl RenderContext {
             .filter(|l| l.member.hotline_enabled)
             .min_by_key(|l| (!l.member.primary_owner, l.member.port))
             .map_or(
-                HotlineCtx { enabled: false, destination: String::new(), port: 0 },
+                HotlineCtx {
+                    enabled: false,
+                    destination: String::new(),
+                    port: 0,
+                },
                 |l| HotlineCtx {
                     enabled: true,
                     destination: l.member.hotline_destination.clone(),
@@ -207,14 +221,26 @@ impl RenderContext {
         // The most specific credentials configured: phone, else domain (server-default
         // credentials are stored only as a hash, so they are never written into files).
         let (pu, pp) = match (phone, input.domain) {
-            (Some(p), _) if p.provisioning_username.is_some() => {
-                (p.provisioning_username.clone(), p.provisioning_password.clone())
-            }
-            (_, Some(d)) => (d.provisioning_username.clone(), d.provisioning_password.clone()),
+            (Some(p), _) if p.provisioning_username.is_some() => (
+                p.provisioning_username.clone(),
+                p.provisioning_password.clone(),
+            ),
+            (_, Some(d)) => (
+                d.provisioning_username.clone(),
+                d.provisioning_password.clone(),
+            ),
             _ => (None, None),
         };
         let (pu, pp) = (pu.unwrap_or_default(), pp.unwrap_or_default());
+        let idle_ports = (1..=m.ports)
+            .filter(|p| !lines.iter().any(|l| l.port == *p))
+            .collect();
+        let idle_line_keys = (1..=m.ports.min(m.line_keys))
+            .filter(|k| !lines.iter().any(|l| l.line_keys.contains(k)))
+            .collect();
         RenderContext {
+            idle_ports,
+            idle_line_keys,
             mac: phone.map(|p| p.mac.lower()).unwrap_or_default(),
             mac_upper: phone.map(|p| p.mac.upper()).unwrap_or_default(),
             mac_colon: phone.map(|p| p.mac.colon()).unwrap_or_default(),
@@ -228,7 +254,10 @@ impl RenderContext {
             },
             domain: input.domain.map(|d| d.name.clone()).unwrap_or_default(),
             settings: snake(&merged),
-            provisioning: ProvisioningCtx { username: pu, password: pp },
+            provisioning: ProvisioningCtx {
+                username: pu,
+                password: pp,
+            },
             lines,
             hotline,
             merged,
@@ -257,7 +286,11 @@ fn line_ctx(phone: &Merged, model: &Model, l: &LineInput<'_>) -> LineCtx {
             get(st::SIP_PORT).parse().unwrap_or(5060)
         }
     });
-    let label = if mem.line_label.is_empty() { acc.user.clone() } else { mem.line_label.clone() };
+    let label = if mem.line_label.is_empty() {
+        acc.user.clone()
+    } else {
+        mem.line_label.clone()
+    };
     LineCtx {
         port: mem.port,
         account_id: acc.id(),

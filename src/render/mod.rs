@@ -73,8 +73,10 @@ impl Engine {
         files.sort();
         let mut sources = Vec::new();
         for (name, path) in files {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|source| RenderError::Io { path: path.clone(), source })?;
+            let text = std::fs::read_to_string(&path).map_err(|source| RenderError::Io {
+                path: path.clone(),
+                source,
+            })?;
             sources.push((name, text));
         }
         Self::from_sources(sources)
@@ -93,12 +95,16 @@ impl Engine {
             h.update([0]);
             h.update(text.as_bytes());
             h.update([0]);
-            tera.add_raw_template(name, text).map_err(|source| RenderError::Template {
-                template: name.clone(),
-                source,
-            })?;
+            tera.add_raw_template(name, text)
+                .map_err(|source| RenderError::Template {
+                    template: name.clone(),
+                    source,
+                })?;
         }
-        Ok(Engine { tera, digest: h.finalize().into() })
+        Ok(Engine {
+            tera,
+            digest: h.finalize().into(),
+        })
     }
 
     /// True when a template of that name is loaded.
@@ -119,9 +125,13 @@ impl Engine {
         overrides: &crate::model::Overrides,
     ) -> Result<Vec<u8>, RenderError> {
         let tctx = tera::Context::from_serialize(ctx).map_err(RenderError::Context)?;
-        let text = self.tera.render(&file.template, &tctx).map_err(|source| {
-            RenderError::Template { template: file.template.clone(), source }
-        })?;
+        let text =
+            self.tera
+                .render(&file.template, &tctx)
+                .map_err(|source| RenderError::Template {
+                    template: file.template.clone(),
+                    source,
+                })?;
         let out = overlay::apply(
             file.format,
             &text,
@@ -132,14 +142,24 @@ impl Engine {
 }
 
 fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), RenderError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| RenderError::Io { path: dir.to_path_buf(), source })?;
+    let rd = std::fs::read_dir(dir).map_err(|source| RenderError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     for entry in rd {
-        let entry = entry.map_err(|source| RenderError::Io { path: dir.to_path_buf(), source })?;
+        let entry = entry.map_err(|source| RenderError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let path = entry.path();
         if path.is_dir() {
             collect(root, &path, out)?;
         } else if let Ok(rel) = path.strip_prefix(root) {
-            let name = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+            let name = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
             if !name.starts_with('.') && !name.contains("/.") {
                 out.push((name, path));
             }

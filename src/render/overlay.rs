@@ -24,8 +24,13 @@ pub fn check_override(format: Format, key: &str, value: &str) -> Result<(), Stri
             if key.is_empty() || key.len() > 256 {
                 return Err("key must be 1 to 256 characters".into());
             }
-            if key.starts_with('#') || key.contains(['=', ' ', '\t']) || key.chars().any(char::is_control) {
-                return Err("key must not start with # or contain =, spaces or control characters".into());
+            if key.starts_with('#')
+                || key.contains(['=', ' ', '\t'])
+                || key.chars().any(char::is_control)
+            {
+                return Err(
+                    "key must not start with # or contain =, spaces or control characters".into(),
+                );
             }
             if value.chars().any(char::is_control) {
                 return Err("value must not contain line breaks or control characters".into());

@@ -1,7 +1,7 @@
 //! Key encoding for every tree; the only place keys are built.
 
-use crate::model::Mac;
 use super::StoreError;
+use crate::model::Mac;
 
 /// `name\0` — the prefix of index entries for a domain or account id.
 pub fn prefix(name: &str) -> Vec<u8> {

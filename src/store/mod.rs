@@ -108,9 +108,15 @@ fn dec<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, Store
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
-fn tx_get<T: DeserializeOwned>(t: &TransactionalTree, tree: &'static str, k: &[u8]) -> TxResult<Option<T>> {
+fn tx_get<T: DeserializeOwned>(
+    t: &TransactionalTree,
+    tree: &'static str,
+    k: &[u8],
+) -> TxResult<Option<T>> {
     match t.get(k)? {
-        Some(v) => dec(tree, &v).map(Some).map_err(ConflictableTransactionError::Abort),
+        Some(v) => dec(tree, &v)
+            .map(Some)
+            .map_err(ConflictableTransactionError::Abort),
         None => Ok(None),
     }
 }
@@ -122,7 +128,10 @@ impl Store {
             .path(path)
             .cache_capacity(cache_bytes)
             .open()
-            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
         Self::from_db(db)
     }
 
@@ -190,21 +199,34 @@ impl Store {
 
     /// A domain by name.
     pub fn domain(&self, name: &str) -> Result<Option<Domain>, StoreError> {
-        self.domains.get(name)?.map(|v| dec("domains", &v)).transpose()
+        self.domains
+            .get(name)?
+            .map(|v| dec("domains", &v))
+            .transpose()
     }
 
     /// An account by id.
     pub fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
-        self.accounts.get(id)?.map(|v| dec("accounts", &v)).transpose()
+        self.accounts
+            .get(id)?
+            .map(|v| dec("accounts", &v))
+            .transpose()
     }
 
     /// A phone by MAC.
     pub fn phone(&self, mac: Mac) -> Result<Option<Phone>, StoreError> {
-        self.phones.get(mac.bytes())?.map(|v| dec("phones", &v)).transpose()
+        self.phones
+            .get(mac.bytes())?
+            .map(|v| dec("phones", &v))
+            .transpose()
     }
 
     /// Accounts of `user` in `domain`.
-    pub fn accounts_of(&self, domain: &str, user: Option<&str>) -> Result<Vec<Account>, StoreError> {
+    pub fn accounts_of(
+        &self,
+        domain: &str,
+        user: Option<&str>,
+    ) -> Result<Vec<Account>, StoreError> {
         let suffix = format!("@{domain}");
         let mut out = Vec::new();
         for kv in self.accounts.iter() {
@@ -221,7 +243,11 @@ impl Store {
 
     /// True when the domain has phones or accounts.
     pub fn domain_in_use(&self, domain: &str) -> Result<bool, StoreError> {
-        Ok(self.by_domain.scan_prefix(keys::prefix(domain)).next().is_some()
+        Ok(self
+            .by_domain
+            .scan_prefix(keys::prefix(domain))
+            .next()
+            .is_some()
             || !self.accounts_of(domain, None)?.is_empty())
     }
 
@@ -267,6 +293,35 @@ impl Store {
     /// Number of phones.
     pub fn phone_count(&self) -> usize {
         self.phones.len()
+    }
+
+    /// Every record (domains, accounts, phones, indexes, meta), not the render cache, as
+    /// hex keys → JSON or hex values: equal dumps mean equal stores.
+    pub fn dump(&self) -> Result<serde_json::Value, StoreError> {
+        let mut out = serde_json::Map::new();
+        for (name, tree) in [
+            ("domains", &self.domains),
+            ("accounts", &self.accounts),
+            ("phones", &self.phones),
+            ("phones_by_domain", &self.by_domain),
+            ("phones_by_account", &self.by_account),
+            ("meta", &self.meta),
+        ] {
+            let mut t = serde_json::Map::new();
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                let key: String = k.iter().map(|b| format!("{b:02x}")).collect();
+                let val = match serde_json::from_slice::<serde_json::Value>(
+                    v.get(1..).unwrap_or_default(),
+                ) {
+                    Ok(j) if name != "meta" => j,
+                    _ => serde_json::Value::String(v.iter().map(|b| format!("{b:02x}")).collect()),
+                };
+                t.insert(key, val);
+            }
+            out.insert(name.into(), serde_json::Value::Object(t));
+        }
+        Ok(serde_json::Value::Object(out))
     }
 
     /// A cached render.
@@ -386,22 +441,40 @@ mod tests {
         let mut p = Phone::new(mac(1), "m".into());
         p.domain = Some("d".into());
         p.members.push(Member::new(1, "a@d".into()));
-        let r1 = s.commit(&Change { phones: vec![(mac(1), Some(p.clone()))], ..Default::default() }).unwrap();
+        let r1 = s
+            .commit(&Change {
+                phones: vec![(mac(1), Some(p.clone()))],
+                ..Default::default()
+            })
+            .unwrap();
         assert_eq!(s.phone(mac(1)).unwrap().unwrap().revision, r1);
         assert_eq!(s.phones_in_domain("d").unwrap(), vec![mac(1)]);
         assert_eq!(s.phones_of_account("a@d").unwrap(), vec![mac(1)]);
         assert!(s.phones_of_account("a@").unwrap().is_empty());
         let mut touch = BTreeSet::new();
         touch.insert(mac(1));
-        let r2 = s.commit(&Change { touch, ..Default::default() }).unwrap();
+        let r2 = s
+            .commit(&Change {
+                touch,
+                ..Default::default()
+            })
+            .unwrap();
         assert!(r2 > r1);
         assert_eq!(s.phone(mac(1)).unwrap().unwrap().revision, r2);
         p.members.clear();
         p.domain = None;
-        s.commit(&Change { phones: vec![(mac(1), Some(p))], ..Default::default() }).unwrap();
+        s.commit(&Change {
+            phones: vec![(mac(1), Some(p))],
+            ..Default::default()
+        })
+        .unwrap();
         assert!(s.phones_in_domain("d").unwrap().is_empty());
         assert!(s.phones_of_account("a@d").unwrap().is_empty());
-        s.commit(&Change { phones: vec![(mac(1), None)], ..Default::default() }).unwrap();
+        s.commit(&Change {
+            phones: vec![(mac(1), None)],
+            ..Default::default()
+        })
+        .unwrap();
         assert!(s.phone(mac(1)).unwrap().is_none());
     }
 }

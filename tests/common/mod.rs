@@ -1,0 +1,190 @@
+//! Test harness: starts the real server in-process on 127.0.0.1:0 with a temp store and
+//! the shipped models/templates, through the same `init` + `serve` path as `main`.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use autoprov::AppState;
+use autoprov::config::Config;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+pub struct TestServer {
+    pub url: String,
+    pub state: AppState,
+    pub token: String,
+    pub prov: (String, String),
+    pub client: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config =
+            Config::for_test(dir.path().join("data"), repo("models"), repo("templates"));
+        tweak(&mut config);
+        let (state, startup) = autoprov::init(&config).expect("init");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(autoprov::serve(listener, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        let token = startup.new_admin_token.expect("fresh store makes a token");
+        let prov = startup
+            .new_provisioning_credentials
+            .expect("fresh store makes credentials");
+        TestServer {
+            url,
+            state,
+            token,
+            prov,
+            client: reqwest::Client::new(),
+            shutdown: Some(tx),
+            dir,
+        }
+    }
+
+    /// An admin request with the bearer token.
+    pub fn admin(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}/api/v1{path}", self.url))
+            .bearer_auth(&self.token)
+    }
+
+    /// Sends `body` as JSON; returns status and parsed body (Null when empty).
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut rb = self.admin(method, path);
+        if let Some(b) = body {
+            rb = rb
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let r = rb.send().await.expect("send");
+        let status = r.status();
+        let text = r.text().await.expect("body");
+        (
+            status,
+            if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            },
+        )
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(Method::GET, path, None).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.send(Method::DELETE, path, None).await
+    }
+
+    /// A phone's fetch with the server-default credentials.
+    pub async fn fetch(&self, file: &str) -> reqwest::Response {
+        self.fetch_as(file, Some((&self.prov.0, &self.prov.1)), None)
+            .await
+    }
+
+    pub async fn fetch_as(
+        &self,
+        file: &str,
+        creds: Option<(&str, &str)>,
+        ua: Option<&str>,
+    ) -> reqwest::Response {
+        let mut rb = self.client.get(format!("{}/{file}", self.url));
+        if let Some((u, p)) = creds {
+            rb = rb.basic_auth(u, Some(p));
+        }
+        if let Some(ua) = ua {
+            rb = rb.header("user-agent", ua);
+        }
+        rb.send().await.expect("fetch")
+    }
+
+    /// Fetches and returns (status, etag, body).
+    pub async fn fetch_text(&self, file: &str) -> (StatusCode, String, String) {
+        let r = self.fetch(file).await;
+        let status = r.status();
+        let etag = r
+            .headers()
+            .get("etag")
+            .map(|v| v.to_str().unwrap_or("").to_string())
+            .unwrap_or_default();
+        (status, etag, r.text().await.unwrap_or_default())
+    }
+
+    /// Every stored record (not the render cache).
+    pub fn dump(&self) -> Value {
+        self.state.store.dump().expect("dump")
+    }
+
+    pub fn renders(&self) -> u64 {
+        self.state.cache.render_count()
+    }
+
+    /// A domain with a SIP server.
+    pub async fn seed_domain(&self, domain: &str) {
+        let (s, b) = self
+            .put(&format!("/domains/{domain}"), serde_json::json!({"defaults": {"device-provisioning-registration-core-server": format!("sip.{domain}")}}))
+            .await;
+        assert!(s.is_success(), "{s} {b}");
+    }
+
+    /// An account linked to `mac` as `model`.
+    pub async fn seed_account(
+        &self,
+        domain: &str,
+        user: &str,
+        device: &str,
+        mac: &str,
+        model: &str,
+    ) -> Value {
+        let (s, b) = self
+            .put(
+                &format!("/domains/{domain}/users/{user}/devices/{device}"),
+                serde_json::json!({
+                    "device-sip-registration-password": format!("pw-{device}"),
+                    "device-models-model": model,
+                    "device-provisioning-mac-address": mac,
+                }),
+            )
+            .await;
+        assert!(s.is_success(), "{s} {b}");
+        b
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
