@@ -1,0 +1,254 @@
+//! The render cache never serves stale bytes after any kind of admin write, and a write
+//! re-renders exactly the phones it affects.
+
+mod common;
+
+use common::TestServer;
+use reqwest::StatusCode;
+use serde_json::json;
+
+const A: &str = "001565000001";
+const B: &str = "001565000002";
+
+/// Two phones in two domains, both fetched once (warm).
+async fn two_phones() -> TestServer {
+    let s = TestServer::start().await;
+    s.seed_domain("a.example").await;
+    s.seed_domain("b.example").await;
+    s.seed_account("a.example", "100", "100a", A, "yealink-t46s")
+        .await;
+    s.seed_account("b.example", "200", "200b", B, "yealink-t48s")
+        .await;
+    for mac in [A, B] {
+        assert_eq!(
+            s.fetch(&format!("{mac}.cfg")).await.status(),
+            StatusCode::OK
+        );
+    }
+    s
+}
+
+async fn body(s: &TestServer, mac: &str) -> (String, String) {
+    let (st, etag, body) = s.fetch_text(&format!("{mac}.cfg")).await;
+    assert_eq!(st, StatusCode::OK);
+    (etag, body)
+}
+
+#[tokio::test]
+async fn hits_do_not_render() {
+    let s = two_phones().await;
+    let n = s.renders();
+    for _ in 0..5 {
+        body(&s, A).await;
+        body(&s, B).await;
+    }
+    assert_eq!(s.renders(), n);
+}
+
+#[tokio::test]
+async fn domain_write_reaches_its_phones_only() {
+    let s = two_phones().await;
+    let (e1, _) = body(&s, A).await;
+    let (eb, _) = body(&s, B).await;
+    let n = s.renders();
+    let (st, _) = s.put("/domains/a.example", json!({"defaults": {"device-provisioning-registration-core-server": "pbx2.a.example:5080"}})).await;
+    assert_eq!(st, StatusCode::OK);
+    let (e2, b) = body(&s, A).await;
+    assert_ne!(e1, e2);
+    assert!(
+        b.contains("account.1.sip_server.1.address = pbx2.a.example\n"),
+        "{b}"
+    );
+    assert!(b.contains("account.1.sip_server.1.port = 5080\n"));
+    assert_eq!(body(&s, B).await.0, eb);
+    assert_eq!(s.renders(), n + 1, "only the affected phone re-renders");
+}
+
+#[tokio::test]
+async fn account_write_reaches_every_phone_it_is_on() {
+    let s = two_phones().await;
+    // 100a is also a shared line on a second phone of a.example.
+    s.seed_account("a.example", "101", "101a", "001565000003", "yealink-t46s")
+        .await;
+    let (st, b) = s
+        .put(
+            "/phones/001565000003/members",
+            json!({"members": [
+                {"port": 1, "id": "101a@a.example", "primaryOwner": true},
+                {"port": 2, "id": "100a@a.example", "lineType": "SHARED_CALL_APPEARANCE"}
+            ]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let (ea, _) = body(&s, A).await;
+    let (ec, _) = body(&s, "001565000003").await;
+    let (eb, _) = body(&s, B).await;
+    let n = s.renders();
+    let (st, _) = s
+        .put(
+            "/domains/a.example/users/100/devices/100a",
+            json!({"device-sip-registration-password": "rotated-pw"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (ea2, ba) = body(&s, A).await;
+    let (ec2, bc) = body(&s, "001565000003").await;
+    assert_ne!(ea, ea2);
+    assert_ne!(ec, ec2);
+    assert!(ba.contains("account.1.password = rotated-pw\n"));
+    assert!(bc.contains("account.2.password = rotated-pw\n"));
+    assert!(bc.contains("account.2.shared_line = 1\n"));
+    assert_eq!(body(&s, B).await.0, eb);
+    assert_eq!(s.renders(), n + 2);
+}
+
+#[tokio::test]
+async fn phone_member_and_override_writes_are_seen() {
+    let s = two_phones().await;
+    let (e0, _) = body(&s, A).await;
+    let (st, _) = s
+        .put(
+            &format!("/phones/{A}"),
+            json!({"device-provisioning-sip-transport-protocol": "tls"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (e1, b) = body(&s, A).await;
+    assert_ne!(e0, e1);
+    assert!(b.contains("account.1.sip_server.1.transport_type = 2\n"));
+    assert!(
+        b.contains("account.1.sip_server.1.port = 5061\n"),
+        "TLS default port"
+    );
+
+    let (st, _) = s
+        .put(&format!("/phones/{A}/members"), json!({"members": [{"port": 1, "id": "100a@a.example", "lineLabel": "Desk", "primaryOwner": true}]}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (e2, b) = body(&s, A).await;
+    assert_ne!(e1, e2);
+    assert!(b.contains("account.1.label = Desk\n"));
+
+    let (st, _) = s
+        .put(&format!("/phones/{A}"), json!({"device-provisioning-overrides": {"account.1.label": "Override", "custom.new_key": "42"}}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (e3, b) = body(&s, A).await;
+    assert_ne!(e2, e3);
+    assert!(b.contains("account.1.label = Override\n"));
+    assert!(b.ends_with("custom.new_key = 42\n"));
+    assert_eq!(b.matches("account.1.label =").count(), 1);
+
+    // Removing an override key (merge patch null) brings the generated value back.
+    let (st, _) = s
+        .put(
+            &format!("/phones/{A}"),
+            json!({"device-provisioning-overrides": {"account.1.label": null}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, b) = body(&s, A).await;
+    assert!(b.contains("account.1.label = Desk\n"));
+    assert!(b.contains("custom.new_key = 42\n"));
+}
+
+#[tokio::test]
+async fn deletes_are_seen() {
+    let s = two_phones().await;
+    let (st, _) = s.delete("/domains/a.example/users/100/devices/100a").await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (_, b) = body(&s, A).await;
+    assert!(!b.contains("account.1.enable = 1"), "{b}");
+    assert!(b.contains("account.1.enable = 0\n"));
+    let (st, _) = s.delete(&format!("/phones/{A}")).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(
+        s.fetch(&format!("{A}.cfg")).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    // Re-created at the same MAC: never the old bytes.
+    s.seed_account("a.example", "102", "102a", A, "yealink-t46s")
+        .await;
+    let (_, b) = body(&s, A).await;
+    assert!(b.contains("account.1.user_name = 102a\n"));
+}
+
+#[tokio::test]
+async fn writes_that_change_nothing_keep_the_etag() {
+    let s = two_phones().await;
+    let (e0, _) = body(&s, A).await;
+    let n = s.renders();
+    let (st, _) = s.put("/domains/a.example", json!({})).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = s
+        .put(
+            "/domains/b.example",
+            json!({"defaults": {"time-zone": "+2"}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(body(&s, A).await.0, e0);
+    assert_eq!(s.renders(), n);
+}
+
+#[tokio::test]
+async fn concurrent_cold_fetches_render_once() {
+    let s = two_phones().await;
+    let (st, _) = s
+        .put(
+            "/domains/a.example",
+            json!({"defaults": {"time-zone": "+3"}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let n = s.renders();
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (url, u, p) = (s.url.clone(), s.prov.0.clone(), s.prov.1.clone());
+        let c = s.client.clone();
+        tasks.push(tokio::spawn(async move {
+            c.get(format!("{url}/{A}.cfg"))
+                .basic_auth(u, Some(p))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }));
+    }
+    let mut bodies = Vec::new();
+    for t in tasks {
+        bodies.push(t.await.unwrap());
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+    assert!(bodies[0].contains("local_time.time_zone = +3\n"));
+    assert_eq!(s.renders(), n + 1);
+}
+
+#[tokio::test]
+async fn restart_keeps_data_and_cache_validity() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = autoprov::config::Config::for_test(
+        dir.path().join("data"),
+        common::repo("models"),
+        common::repo("templates"),
+    );
+    let (state, startup) = autoprov::init(&config).unwrap();
+    let mac = autoprov::model::Mac::parse(A).unwrap();
+    let mut phone = autoprov::model::Phone::new(mac, "yealink-t46s".into());
+    phone.provisioning_username = Some("u".into());
+    phone.provisioning_password = Some("p".into());
+    state
+        .store
+        .commit(&autoprov::store::Change {
+            phones: vec![(mac, Some(phone))],
+            ..Default::default()
+        })
+        .unwrap();
+    state.store.flush().await.unwrap();
+    drop(state);
+    drop(startup);
+    let (state, _) = autoprov::init(&config).unwrap();
+    assert!(state.store.phone(mac).unwrap().is_some());
+}
