@@ -141,7 +141,7 @@ async fn list_models(_: Admin, State(st): State<AppState>) -> Json<Value> {
         .map(|m| {
             json!({
                 "id": m.id, "vendor": m.vendor, "name": m.name, "ports": m.ports,
-                "lineKeys": m.line_keys, "ata": m.ata,
+                "lineKeys": m.line_keys, "ata": m.ata, "userAgentModel": m.user_agent_model,
                 "files": m.files.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
                 "defaults": m.settings,
             })
