@@ -50,8 +50,8 @@ pub async fn log_requests(req: Request, next: Next) -> Response {
         path = %path,
         status,
         latency_us = micros,
-        mac = facts.mac.as_deref().unwrap_or(""),
-        cache = facts.cache.unwrap_or(""),
+        mac = facts.mac.as_deref(),
+        cache = facts.cache,
         "request"
     );
     resp
