@@ -1,0 +1,190 @@
+//! Startup: bad data files stop it with the file and field named; the real binary prints
+//! where it listens and serves; config errors name the key.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use autoprov::config::Config;
+use common::repo;
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+fn init_error(edit: impl FnOnce(&std::path::Path, &std::path::Path)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let (models, templates) = (dir.path().join("models"), dir.path().join("templates"));
+    copy_dir(&repo("models"), &models);
+    copy_dir(&repo("templates"), &templates);
+    edit(&models, &templates);
+    let config = Config::for_test(dir.path().join("data"), models, templates);
+    let err = autoprov::init(&config).expect_err("startup must fail");
+    autoprov::render::error_chain(&err)
+}
+
+#[test]
+fn bad_model_field_is_named() {
+    let e = init_error(|m, _| {
+        let p = m.join("yealink-t46s.toml");
+        let t = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("ports = 16", "ports = 0");
+        std::fs::write(p, t).unwrap();
+    });
+    assert!(
+        e.contains("yealink-t46s.toml") && e.contains("`ports`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_model_key_is_named() {
+    let e = init_error(|m, _| {
+        let p = m.join("yealink-t48s.toml");
+        let t = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("ports = 16", "ports = 16\nportz = 3");
+        std::fs::write(p, t).unwrap();
+    });
+    assert!(
+        e.contains("yealink-t48s.toml") && e.contains("portz"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_template_is_named() {
+    let e = init_error(|m, _| {
+        let p = m.join("yealink-t31g.toml");
+        let t = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("yealink/mac.cfg", "yealink/nope.cfg");
+        std::fs::write(p, t).unwrap();
+    });
+    assert!(
+        e.contains("yealink-t31g.toml") && e.contains("yealink/nope.cfg"),
+        "{e}"
+    );
+}
+
+#[test]
+fn broken_template_is_named() {
+    let e = init_error(|_, t| {
+        std::fs::write(t.join("yealink/mac.cfg"), "{% for x in %}").unwrap();
+    });
+    assert!(e.contains("yealink/mac.cfg"), "{e}");
+}
+
+#[test]
+fn template_using_an_unknown_variable_is_named() {
+    let e = init_error(|_, t| {
+        std::fs::write(
+            t.join("yealink/common.cfg"),
+            "{{ settings.no_such_setting }}\n",
+        )
+        .unwrap();
+    });
+    assert!(
+        e.contains("yealink/common.cfg") || e.contains("y0000000000"),
+        "{e}"
+    );
+}
+
+#[test]
+fn binary_prints_address_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_autoprov"))
+        .args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .arg("--models")
+        .arg(repo("models"))
+        .arg("--templates")
+        .arg(repo("templates"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let token_line = lines.next().unwrap().unwrap();
+    assert!(token_line.contains("admin-token"), "{token_line}");
+    let token = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
+    assert!(
+        token_line.contains(token.trim()),
+        "the new token is printed once"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{url}/api/v1/models"))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, reqwest::StatusCode::OK);
+    // SIGTERM: graceful shutdown, exit 0.
+    #[cfg(unix)]
+    {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    #[cfg(not(unix))]
+    child.kill().unwrap();
+}
+
+#[test]
+fn bad_config_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("autoprov.toml");
+    std::fs::write(&cfg, "listne = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_autoprov"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listne"), "{err}");
+}
+
+#[test]
+fn help_lists_every_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_autoprov"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--data",
+        "--models",
+        "--templates",
+        "--config",
+        "AUTOPROV_LISTEN",
+        "AUTOPROV_DATA",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}
