@@ -98,7 +98,7 @@ pub enum StartupError {
         file: String,
         /// Cause.
         #[source]
-        source: render::RenderError,
+        source: Box<render::RenderError>,
     },
     /// The store.
     #[error(transparent)]
@@ -190,7 +190,7 @@ pub fn check_samples(
                 .map_err(|source| StartupError::Sample {
                     model: m.id.clone(),
                     file: f.name.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         }
     }

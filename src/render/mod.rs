@@ -32,11 +32,11 @@ pub enum RenderError {
         template: String,
         /// tera's error, with line and column.
         #[source]
-        source: tera::Error,
+        source: Box<tera::Error>,
     },
     /// The context could not be serialised.
     #[error("render context")]
-    Context(#[source] tera::Error),
+    Context(#[source] Box<tera::Error>),
 }
 
 /// The loaded templates.
@@ -98,7 +98,7 @@ impl Engine {
             tera.add_raw_template(name, text)
                 .map_err(|source| RenderError::Template {
                     template: name.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         Ok(Engine {
@@ -124,13 +124,14 @@ impl Engine {
         ctx: &RenderContext,
         overrides: &crate::model::Overrides,
     ) -> Result<Vec<u8>, RenderError> {
-        let tctx = tera::Context::from_serialize(ctx).map_err(RenderError::Context)?;
+        let tctx =
+            tera::Context::from_serialize(ctx).map_err(|e| RenderError::Context(Box::new(e)))?;
         let text =
             self.tera
                 .render(&file.template, &tctx)
                 .map_err(|source| RenderError::Template {
                     template: file.template.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         let out = overlay::apply(
             file.format,
