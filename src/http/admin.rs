@@ -199,11 +199,11 @@ async fn put_domain(
         })?;
         set_opt(
             &mut d.provisioning_username,
-            f.string("device-provisioning-username")?,
+            f.secret("device-provisioning-username")?,
         );
         set_opt(
             &mut d.provisioning_password,
-            f.string("device-provisioning-password")?,
+            f.secret("device-provisioning-password")?,
         );
         f.finish()?;
         if d.provisioning_username.is_some() != d.provisioning_password.is_some() {
@@ -477,11 +477,11 @@ fn account_change(
     );
     set_opt(
         &mut acc.provisioning_username,
-        f.string("device-provisioning-username")?,
+        f.secret("device-provisioning-username")?,
     );
     set_opt(
         &mut acc.provisioning_password,
-        f.string("device-provisioning-password")?,
+        f.secret("device-provisioning-password")?,
     );
     let prov_named = acc.provisioning_username
         != existing
@@ -932,11 +932,11 @@ async fn put_phone(
         }
         set_opt(
             &mut phone.provisioning_username,
-            f.string("device-provisioning-username")?,
+            f.secret("device-provisioning-username")?,
         );
         set_opt(
             &mut phone.provisioning_password,
-            f.string("device-provisioning-password")?,
+            f.secret("device-provisioning-password")?,
         );
         for key in [st::CORE_SERVER, st::TRANSPORT] {
             match f.setting(key)? {
@@ -1154,7 +1154,7 @@ fn check_members(
             return Err(AppError::invalid(
                 at("lineWeight"),
                 format!(
-                    "ports {}..{} run past the {} ports of {}",
+                    "ports {} to {} run past the {} ports of {}",
                     m.port,
                     m.port + m.line_weight - 1,
                     model.ports,
@@ -1162,11 +1162,15 @@ fn check_members(
                 ),
             ));
         }
-        if let Some(j) = members.iter().enumerate().position(|(j, o)| {
-            j != i && o.port != m.port && o.ports().any(|p| m.ports().contains(&p))
-        }) {
+        if let Some((j, o)) = members
+            .iter()
+            .enumerate()
+            .find(|(j, o)| *j != i && o.port != m.port && o.ports().any(|p| m.ports().contains(&p)))
+        {
+            // Name the member whose lineWeight reaches into the other's ports.
+            let wide = if m.ports().contains(&o.port) { i } else { j };
             return Err(AppError::invalid(
-                at("lineWeight"),
+                format!("members[{wide}].lineWeight"),
                 format!("ports of members[{i}] and members[{j}] overlap"),
             ));
         }

@@ -37,7 +37,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             serde_json::from_slice(&bytes).map_err(|e| AppError::MalformedJson(e.to_string()))?;
         match value {
             Value::Object(m) => Ok(JsonBody(m)),
-            _ => Err(AppError::invalid("", "the body must be a JSON object")),
+            _ => Err(AppError::MalformedJson("the body must be a JSON object".into())),
         }
     }
 }
@@ -101,6 +101,15 @@ impl Fields {
             Patch::Null => Patch::Null,
             Patch::Absent => Patch::Absent,
         })
+    }
+
+    /// A credential: a one-line string that must not be empty (`null` still resets).
+    pub fn secret(&mut self, key: &str) -> Result<Patch<String>, AppError> {
+        let p = self.string(key)?;
+        if matches!(&p, Patch::Set(s) if s.is_empty()) {
+            return Err(AppError::invalid(self.path(key), "must not be empty"));
+        }
+        Ok(p)
     }
 
     /// An integer in `lo..=hi`.

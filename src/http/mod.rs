@@ -18,19 +18,18 @@ use crate::error::AppError;
 /// Largest admin request body.
 pub const ADMIN_BODY_LIMIT: usize = 1 << 20;
 
-/// Builds the whole app. Layer order, outermost first: request log → timeout → per-router
-/// body limit.
+/// Builds the whole app. Layer order, outermost first: request log → timeout → the admin
+/// router's body limit.
 pub fn router(state: AppState) -> Router {
     let admin = admin::routes()
         .fallback(|| async { AppError::NotFound("no such API path".into()) })
         .layer(RequestBodyLimitLayer::new(ADMIN_BODY_LIMIT));
-    let phone = Router::new()
-        .route(
-            "/{file}",
-            get(phone::fetch)
-                .fallback(|| async { AppError::MethodNotAllowed.into_phone_response() }),
-        )
-        .layer(RequestBodyLimitLayer::new(0));
+    // Phones send no body and the handler never reads one; no limit layer here, which
+    // would answer a POST with 413 before the method check's 405.
+    let phone = Router::new().route(
+        "/{file}",
+        get(phone::fetch).fallback(|| async { AppError::MethodNotAllowed.into_phone_response() }),
+    );
     Router::new()
         .nest("/api/v1", admin)
         .merge(phone)
