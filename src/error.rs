@@ -23,6 +23,9 @@ pub enum AppError {
     /// The body is not JSON, or not the expected shape (400).
     #[error("malformed JSON: {0}")]
     MalformedJson(String),
+    /// The body is larger than the limit (413).
+    #[error("request body too large (at most {0} bytes)")]
+    PayloadTooLarge(usize),
     /// Not `application/json` (415).
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
@@ -79,6 +82,9 @@ impl AppError {
         match self {
             AppError::Invalid { field, .. } => (StatusCode::BAD_REQUEST, "invalid", Some(field)),
             AppError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json", None),
+            AppError::PayloadTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None)
+            }
             AppError::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",

@@ -1503,3 +1503,38 @@ async fn allowed_user_agent_and_phone_credentials() {
         .await;
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn oversized_body_and_wrong_method_get_json_errors() {
+    let s = TestServer::start().await;
+    s.seed_domain("example.com").await;
+    let before = s.dump();
+    let big = format!("{{\"defaults\": {{\"x\": \"{}\"}}}}", "a".repeat(1_100_000));
+    let r = s
+        .admin(reqwest::Method::PUT, "/domains/example.com")
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "payload_too_large");
+    let r = s
+        .admin(reqwest::Method::PATCH, "/domains/example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "method_not_allowed");
+    let r = s
+        .admin(reqwest::Method::GET, "/no/such/path")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "not_found");
+    assert_eq!(s.dump(), before);
+}

@@ -30,14 +30,20 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         if !is_json {
             return Err(AppError::UnsupportedMediaType);
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| AppError::MalformedJson(e.body_text()))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                AppError::PayloadTooLarge(super::ADMIN_BODY_LIMIT)
+            } else {
+                AppError::MalformedJson(e.body_text())
+            }
+        })?;
         let value: Value =
             serde_json::from_slice(&bytes).map_err(|e| AppError::MalformedJson(e.to_string()))?;
         match value {
             Value::Object(m) => Ok(JsonBody(m)),
-            _ => Err(AppError::MalformedJson("the body must be a JSON object".into())),
+            _ => Err(AppError::MalformedJson(
+                "the body must be a JSON object".into(),
+            )),
         }
     }
 }

@@ -7,9 +7,9 @@ pub mod phone;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::get;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::AppState;
@@ -19,11 +19,14 @@ use crate::error::AppError;
 pub const ADMIN_BODY_LIMIT: usize = 1 << 20;
 
 /// Builds the whole app. Layer order, outermost first: request log → timeout → the admin
-/// router's body limit.
+/// router's body limit (1 MiB).
 pub fn router(state: AppState) -> Router {
+    // The body limit is enforced by the JSON extractor (DefaultBodyLimit), so a too-large
+    // body gets the JSON error shape like every other admin error.
     let admin = admin::routes()
         .fallback(|| async { AppError::NotFound("no such API path".into()) })
-        .layer(RequestBodyLimitLayer::new(ADMIN_BODY_LIMIT));
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT));
     // Phones send no body and the handler never reads one; no limit layer here, which
     // would answer a POST with 413 before the method check's 405.
     let phone = Router::new().route(
