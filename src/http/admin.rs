@@ -197,21 +197,12 @@ async fn put_domain(
             }
             st::check_value(k, v)
         })?;
-        set_opt(
+        read_credentials(
+            &mut f,
             &mut d.provisioning_username,
-            f.secret("device-provisioning-username")?,
-        );
-        set_opt(
             &mut d.provisioning_password,
-            f.secret("device-provisioning-password")?,
-        );
+        )?;
         f.finish()?;
-        if d.provisioning_username.is_some() != d.provisioning_password.is_some() {
-            return Err(AppError::invalid(
-                "device-provisioning-password",
-                "provisioning username and password are set together",
-            ));
-        }
         let mut change = Change::default();
         if existing.as_ref() != Some(&d) {
             change.touch.extend(st.store.phones_in_domain(&name)?);
@@ -224,6 +215,23 @@ async fn put_domain(
         st.store.flush().await?;
     }
     Ok(created_or_ok(created, domain_json(&d)))
+}
+
+/// Reads `device-provisioning-username` and `-password`, which are set (or reset) together.
+fn read_credentials(
+    f: &mut Fields,
+    user: &mut Option<String>,
+    password: &mut Option<String>,
+) -> Result<(), AppError> {
+    set_opt(user, f.secret("device-provisioning-username")?);
+    set_opt(password, f.secret("device-provisioning-password")?);
+    if user.is_some() != password.is_some() {
+        return Err(AppError::invalid(
+            "device-provisioning-password",
+            "provisioning username and password are set together",
+        ));
+    }
+    Ok(())
 }
 
 fn set_opt(target: &mut Option<String>, p: Patch<String>) {
@@ -475,14 +483,11 @@ fn account_change(
         &mut acc.emergency_address_id,
         f.string("emergency-address-id")?,
     );
-    set_opt(
+    read_credentials(
+        &mut f,
         &mut acc.provisioning_username,
-        f.secret("device-provisioning-username")?,
-    );
-    set_opt(
         &mut acc.provisioning_password,
-        f.secret("device-provisioning-password")?,
-    );
+    )?;
     let prov_named = acc.provisioning_username
         != existing
             .as_ref()
@@ -512,12 +517,6 @@ fn account_change(
         line: f.int("device-provisioning-line", 1, 64)?,
     };
     f.finish()?;
-    if acc.provisioning_username.is_some() != acc.provisioning_password.is_some() {
-        return Err(AppError::invalid(
-            "device-provisioning-password",
-            "provisioning username and password are set together",
-        ));
-    }
 
     let mut change = Change::default();
     let current = linked_phone(st, &id)?;
@@ -930,14 +929,11 @@ async fn put_phone(
             Patch::Null => phone.domain = None,
             Patch::Absent => {}
         }
-        set_opt(
+        read_credentials(
+            &mut f,
             &mut phone.provisioning_username,
-            f.secret("device-provisioning-username")?,
-        );
-        set_opt(
             &mut phone.provisioning_password,
-            f.secret("device-provisioning-password")?,
-        );
+        )?;
         for key in [st::CORE_SERVER, st::TRANSPORT] {
             match f.setting(key)? {
                 Patch::Set(v) => {
@@ -968,12 +964,6 @@ async fn put_phone(
             },
         )?;
         f.finish()?;
-        if phone.provisioning_username.is_some() != phone.provisioning_password.is_some() {
-            return Err(AppError::invalid(
-                "device-provisioning-password",
-                "provisioning username and password are set together",
-            ));
-        }
         // Members must still fit the (possibly new) model and belong to the phone's domain.
         for (i, m) in phone.members.iter().enumerate() {
             if m.ports().any(|p| p > model.ports) {
