@@ -139,6 +139,35 @@ fn write_secret_file(path: &Path, text: &str) -> Result<(), StartupError> {
     }
 }
 
+/// A phone of model `m` with `min(ports, 2)` accounts of `domain` on consecutive ports, the
+/// first the primary owner: the sample used by the startup check and the benches.
+pub fn sample_phone(m: &model::Model, domain: &str) -> (Phone, Vec<Account>) {
+    let mut phone = Phone::new(
+        model::Mac::from_bytes([0x00, 0x15, 0x65, 0xaa, 0xbb, 0xcc]),
+        m.id.clone(),
+    );
+    phone.domain = Some(domain.to_string());
+    let accounts: Vec<Account> = (1..=m.ports.min(2))
+        .map(|p| Account {
+            domain: domain.into(),
+            user: format!("10{p:02}"),
+            device: format!("10{p:02}a"),
+            password: format!("Sample-10{p:02}a"),
+            ..Default::default()
+        })
+        .collect();
+    phone.members = accounts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let mut mem = Member::new(i as u32 + 1, a.id());
+            mem.primary_owner = i == 0;
+            mem
+        })
+        .collect();
+    (phone, accounts)
+}
+
 /// Renders every model's files for a sample phone, so a template that cannot render stops
 /// startup (or a reload) instead of failing a phone later.
 pub fn check_samples(
@@ -147,26 +176,7 @@ pub fn check_samples(
     server: &Settings,
 ) -> Result<(), StartupError> {
     for m in catalogue.models() {
-        let mac = model::Mac::from_bytes([0x00, 0x15, 0x65, 0x00, 0x00, 0x01]);
-        let mut phone = Phone::new(mac, m.id.clone());
-        let accounts: Vec<Account> = (1..=m.ports.min(2))
-            .map(|p| Account {
-                domain: "sample.invalid".into(),
-                user: format!("10{p:02}"),
-                device: format!("10{p:02}a"),
-                password: "sample".into(),
-                ..Default::default()
-            })
-            .collect();
-        phone.members = accounts
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let mut mem = Member::new(i as u32 + 1, a.id());
-                mem.primary_owner = i == 0;
-                mem
-            })
-            .collect();
+        let (phone, accounts) = sample_phone(m, "sample.invalid");
         let lines: Vec<LineInput<'_>> = phone
             .members
             .iter()
