@@ -401,7 +401,7 @@ fn check_overrides(
     ov: &crate::model::Overrides,
 ) -> Result<(), AppError> {
     for (k, v) in ov {
-        for f in &model.files {
+        for f in model.files.iter().filter(|f| f.overrides) {
             overlay::check_override(f.format, k, v)
                 .map_err(|m| AppError::invalid(format!("{field}.{k}"), m))?;
         }
@@ -652,7 +652,7 @@ fn account_change(
     } else if overrides_named {
         if let Some(ov) = &acc.overrides {
             for (k, v) in ov {
-                overlay::check_override(crate::model::Format::KeyValue, k, v).map_err(|m| {
+                overlay::check_override_unlinked(k, v).map_err(|m| {
                     AppError::invalid(format!("device-provisioning-overrides.{k}"), m)
                 })?;
             }
@@ -952,17 +952,14 @@ async fn put_phone(
                 format!("model {} is not loaded", phone.model),
             )
         })?;
-        let formats: Vec<_> = model.files.iter().map(|f| f.format).collect();
         merge_patch(
             &mut phone.overrides,
             "device-provisioning-overrides",
             ov,
-            &|k, v| {
-                formats
-                    .iter()
-                    .try_for_each(|fmt| overlay::check_override(*fmt, k, v))
-            },
+            &|_, _| Ok(()),
         )?;
+        // Every override (kept ones too: the model may have changed) must fit its formats.
+        check_overrides(model, "device-provisioning-overrides", &phone.overrides)?;
         f.finish()?;
         // Members must still fit the (possibly new) model and belong to the phone's domain.
         for (i, m) in phone.members.iter().enumerate() {

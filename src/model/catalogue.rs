@@ -13,8 +13,20 @@ use super::settings::{self, Settings};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
-    /// `key = value` lines (Yealink, Fanvil text).
+    /// `key = value` lines (Yealink).
     KeyValue,
+    /// XML whose settings are attributes on any element (Polycom).
+    XmlAttribute,
+    /// XML whose settings are leaf elements (Grandstream P-values, Cisco flat profile,
+    /// Snom `<phone-settings>`, Fanvil `<sysConf>`).
+    XmlElement,
+}
+
+impl Format {
+    /// True for the XML formats (their templates are escaped as XML).
+    pub fn is_xml(self) -> bool {
+        matches!(self, Format::XmlAttribute | Format::XmlElement)
+    }
 }
 
 /// One file a model requests.
@@ -29,6 +41,14 @@ pub struct FileSpec {
     pub content_type: String,
     /// Overlay format.
     pub format: Format,
+    /// Whether per-MAC overrides are applied to this file (false for boot, master and
+    /// index files, which only point at other files).
+    #[serde(default = "yes")]
+    pub overrides: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl FileSpec {
@@ -210,6 +230,14 @@ impl Catalogue {
                 return Err(field(
                     &format!("files[{i}].template"),
                     format!("no template `{}` in the templates folder", f.template),
+                ));
+            }
+            if f.format.is_xml() && !f.template.ends_with(".xml") {
+                return Err(field(
+                    &format!("files[{i}].template"),
+                    "an XML file must be rendered from a template whose name ends in .xml \
+                     (so values are XML-escaped)"
+                        .into(),
                 ));
             }
             if f.content_type.parse::<http_content_type::Check>().is_err() {

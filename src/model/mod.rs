@@ -1,6 +1,7 @@
 //! Pure domain types (MAC, model catalogue, records, settings) and the layered merge.
 //! No axum, sled or tera types; the only I/O is the explicit catalogue loader.
 
+pub mod agent;
 pub mod catalogue;
 pub mod mac;
 pub mod merge;

@@ -4,6 +4,7 @@
 
 pub mod context;
 pub mod overlay;
+pub mod xml;
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,15 @@ pub enum RenderError {
         /// tera's error, with line and column.
         #[source]
         source: Box<tera::Error>,
+    },
+    /// A template produced XML that does not parse, so overrides cannot be placed.
+    #[error("template `{template}` produced malformed XML")]
+    Xml {
+        /// The template name.
+        template: String,
+        /// Where and why.
+        #[source]
+        source: xml::XmlError,
     },
     /// The context could not be serialised.
     #[error("render context")]
@@ -133,11 +143,17 @@ impl Engine {
                     template: file.template.clone(),
                     source: Box::new(source),
                 })?;
+        let none = crate::model::Overrides::default();
+        let overrides = if file.overrides { overrides } else { &none };
         let out = overlay::apply(
             file.format,
             &text,
             overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        );
+        )
+        .map_err(|source| RenderError::Xml {
+            template: file.template.clone(),
+            source,
+        })?;
         Ok(out.into_bytes())
     }
 }

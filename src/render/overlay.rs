@@ -6,20 +6,437 @@
 
 use crate::model::Format;
 
-/// Applies `overrides` to `text` in the given format.
+use super::xml::{self, Doc, Elem, Node, XmlError};
+
+/// Applies `overrides` to `text` in the given format. XML that does not parse is an error
+/// (a template bug: the goldens parse every XML file).
 pub fn apply<'a>(
     format: Format,
     text: &str,
     overrides: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> String {
+) -> Result<String, XmlError> {
     match format {
-        Format::KeyValue => key_value(text, overrides),
+        Format::KeyValue => Ok(key_value(text, overrides)),
+        Format::XmlElement => xml_element(text, overrides),
+        Format::XmlAttribute => xml_attribute(text, overrides),
     }
+}
+
+/// Every (key, value) a file sets, in document order (values unescaped).
+pub fn pairs(format: Format, text: &str) -> Result<Vec<(String, String)>, XmlError> {
+    match format {
+        Format::KeyValue => Ok(text
+            .lines()
+            .filter_map(|l| {
+                let k = kv_key(l)?;
+                let v = l.split_once('=').map(|(_, v)| v.trim()).unwrap_or("");
+                Some((k.to_string(), v.to_string()))
+            })
+            .collect()),
+        Format::XmlElement => {
+            let doc = Doc::parse(text)?;
+            let mut out = Vec::new();
+            if let Some(root) = doc.root() {
+                let mut idx_attr = None;
+                walk_leaves(
+                    root,
+                    "",
+                    &mut |key, e| {
+                        out.push((key.to_string(), e.text()));
+                    },
+                    &mut idx_attr,
+                );
+            }
+            Ok(out)
+        }
+        Format::XmlAttribute => {
+            let doc = Doc::parse(text)?;
+            let mut out = Vec::new();
+            if let Some(root) = doc.root() {
+                walk_attrs(root, &mut |k, v| {
+                    out.push((k.to_string(), xml::unescape(v)))
+                });
+            }
+            Ok(out)
+        }
+    }
+}
+
+fn walk_attrs(e: &Elem, f: &mut dyn FnMut(&str, &str)) {
+    for (k, v) in &e.attrs {
+        if !is_namespace_attr(k) {
+            f(k, v);
+        }
+    }
+    for c in &e.children {
+        if let Node::Elem(c) = c {
+            walk_attrs(c, f);
+        }
+    }
+}
+
+fn is_namespace_attr(k: &str) -> bool {
+    k == "xmlns" || k.starts_with("xmlns:") || k.starts_with("xsi:")
+}
+
+/// The index attribute of an element (`idx` for Snom, `index` for Fanvil).
+fn index_of(e: &Elem) -> Option<(&'static str, &str)> {
+    e.attr("idx")
+        .map(|v| ("idx", v))
+        .or_else(|| e.attr("index").map(|v| ("index", v)))
+}
+
+/// The key segment of an element: `name` or `name[n]`.
+fn segment(e: &Elem) -> String {
+    match index_of(e) {
+        Some((_, n)) => format!("{}[{}]", e.name, xml::unescape(n)),
+        None => e.name.clone(),
+    }
+}
+
+/// Calls `f(key, leaf)` for every leaf below `e` (the root itself is never a key).
+fn walk_leaves(
+    e: &Elem,
+    prefix: &str,
+    f: &mut dyn FnMut(&str, &Elem),
+    idx_attr: &mut Option<&'static str>,
+) {
+    for c in &e.children {
+        let Node::Elem(c) = c else { continue };
+        if let Some((a, _)) = index_of(c) {
+            idx_attr.get_or_insert(a);
+        }
+        if c.is_leaf() {
+            f(&format!("{prefix}{}", segment(c)), c);
+        } else {
+            let p = match index_of(c) {
+                Some(_) => format!("{prefix}{}/", segment(c)),
+                None => prefix.to_string(),
+            };
+            walk_leaves(c, &p, f, idx_attr);
+        }
+    }
+}
+
+/// Paths (child indexes from the root) of every leaf, with its key.
+fn leaf_paths(root: &Elem) -> (Vec<(String, Vec<usize>)>, Option<&'static str>) {
+    fn go(
+        e: &Elem,
+        prefix: &str,
+        path: &mut Vec<usize>,
+        out: &mut Vec<(String, Vec<usize>)>,
+        idx_attr: &mut Option<&'static str>,
+    ) {
+        for (i, c) in e.children.iter().enumerate() {
+            let Node::Elem(c) = c else { continue };
+            if let Some((a, _)) = index_of(c) {
+                idx_attr.get_or_insert(a);
+            }
+            path.push(i);
+            if c.is_leaf() {
+                out.push((format!("{prefix}{}", segment(c)), path.clone()));
+            } else {
+                let p = match index_of(c) {
+                    Some(_) => format!("{prefix}{}/", segment(c)),
+                    None => prefix.to_string(),
+                };
+                go(c, &p, path, out, idx_attr);
+            }
+            path.pop();
+        }
+    }
+    let mut out = Vec::new();
+    let mut idx_attr = None;
+    go(root, "", &mut Vec::new(), &mut out, &mut idx_attr);
+    (out, idx_attr)
+}
+
+fn at_mut<'e>(root: &'e mut Elem, path: &[usize]) -> Option<&'e mut Elem> {
+    let mut cur = root;
+    for &i in path {
+        cur = match cur.children.get_mut(i)? {
+            Node::Elem(e) => e,
+            Node::Raw(_) => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// Removes the child at `path` together with the whitespace before it.
+fn remove_at(root: &mut Elem, path: &[usize]) {
+    let Some((&last, parent)) = path.split_last() else {
+        return;
+    };
+    if let Some(p) = at_mut(root, parent) {
+        p.children.remove(last);
+        if last > 0 && matches!(&p.children[last - 1], Node::Raw(r) if r.trim().is_empty()) {
+            p.children.remove(last - 1);
+        }
+    }
+}
+
+/// Splits `a[1]/b[2]/name[3]` into (name, index) segments.
+fn parse_key(key: &str) -> Option<Vec<(&str, Option<&str>)>> {
+    key.split('/')
+        .map(|seg| {
+            let (name, idx) = match seg.split_once('[') {
+                Some((n, rest)) => (n, Some(rest.strip_suffix(']')?)),
+                None => (seg, None),
+            };
+            let idx_ok = idx.is_none_or(|i| {
+                !i.is_empty()
+                    && i.len() <= 16
+                    && i.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            });
+            (xml::valid_name(name) && idx_ok).then_some((name, idx))
+        })
+        .collect()
+}
+
+fn xml_element<'a>(
+    text: &str,
+    overrides: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<String, XmlError> {
+    let mut doc = Doc::parse(text)?;
+    let Some(root) = doc.root_mut() else {
+        return Ok(text.to_string());
+    };
+    let (leaves, idx_attr) = leaf_paths(root);
+    let idx_attr = idx_attr.unwrap_or("idx");
+    // A key generated twice: the later value wins, at the first position.
+    let mut first: std::collections::HashMap<String, Vec<usize>> = Default::default();
+    let mut removals = Vec::new();
+    for (key, path) in &leaves {
+        match first.get(key) {
+            Some(p0) => {
+                let text = at_mut(root, path).map(|e| e.children.clone());
+                if let (Some(children), Some(e0)) = (text, at_mut(root, p0)) {
+                    e0.children = children;
+                    e0.touch();
+                }
+                removals.push(path.clone());
+            }
+            None => {
+                first.insert(key.clone(), path.clone());
+            }
+        }
+    }
+    // The container for new plain keys: the parent of the first leaf that has no indexed
+    // ancestor, else the element holding the first indexed element, else the root.
+    let container: Vec<usize> = leaves
+        .iter()
+        .find(|(k, _)| !k.contains('/'))
+        .map(|(_, p)| p[..p.len() - 1].to_vec())
+        .or_else(|| {
+            let (_, p) = leaves.first()?;
+            (1..=p.len()).find_map(|n| {
+                let e = at_mut(root, &p[..n])?;
+                index_of(e).is_some().then(|| p[..n - 1].to_vec())
+            })
+        })
+        .unwrap_or_default();
+    let mut appends: Vec<(Vec<usize>, Elem)> = Vec::new();
+    for (k, v) in overrides {
+        if let Some(p) = first.get(k) {
+            if let Some(e) = at_mut(root, p) {
+                e.set_text(v);
+            }
+            continue;
+        }
+        let Some(segs) = parse_key(k) else { continue };
+        let Some(((name, idx), parents)) = segs.split_last() else {
+            continue;
+        };
+        let leaf_attrs = idx
+            .map(|i| vec![(idx_attr.to_string(), xml::escape(i))])
+            .unwrap_or_default();
+        let mut elem = Elem::new(name, leaf_attrs, v);
+        // Find the deepest existing indexed parent named by the prefix; build the rest
+        // beside the existing elements of that name (`line[2]` next to `line[1]`).
+        let home = match parents.first() {
+            Some((n, _)) => sibling_home(root, n),
+            None if idx.is_some() => sibling_home(root, name),
+            None => None,
+        };
+        let mut target = home.unwrap_or_else(|| container.clone());
+        let mut found = 0;
+        for depth in (1..=parents.len()).rev() {
+            let prefix: String = parents[..depth]
+                .iter()
+                .map(|(n, i)| format!("{n}[{}]/", i.unwrap_or_default()))
+                .collect();
+            if let Some(path) = indexed_parent(root, &prefix) {
+                target = path;
+                found = depth;
+                break;
+            }
+        }
+        for (n, i) in parents[found..].iter().rev() {
+            let attrs = i
+                .map(|i| vec![(idx_attr.to_string(), xml::escape(i))])
+                .unwrap_or_default();
+            let mut wrap = Elem::new(n, attrs, "");
+            wrap.children.clear();
+            wrap.append(elem);
+            elem = wrap;
+        }
+        appends.push((target, elem));
+        first.insert(k.to_string(), Vec::new());
+    }
+    // Appends go after the last element child of their container, so they shift no path
+    // taken above; then removals, from the end so earlier paths stay valid.
+    for (target, elem) in appends {
+        match at_mut(root, &target) {
+            Some(c) => c.append(elem),
+            None => root.append(elem),
+        }
+    }
+    removals.sort();
+    for p in removals.iter().rev() {
+        remove_at(root, p);
+    }
+    Ok(doc.write())
+}
+
+/// The path of the parent of the first indexed element called `name`.
+fn sibling_home(root: &Elem, name: &str) -> Option<Vec<usize>> {
+    fn go(e: &Elem, name: &str, path: &mut Vec<usize>) -> Option<Vec<usize>> {
+        for (i, c) in e.children.iter().enumerate() {
+            let Node::Elem(c) = c else { continue };
+            if c.name == name && index_of(c).is_some() {
+                return Some(path.clone());
+            }
+            path.push(i);
+            if let Some(found) = go(c, name, path) {
+                return Some(found);
+            }
+            path.pop();
+        }
+        None
+    }
+    go(root, name, &mut Vec::new())
+}
+
+/// The path of the non-leaf element whose key prefix is `prefix` (`line[1]/`).
+fn indexed_parent(root: &Elem, prefix: &str) -> Option<Vec<usize>> {
+    fn go(e: &Elem, cur: &str, want: &str, path: &mut Vec<usize>) -> Option<Vec<usize>> {
+        for (i, c) in e.children.iter().enumerate() {
+            let Node::Elem(c) = c else { continue };
+            if c.is_leaf() {
+                continue;
+            }
+            path.push(i);
+            let p = match index_of(c) {
+                Some(_) => format!("{cur}{}/", segment(c)),
+                None => cur.to_string(),
+            };
+            if index_of(c).is_some() && p == want {
+                return Some(path.clone());
+            }
+            if want.starts_with(&p)
+                && let Some(found) = go(c, &p, want, path)
+            {
+                return Some(found);
+            }
+            path.pop();
+        }
+        None
+    }
+    go(root, "", prefix, &mut Vec::new())
+}
+
+fn xml_attribute<'a>(
+    text: &str,
+    overrides: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<String, XmlError> {
+    let mut doc = Doc::parse(text)?;
+    let Some(root) = doc.root_mut() else {
+        return Ok(text.to_string());
+    };
+    // Collect (path, attribute position) of every key.
+    fn go(e: &Elem, path: &mut Vec<usize>, out: &mut Vec<(String, Vec<usize>)>) {
+        for (k, _) in &e.attrs {
+            if !is_namespace_attr(k) {
+                out.push((k.clone(), path.clone()));
+            }
+        }
+        for (i, c) in e.children.iter().enumerate() {
+            if let Node::Elem(c) = c {
+                path.push(i);
+                go(c, path, out);
+                path.pop();
+            }
+        }
+    }
+    let mut keys = Vec::new();
+    go(root, &mut Vec::new(), &mut keys);
+    let mut first: std::collections::HashMap<String, Vec<usize>> = Default::default();
+    let mut last_holder: Option<Vec<usize>> = None;
+    for (k, path) in &keys {
+        last_holder = Some(path.clone());
+        match first.get(k) {
+            Some(p0) => {
+                // Later value wins at the first position; the later attribute goes.
+                let v = at_mut(root, path).and_then(|e| {
+                    let pos = e.attrs.iter().position(|(a, _)| a == k)?;
+                    e.touch();
+                    Some(e.attrs.remove(pos).1)
+                });
+                if let (Some(v), Some(e0)) = (v, at_mut(root, p0))
+                    && let Some(slot) = e0.attrs.iter_mut().find(|(a, _)| a == k)
+                {
+                    slot.1 = v;
+                    e0.touch();
+                }
+            }
+            None => {
+                first.insert(k.clone(), path.clone());
+            }
+        }
+    }
+    let holder = last_holder.unwrap_or_default();
+    for (k, v) in overrides {
+        let path = first.get(k).cloned().unwrap_or_else(|| holder.clone());
+        if let Some(e) = at_mut(root, &path) {
+            match e.attrs.iter_mut().find(|(a, _)| a == k) {
+                Some(slot) => slot.1 = xml::escape(v),
+                None => e.attrs.push((k.to_string(), xml::escape(v))),
+            }
+            e.touch();
+            first.insert(k.to_string(), path);
+        }
+    }
+    Ok(doc.write())
 }
 
 /// Why an override key or value cannot be used in a format.
 pub fn check_override(format: Format, key: &str, value: &str) -> Result<(), String> {
+    if value.chars().any(char::is_control) {
+        return Err("value must not contain line breaks or control characters".into());
+    }
+    if value.len() > 1024 {
+        return Err("value must be at most 1024 bytes".into());
+    }
     match format {
+        Format::XmlAttribute => {
+            if key.len() > 256 || !xml::valid_name(key) || is_namespace_attr(key) {
+                return Err(
+                    "key must be an XML attribute name (letters, digits, `_`, `.`, \
+                            `-`; not starting with a digit or `xml`)"
+                        .into(),
+                );
+            }
+            Ok(())
+        }
+        Format::XmlElement => {
+            if key.len() > 256 || parse_key(key).is_none() {
+                return Err("key must be an element name, optionally with an index \
+                            (`P271`, `user_host[1]`, `line[1]/RegisterAddr`)"
+                    .into());
+            }
+            Ok(())
+        }
         Format::KeyValue => {
             if key.is_empty() || key.len() > 256 {
                 return Err("key must be 1 to 256 characters".into());
@@ -38,6 +455,22 @@ pub fn check_override(format: Format, key: &str, value: &str) -> Result<(), Stri
             Ok(())
         }
     }
+}
+
+/// Checks an override before any model is known (an account not yet linked): the key must
+/// fit at least one format; the linked model's formats are checked when it is linked.
+pub fn check_override_unlinked(key: &str, value: &str) -> Result<(), String> {
+    let formats = [Format::KeyValue, Format::XmlAttribute, Format::XmlElement];
+    let mut first_err = None;
+    for f in formats {
+        match check_override(f, key, value) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_err.unwrap_or_default())
 }
 
 /// The key of a `key = value` line, if it is one (comments and blank lines are not).
@@ -107,13 +540,13 @@ mod tests {
     #[test]
     fn replaces_in_place_and_appends() {
         let text = "#!version:1.0.0.1\na = 1\n# c = 9\nb = 2\n";
-        let out = apply(Format::KeyValue, text, [("b", "x"), ("z", "y")]);
+        let out = apply(Format::KeyValue, text, [("b", "x"), ("z", "y")]).unwrap();
         assert_eq!(out, "#!version:1.0.0.1\na = 1\n# c = 9\nb = x\nz = y\n");
     }
 
     #[test]
     fn generated_duplicates_collapse() {
-        let out = apply(Format::KeyValue, "a = 1\nb = 2\na = 3\n", []);
+        let out = apply(Format::KeyValue, "a = 1\nb = 2\na = 3\n", []).unwrap();
         assert_eq!(out, "a = 3\nb = 2\n");
     }
 
@@ -128,7 +561,7 @@ mod tests {
             for c in &comments { text.push_str(c); text.push('\n'); }
             for (k, v) in &generated { text.push_str(&format!("{k} = {v}\n")); }
             let ov: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let out = apply(Format::KeyValue, &text, ov.iter().copied());
+            let out = apply(Format::KeyValue, &text, ov.iter().copied()).unwrap();
             let pairs = parse(&out);
             let mut seen = std::collections::HashSet::new();
             for (k, _) in &pairs { prop_assert!(seen.insert(k.clone()), "{} twice in {}", k, out); }
@@ -146,8 +579,170 @@ mod tests {
         #[test]
         fn checked_user_text_never_adds_a_line(key in "\\PC{0,10}", value in "\\PC{0,20}") {
             if check_override(Format::KeyValue, &key, &value).is_ok() {
-                let out = apply(Format::KeyValue, "a = 1\n", [(key.as_str(), value.as_str())]);
+                let out = apply(Format::KeyValue, "a = 1\n", [(key.as_str(), value.as_str())]).unwrap();
                 prop_assert!(out.lines().count() <= 2);
+            }
+        }
+    }
+
+    const GS: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<gs_provision version=\"1\">\n  <config version=\"1\">\n    <P271>1</P271>\n    <P47>sip.example.com</P47>\n  </config>\n</gs_provision>\n";
+    const FANVIL: &str = "<sysConf>\n  <sip>\n    <line index=\"1\">\n      <RegisterAddr>a</RegisterAddr>\n    </line>\n  </sip>\n  <web><Port>80</Port></web>\n</sysConf>\n";
+    const POLY: &str = "<?xml version=\"1.0\"?>\n<polycomConfig>\n  <reg reg.1.address=\"1004\" reg.1.label=\"A\"/>\n  <call call.autoOffHook.1.enabled=\"0\"/>\n</polycomConfig>\n";
+
+    #[test]
+    fn xml_element_replaces_and_appends() {
+        let out = apply(Format::XmlElement, GS, [("P47", "x&y"), ("P9", "<v>")]).unwrap();
+        assert_eq!(
+            out,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<gs_provision version=\"1\">\n  <config version=\"1\">\n    <P271>1</P271>\n    <P47>x&amp;y</P47>\n    <P9>&lt;v&gt;</P9>\n  </config>\n</gs_provision>\n"
+        );
+        let out = apply(
+            Format::XmlElement,
+            FANVIL,
+            [
+                ("line[1]/RegisterAddr", "b"),
+                ("line[1]/RegisterPort", "5061"),
+                ("line[2]/EnableReg", "0"),
+                ("Port", "8080"),
+            ],
+        )
+        .unwrap();
+        let p = pairs(Format::XmlElement, &out).unwrap();
+        let want: Vec<(String, String)> = [
+            ("line[1]/RegisterAddr", "b"),
+            ("line[1]/RegisterPort", "5061"),
+            ("Port", "8080"),
+            ("line[2]/EnableReg", "0"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut got = p.clone();
+        got.sort();
+        let mut want_sorted = want.clone();
+        want_sorted.sort();
+        assert_eq!(got, want_sorted, "{out}");
+    }
+
+    #[test]
+    fn xml_element_generated_duplicates_collapse() {
+        let out = apply(
+            Format::XmlElement,
+            "<r><c><a>1</a><b>2</b><a>3</a></c></r>",
+            [],
+        )
+        .unwrap();
+        assert_eq!(out, "<r><c><a>3</a><b>2</b></c></r>");
+    }
+
+    #[test]
+    fn xml_attribute_replaces_and_appends() {
+        let out = apply(
+            Format::XmlAttribute,
+            POLY,
+            [("reg.1.label", "B\"&"), ("new.key", "1")],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "<?xml version=\"1.0\"?>\n<polycomConfig>\n  <reg reg.1.address=\"1004\" reg.1.label=\"B&quot;&amp;\"/>\n  <call call.autoOffHook.1.enabled=\"0\" new.key=\"1\"/>\n</polycomConfig>\n"
+        );
+        let out = apply(
+            Format::XmlAttribute,
+            "<r><a x=\"1\"/><b x=\"2\" y=\"3\"/></r>",
+            [],
+        )
+        .unwrap();
+        assert_eq!(out, "<r><a x=\"2\"/><b y=\"3\"/></r>");
+    }
+
+    #[test]
+    fn xml_keys_are_checked() {
+        assert!(check_override(Format::XmlElement, "P271", "1").is_ok());
+        assert!(check_override(Format::XmlElement, "line[1]/RegisterAddr", "x").is_ok());
+        for bad in [
+            "", "1abc", "a b", "a[", "a[]", "a/", "<a>", "a[1]]", "xmlfoo",
+        ] {
+            assert!(
+                check_override(Format::XmlElement, bad, "v").is_err(),
+                "{bad}"
+            );
+        }
+        assert!(check_override(Format::XmlAttribute, "reg.1.label", "x").is_ok());
+        for bad in ["", "a b", "a=b", "a\"", "xmlns", "1a"] {
+            assert!(
+                check_override(Format::XmlAttribute, bad, "v").is_err(),
+                "{bad}"
+            );
+        }
+        assert!(check_override(Format::XmlAttribute, "a", "x\ny").is_err());
+    }
+
+    fn no_dup_keys(format: Format, out: &str) -> Result<BTreeMap<String, String>, TestCaseError> {
+        let p = pairs(format, out).map_err(|e| TestCaseError::fail(format!("{e}: {out}")))?;
+        let mut seen = BTreeMap::new();
+        for (k, v) in p {
+            prop_assert!(
+                seen.insert(k.clone(), v).is_none(),
+                "{} twice in {}",
+                k,
+                out
+            );
+        }
+        Ok(seen)
+    }
+
+    fn xml_key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "P[0-9]{1,3}",
+            "(line|fkey)\\[[1-3]\\]/(Reg|Port|[A-Z][a-z]{0,3})",
+            "user_(host|name)\\[[1-3]\\]",
+            "\\PC{0,6}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn xml_element_never_a_key_twice_and_overrides_win(
+            overrides in proptest::collection::btree_map(xml_key(), "\\PC{0,8}", 0..8),
+            extra in proptest::collection::vec(("P[0-9]{1,2}", "[a-z<&>\"']{0,4}"), 0..6),
+        ) {
+            let mut text = String::from("<?xml version=\"1.0\"?>\n<root>\n  <config>\n");
+            for (k, v) in &extra {
+                text.push_str(&format!("    <{k}>{}</{k}>\n", xml::escape(v)));
+            }
+            text.push_str("    <line index=\"1\"><Reg>a</Reg></line>\n    <user_host idx=\"2\" perm=\"\">h</user_host>\n  </config>\n</root>\n");
+            let ok: Vec<(&str, &str)> = overrides
+                .iter()
+                .filter(|(k, v)| check_override(Format::XmlElement, k, v).is_ok())
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let out = apply(Format::XmlElement, &text, ok.iter().copied()).unwrap();
+            let got = no_dup_keys(Format::XmlElement, &out)?;
+            for (k, v) in &ok {
+                prop_assert_eq!(got.get(*k).map(String::as_str), Some(*v), "{}", out);
+            }
+        }
+
+        #[test]
+        fn xml_attribute_never_a_key_twice_and_overrides_win(
+            overrides in proptest::collection::btree_map("[a-z]{1,3}(\\.[0-9])?|\\PC{0,5}", "\\PC{0,8}", 0..8),
+            extra in proptest::collection::vec(("[a-c]\\.[1-2]", "[a-z<&>\"']{0,4}"), 0..6),
+        ) {
+            let mut text = String::from("<?xml version=\"1.0\"?>\n<polycomConfig>\n");
+            for (k, v) in &extra {
+                text.push_str(&format!("  <e {k}=\"{}\"/>\n", xml::escape(v)));
+            }
+            text.push_str("</polycomConfig>\n");
+            let ok: Vec<(&str, &str)> = overrides
+                .iter()
+                .filter(|(k, v)| check_override(Format::XmlAttribute, k, v).is_ok())
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let out = apply(Format::XmlAttribute, &text, ok.iter().copied()).unwrap();
+            let got = no_dup_keys(Format::XmlAttribute, &out)?;
+            for (k, v) in &ok {
+                prop_assert_eq!(got.get(*k).map(String::as_str), Some(*v), "{}", out);
             }
         }
     }

@@ -1,0 +1,334 @@
+//! A small XML tree for the overlays: parsed with quick-xml, every byte that is not
+//! touched is written back exactly as the template produced it.
+//!
+//! Text and attribute values are kept in their escaped (source) form; values the overlay
+//! sets are escaped on the way in, so the output stays well-formed whatever a user typed.
+
+use quick_xml::Reader;
+use quick_xml::events::{BytesStart, Event};
+
+/// A node: an element, or any other source text (text, comments, declarations) verbatim.
+#[derive(Debug, Clone)]
+pub enum Node {
+    /// An element.
+    Elem(Elem),
+    /// Source text kept as is.
+    Raw(String),
+}
+
+/// An element with its attributes (values escaped) and children.
+#[derive(Debug, Clone)]
+pub struct Elem {
+    /// Tag name.
+    pub name: String,
+    /// Attributes in source order, values in escaped form.
+    pub attrs: Vec<(String, String)>,
+    /// The start tag as written, while the element is unchanged.
+    raw_start: Option<String>,
+    /// Written as `<x/>`.
+    self_closing: bool,
+    /// Children.
+    pub children: Vec<Node>,
+}
+
+/// Why a document could not be parsed.
+#[derive(Debug, thiserror::Error)]
+#[error("not well-formed XML at byte {position}: {message}")]
+pub struct XmlError {
+    /// Byte offset.
+    pub position: u64,
+    /// The parser's words.
+    pub message: String,
+}
+
+/// A parsed document: top-level nodes (declaration, comments, the root element).
+#[derive(Debug, Clone)]
+pub struct Doc {
+    /// Top-level nodes.
+    pub nodes: Vec<Node>,
+}
+
+fn err(position: u64, message: impl ToString) -> XmlError {
+    XmlError {
+        position,
+        message: message.to_string(),
+    }
+}
+
+fn start_elem(
+    e: &BytesStart<'_>,
+    raw: &str,
+    self_closing: bool,
+    pos: u64,
+) -> Result<Elem, XmlError> {
+    let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+    let mut attrs = Vec::new();
+    for a in e.attributes() {
+        let a = a.map_err(|x| err(pos, x))?;
+        let key = String::from_utf8_lossy(a.key.as_ref()).into_owned();
+        let value = String::from_utf8_lossy(&a.value).replace('"', "&quot;");
+        attrs.push((key, value));
+    }
+    Ok(Elem {
+        name,
+        attrs,
+        raw_start: Some(raw.to_string()),
+        self_closing,
+        children: Vec::new(),
+    })
+}
+
+impl Doc {
+    /// Parses `text`; mismatched or unclosed tags are errors.
+    pub fn parse(text: &str) -> Result<Doc, XmlError> {
+        let mut reader = Reader::from_str(text);
+        reader.config_mut().check_end_names = true;
+        let mut top: Vec<Node> = Vec::new();
+        let mut stack: Vec<Elem> = Vec::new();
+        let mut roots = 0;
+        loop {
+            let before = reader.buffer_position();
+            let ev = reader.read_event().map_err(|e| err(before, e))?;
+            let after = reader.buffer_position();
+            let raw = text
+                .get(before as usize..after as usize)
+                .ok_or_else(|| err(before, "offset outside the text"))?;
+            let node = match ev {
+                Event::Eof => break,
+                Event::Start(e) => {
+                    stack.push(start_elem(&e, raw, false, before)?);
+                    continue;
+                }
+                Event::End(_) => {
+                    let Some(done) = stack.pop() else {
+                        return Err(err(before, "end tag without a start tag"));
+                    };
+                    Node::Elem(done)
+                }
+                Event::Empty(e) => Node::Elem(start_elem(&e, raw, true, before)?),
+                Event::Text(_)
+                | Event::CData(_)
+                | Event::Comment(_)
+                | Event::Decl(_)
+                | Event::PI(_)
+                | Event::DocType(_)
+                | Event::GeneralRef(_) => Node::Raw(raw.to_string()),
+            };
+            match stack.last_mut() {
+                Some(parent) => parent.children.push(node),
+                None => {
+                    if let Node::Elem(_) = node {
+                        roots += 1;
+                    } else if let Node::Raw(r) = &node
+                        && roots > 0
+                        && !r.trim().is_empty()
+                        && !r.trim_start().starts_with("<!--")
+                        && !r.trim_start().starts_with("<?")
+                    {
+                        return Err(err(before, "text after the root element"));
+                    }
+                    top.push(node);
+                }
+            }
+        }
+        if let Some(open) = stack.last() {
+            return Err(err(
+                text.len() as u64,
+                format!("<{}> is not closed", open.name),
+            ));
+        }
+        if roots != 1 {
+            return Err(err(0, format!("{roots} root elements")));
+        }
+        Ok(Doc { nodes: top })
+    }
+
+    /// The root element.
+    pub fn root_mut(&mut self) -> Option<&mut Elem> {
+        self.nodes.iter_mut().find_map(|n| match n {
+            Node::Elem(e) => Some(e),
+            Node::Raw(_) => None,
+        })
+    }
+
+    /// The root element.
+    pub fn root(&self) -> Option<&Elem> {
+        self.nodes.iter().find_map(|n| match n {
+            Node::Elem(e) => Some(e),
+            Node::Raw(_) => None,
+        })
+    }
+
+    /// Writes the document back.
+    pub fn write(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            write_node(n, &mut out);
+        }
+        out
+    }
+}
+
+fn write_node(n: &Node, out: &mut String) {
+    match n {
+        Node::Raw(r) => out.push_str(r),
+        Node::Elem(e) => e.write(out),
+    }
+}
+
+impl Elem {
+    /// A new element holding `text` (escaped here).
+    pub fn new(name: &str, attrs: Vec<(String, String)>, text: &str) -> Elem {
+        Elem {
+            name: name.to_string(),
+            attrs,
+            raw_start: None,
+            self_closing: false,
+            children: vec![Node::Raw(escape(text))],
+        }
+    }
+
+    /// True when no child is an element.
+    pub fn is_leaf(&self) -> bool {
+        !self.children.iter().any(|c| matches!(c, Node::Elem(_)))
+    }
+
+    /// An attribute's escaped value.
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Marks the start tag as changed (it is rebuilt from name and attributes).
+    pub fn touch(&mut self) {
+        self.raw_start = None;
+    }
+
+    /// Replaces the content with `text` (escaped here).
+    pub fn set_text(&mut self, text: &str) {
+        if self.self_closing {
+            self.self_closing = false;
+            self.raw_start = None;
+        }
+        self.children = vec![Node::Raw(escape(text))];
+    }
+
+    /// The text content, unescaped (for explain).
+    pub fn text(&self) -> String {
+        let mut raw = String::new();
+        for c in &self.children {
+            if let Node::Raw(r) = c {
+                raw.push_str(r);
+            }
+        }
+        unescape(&raw)
+    }
+
+    /// Appends `child` after the last element child, with the same indentation.
+    pub fn append(&mut self, child: Elem) {
+        if self.self_closing {
+            self.self_closing = false;
+            self.raw_start = None;
+        }
+        let last = self
+            .children
+            .iter()
+            .rposition(|c| matches!(c, Node::Elem(_)));
+        match last {
+            Some(i) => {
+                let indent = match i.checked_sub(1).map(|j| &self.children[j]) {
+                    Some(Node::Raw(r)) if r.trim().is_empty() => r.clone(),
+                    _ => String::new(),
+                };
+                self.children.insert(i + 1, Node::Elem(child));
+                if !indent.is_empty() {
+                    self.children.insert(i + 1, Node::Raw(indent));
+                }
+            }
+            None => self.children.push(Node::Elem(child)),
+        }
+    }
+
+    fn write(&self, out: &mut String) {
+        let rebuilt;
+        let start = match &self.raw_start {
+            Some(r) if !self.self_closing || self.children.is_empty() => r.as_str(),
+            _ => {
+                let mut s = format!("<{}", self.name);
+                for (k, v) in &self.attrs {
+                    s.push_str(&format!(" {k}=\"{v}\""));
+                }
+                s.push_str(if self.self_closing { "/>" } else { ">" });
+                rebuilt = s;
+                rebuilt.as_str()
+            }
+        };
+        out.push_str(start);
+        if self.self_closing {
+            return;
+        }
+        for c in &self.children {
+            write_node(c, out);
+        }
+        out.push_str("</");
+        out.push_str(&self.name);
+        out.push('>');
+    }
+}
+
+/// Escapes text or an attribute value.
+pub fn escape(s: &str) -> String {
+    quick_xml::escape::escape(s).into_owned()
+}
+
+/// Unescapes what [`escape`] (or a template) produced; undecodable input is returned as is.
+pub fn unescape(s: &str) -> String {
+    quick_xml::escape::unescape(s)
+        .map(|c| c.into_owned())
+        .unwrap_or_else(|_| s.to_string())
+}
+
+/// True for an XML name this crate will write (`[A-Za-z_][A-Za-z0-9_.:-]*`).
+pub fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+        && !s.to_ascii_lowercase().starts_with("xml")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_exactly() {
+        let src = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!-- c -->\n<a x='1' y=\"a&amp;b\">\n  <b/>\n  <c>t &lt; u</c>\n</a>\n";
+        let d = Doc::parse(src).unwrap();
+        assert_eq!(d.write(), src);
+    }
+
+    #[test]
+    fn rejects_broken_documents() {
+        for bad in ["<a>", "<a></b>", "<a/><b/>", "</a>", "<a/>text", ""] {
+            assert!(Doc::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn set_and_append_escape() {
+        let mut d = Doc::parse("<r>\n  <p>1</p>\n  <q/>\n</r>\n").unwrap();
+        let root = d.root_mut().unwrap();
+        if let Node::Elem(q) = &mut root.children[3] {
+            q.set_text("<&>");
+        }
+        root.append(Elem::new("z", vec![], "\"x\""));
+        assert_eq!(
+            d.write(),
+            "<r>\n  <p>1</p>\n  <q>&lt;&amp;&gt;</q>\n  <z>&quot;x&quot;</z>\n</r>\n"
+        );
+    }
+}
