@@ -58,6 +58,15 @@ pub enum AppError {
     /// A template failed (500).
     #[error("render")]
     Render(#[from] RenderError),
+    /// A file in the data folder could not be written (500).
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl AppError {
@@ -99,7 +108,7 @@ impl AppError {
             AppError::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
             }
-            AppError::Store(_) | AppError::Render(_) => {
+            AppError::Store(_) | AppError::Render(_) | AppError::Io { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
             }
         }
@@ -110,13 +119,15 @@ impl AppError {
             AppError::Invalid { message, .. } | AppError::Conflict { message, .. } => {
                 message.clone()
             }
-            AppError::Store(_) | AppError::Render(_) => "internal error; see the server log".into(),
+            AppError::Store(_) | AppError::Render(_) | AppError::Io { .. } => {
+                "internal error; see the server log".into()
+            }
             other => other.to_string(),
         }
     }
 
     fn log(&self) {
-        if let AppError::Store(_) | AppError::Render(_) = self {
+        if let AppError::Store(_) | AppError::Render(_) | AppError::Io { .. } = self {
             tracing::error!(error = %crate::render::error_chain(self), "request failed");
         }
     }

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod http;
 pub mod model;
 pub mod render;
@@ -53,6 +54,10 @@ pub struct Inner {
     pub prov_pass_hash: Vec<u8>,
     /// SHA-256 of the admin token.
     pub admin_token_hash: Vec<u8>,
+    /// Fetch audit and unprovisioned MACs.
+    pub fleet: fleet::Fleet,
+    /// Where uploaded phone logs go (`<data>/uploads`).
+    pub uploads: PathBuf,
 }
 
 impl std::ops::Deref for AppState {
@@ -274,6 +279,7 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
     store.flush_sync()?;
 
     let models = catalogue.models().count();
+    let fleet = fleet::Fleet::load(&store)?;
     let state = AppState(Arc::new(Inner {
         store,
         catalogue,
@@ -284,6 +290,8 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
         prov_user,
         prov_pass_hash,
         admin_token_hash,
+        fleet,
+        uploads: config.data.join("uploads"),
     }));
     Ok((
         state,
@@ -304,12 +312,26 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = http::router(state.clone());
+    let audit = state.clone();
+    let flusher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(fleet::FLUSH_EVERY);
+        loop {
+            tick.tick().await;
+            if let Err(e) = audit.fleet.flush(&audit.store) {
+                tracing::warn!(error = %render::error_chain(&e), "writing the fetch audit failed");
+            }
+        }
+    });
     let result = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await;
+    flusher.abort();
+    if let Err(e) = state.fleet.flush(&state.store) {
+        tracing::warn!(error = %render::error_chain(&e), "writing the fetch audit failed");
+    }
     if let Err(e) = state.store.flush().await {
         tracing::error!(error = %render::error_chain(&e), "flushing the store at shutdown failed");
     }

@@ -45,6 +45,8 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/phones/{mac}/members", get(get_members).put(put_members))
         .route("/phones/{mac}/files/{file}", get(preview))
+        .route("/phones/{mac}/explain", get(explain))
+        .route("/unprovisioned", get(unprovisioned))
 }
 
 /// Proof that the request carries a valid admin token.
@@ -836,7 +838,9 @@ async fn get_phone(
         .store
         .phone(mac)?
         .ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))?;
-    Ok(Json(phone_json(&p)))
+    let mut v = phone_json(&p);
+    v["last-fetch"] = json!(st.fleet.last_fetch(&st.store, mac)?);
+    Ok(Json(v))
 }
 
 #[derive(Debug, Deserialize)]
@@ -873,9 +877,13 @@ async fn list_phones(
     } else {
         None
     };
-    Ok(Json(
-        json!({ "phones": phones.iter().map(phone_json).collect::<Vec<_>>(), "next": next }),
-    ))
+    let mut list = Vec::with_capacity(phones.len());
+    for p in &phones {
+        let mut v = phone_json(p);
+        v["last-fetch"] = json!(st.fleet.last_fetch(&st.store, p.mac)?);
+        list.push(v);
+    }
+    Ok(Json(json!({ "phones": list, "next": next })))
 }
 
 async fn put_phone(
@@ -1298,4 +1306,53 @@ async fn preview(
         rendered.body,
     )
         .into_response())
+}
+
+/// `GET /phones/{mac}/explain`: every value of the phone's files with its layer, the
+/// overrides (added or replacing), and the settings this model has no key for.
+async fn explain(
+    _: Admin,
+    State(st): State<AppState>,
+    Path(mac): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let mac = parse_mac("mac", &mac)?;
+    let phone = st
+        .store
+        .phone(mac)?
+        .ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))?;
+    let model = st
+        .catalogue
+        .get(&phone.model)
+        .ok_or_else(|| AppError::NotFound("model not loaded".into()))?;
+    let domain = match &phone.domain {
+        Some(d) => st.store.domain(d)?,
+        None => None,
+    };
+    let mut accounts = Vec::with_capacity(phone.members.len());
+    for m in &phone.members {
+        if let Some(a) = st.store.account(&m.id)? {
+            accounts.push((m, a));
+        }
+    }
+    let inputs = crate::render::explain::Inputs {
+        model,
+        server: &st.server_defaults,
+        domain: domain.as_ref(),
+        phone: &phone,
+        lines: accounts.iter().map(|(m, a)| (*m, a)).collect(),
+    };
+    let e = crate::render::explain::explain(&st.engine, &inputs)?;
+    Ok(Json(json!({
+        "mac": mac.lower(),
+        "device-models-model": phone.model,
+        "files": e.files,
+        "unused": e.unused,
+    })))
+}
+
+/// `GET /unprovisioned`: MACs that asked with the server-default credentials but are not
+/// linked, most recently seen first.
+async fn unprovisioned(_: Admin, State(st): State<AppState>) -> Result<Json<Value>, AppError> {
+    let list = st.fleet.unprovisioned(&st.store)?;
+    Ok(Json(json!({ "unprovisioned": list })))
 }

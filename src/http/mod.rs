@@ -7,6 +7,7 @@ pub mod phone;
 use std::time::Duration;
 
 use axum::Router;
+use axum::handler::Handler;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -31,7 +32,9 @@ pub fn router(state: AppState) -> Router {
     // would answer a POST with 413 before the method check's 405.
     let phone = Router::new().route(
         "/{file}",
-        get(phone::fetch).fallback(|| async { AppError::MethodNotAllowed.into_phone_response() }),
+        get(phone::fetch)
+            .put(phone::upload.layer(DefaultBodyLimit::max(phone::UPLOAD_LIMIT)))
+            .fallback(|| async { AppError::MethodNotAllowed.into_phone_response() }),
     );
     Router::new()
         .nest("/api/v1", admin)

@@ -2,7 +2,10 @@
 //! (phone → domain → server default, constant time), allowed User-Agent, conditional GET,
 //! HEAD, content type per model. Read-only: cache fills go through `cache`.
 
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -10,6 +13,7 @@ use crate::AppState;
 use crate::auth::{self, BasicCredentials};
 use crate::cache::{Outcome, Rendered};
 use crate::error::AppError;
+use crate::model::agent::{self, Agent};
 use crate::model::{FileRef, FileSpec, Mac, Model, Phone};
 use crate::render::{LineInput, PhoneInput, RenderContext};
 use crate::store::render_key;
@@ -19,16 +23,123 @@ use crate::telemetry::RequestFacts;
 pub async fn fetch(
     State(st): State<AppState>,
     Path(file): Path<String>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Response {
+    let ip = peer.map(|Extension(ConnectInfo(a))| a.ip().to_string()).unwrap_or_default();
+    let ua = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let agent = agent::parse(ua);
+    let mut req = PhoneRequest {
+        file: &file,
+        headers: &headers,
+        ua,
+        ip: &ip,
+        agent: agent.as_ref(),
+        facts: RequestFacts::default(),
+        known: None,
+    };
+    let result = serve_file(&st, &mut req).await;
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => e.into_phone_response(),
+    };
+    if let Some(mac) = req.known {
+        st.fleet
+            .fetched(mac, &ip, ua, agent.as_ref(), &file, resp.status().as_u16());
+    }
+    resp.extensions_mut().insert(req.facts);
+    resp
+}
+
+/// One phone request and what the handler learnt about it.
+struct PhoneRequest<'r> {
+    file: &'r str,
+    headers: &'r HeaderMap,
+    ua: &'r str,
+    ip: &'r str,
+    agent: Option<&'r Agent>,
+    facts: RequestFacts,
+    /// A linked phone made this request (its last fetch is recorded).
+    known: Option<Mac>,
+}
+
+/// Largest log upload accepted.
+pub const UPLOAD_LIMIT: usize = 1 << 20;
+
+/// `PUT /{mac}-app.log` and `/{mac}-boot.log` (Polycom log uploads): authenticated like a
+/// fetch, capped at [`UPLOAD_LIMIT`], written to `<data>/uploads/<mac>/`, never served.
+pub async fn upload(
+    State(st): State<AppState>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let mut facts = RequestFacts::default();
-    let result = serve_file(&st, &file, &headers, &mut facts).await;
+    let result = store_upload(&st, &file, &headers, &body, &mut facts).await;
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => e.into_phone_response(),
     };
     resp.extensions_mut().insert(facts);
     resp
+}
+
+/// The MAC of an upload name, if it is one (`0004f2a1b2c3-app.log`).
+pub fn upload_mac(file: &str) -> Option<Mac> {
+    let lower = file.to_ascii_lowercase();
+    let stem = lower
+        .strip_suffix("-app.log")
+        .or_else(|| lower.strip_suffix("-boot.log"))?;
+    if stem.len() != 12 {
+        return None;
+    }
+    Mac::parse_plain(stem).ok()
+}
+
+async fn store_upload(
+    st: &AppState,
+    file: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    facts: &mut RequestFacts,
+) -> Result<Response, AppError> {
+    let Some(mac) = upload_mac(file) else {
+        return Err(AppError::MethodNotAllowed);
+    };
+    facts.mac = Some(mac.lower());
+    let creds = credentials(headers);
+    let Some(phone) = st.store.phone(mac)? else {
+        if server_default_ok(st, creds.as_ref()) {
+            return Err(AppError::NotFound("unknown MAC".into()));
+        }
+        return Err(AppError::PhoneUnauthorized);
+    };
+    if !phone_auth_ok(st, &phone, creds.as_ref())? {
+        return Err(AppError::PhoneUnauthorized);
+    }
+    let dir = st.uploads.join(mac.lower());
+    let name = file.to_ascii_lowercase();
+    let path = dir.join(&name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let existed = tokio::fs::try_exists(&path).await.unwrap_or(false);
+    let write = async {
+        tokio::fs::create_dir_all(&dir).await?;
+        tokio::fs::write(&tmp, body).await?;
+        tokio::fs::rename(&tmp, &path).await
+    };
+    write.await.map_err(|source| AppError::Io {
+        what: "storing a phone upload",
+        source,
+    })?;
+    Ok(if existed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CREATED
+    }
+    .into_response())
 }
 
 fn credentials(headers: &HeaderMap) -> Option<BasicCredentials> {
@@ -69,30 +180,29 @@ pub fn mac_in_user_agent(ua: &str) -> Option<Mac> {
         .find_map(|t| Mac::parse(t).ok())
 }
 
-async fn serve_file(
-    st: &AppState,
-    file: &str,
-    headers: &HeaderMap,
-    facts: &mut RequestFacts,
-) -> Result<Response, AppError> {
-    let Some(fref) = st.catalogue.match_path(file) else {
+async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Response, AppError> {
+    let Some(fref) = st.catalogue.match_path(req.file) else {
         return Err(AppError::NotFound("no model requests this file".into()));
     };
-    let creds = credentials(headers);
-    let ua = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let creds = credentials(req.headers);
+    let ua_mac = req.agent.and_then(|a| a.mac);
     let (rendered, outcome) = match fref {
         FileRef::Phone { mac, pattern } => {
-            facts.mac = Some(mac.lower());
+            req.facts.mac = Some(mac.lower());
+            if ua_mac.is_some_and(|m| m != mac) {
+                return Err(AppError::Forbidden(
+                    "the MAC in the User-Agent differs from the MAC in the path".into(),
+                ));
+            }
             let Some(phone) = st.store.phone(mac)? else {
                 // Same challenge for unknown and known MACs: no enumeration.
                 if server_default_ok(st, creds.as_ref()) {
+                    st.fleet.unprovisioned_seen(mac, req.ip, req.agent, req.file);
                     return Err(AppError::NotFound("unknown MAC".into()));
                 }
                 return Err(AppError::PhoneUnauthorized);
             };
+            req.known = Some(mac);
             if !phone_auth_ok(st, &phone, creds.as_ref())? {
                 return Err(AppError::PhoneUnauthorized);
             }
@@ -113,10 +223,15 @@ async fn serve_file(
         FileRef::Common { name, models } => {
             // Common files carry no line data. They are served to the server-default
             // credentials, or to a known phone (MAC from the User-Agent) with its own.
-            let phone = match mac_in_user_agent(ua) {
+            let mac = ua_mac.or_else(|| mac_in_user_agent(req.ua));
+            let phone = match mac {
                 Some(m) => st.store.phone(m)?,
                 None => None,
             };
+            if let Some(p) = &phone {
+                req.known = Some(p.mac);
+                req.facts.mac = Some(p.mac.lower());
+            }
             let ok = match &phone {
                 Some(p) => phone_auth_ok(st, p, creds.as_ref())?,
                 None => server_default_ok(st, creds.as_ref()),
@@ -124,11 +239,10 @@ async fn serve_file(
             if !ok {
                 return Err(AppError::PhoneUnauthorized);
             }
-            let id = phone
-                .as_ref()
-                .map(|p| p.model.clone())
-                .filter(|m| models.contains(m))
-                .or_else(|| models.first().cloned())
+            if let (None, Some(m)) = (&phone, mac) {
+                st.fleet.unprovisioned_seen(m, req.ip, req.agent, req.file);
+            }
+            let id = common_model(st, &models, phone.as_ref(), req.agent)
                 .ok_or_else(|| AppError::NotFound("no model".into()))?;
             let model = st
                 .catalogue
@@ -146,11 +260,11 @@ async fn serve_file(
                 .await?
         }
     };
-    facts.cache = Some(match outcome {
+    req.facts.cache = Some(match outcome {
         Outcome::Hit => "hit",
         Outcome::Miss => "miss",
     });
-    let ua_lower = ua.to_ascii_lowercase();
+    let ua_lower = req.ua.to_ascii_lowercase();
     if !rendered
         .allowed_user_agents
         .iter()
@@ -158,7 +272,34 @@ async fn serve_file(
     {
         return Err(AppError::Forbidden("User-Agent not allowed".into()));
     }
-    Ok(respond(rendered, headers))
+    Ok(respond(rendered, req.headers))
+}
+
+/// Which of the models sharing a common file answers: the linked phone's model, else the
+/// model the User-Agent names, else the first.
+fn common_model(
+    st: &AppState,
+    models: &[String],
+    phone: Option<&Phone>,
+    agent: Option<&Agent>,
+) -> Option<String> {
+    if let Some(p) = phone
+        && models.contains(&p.model)
+    {
+        return Some(p.model.clone());
+    }
+    if let Some(a) = agent
+        && let Some(id) = models.iter().find(|id| {
+            st.catalogue.get(id).is_some_and(|m| {
+                m.user_agent_model
+                    .as_deref()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(&a.model))
+            })
+        })
+    {
+        return Some(id.clone());
+    }
+    models.first().cloned()
 }
 
 /// Renders a phone's file from the store (the cache-miss path).

@@ -47,6 +47,8 @@ pub struct ModelCtx {
     pub line_keys: u32,
     /// ATA.
     pub ata: bool,
+    /// The model's common (MAC-less) file names, as declared (boot files list them).
+    pub common_files: Vec<String>,
 }
 
 /// Provisioning credentials to write into the file (empty when not set on phone or domain).
@@ -251,6 +253,12 @@ impl RenderContext {
                 ports: m.ports,
                 line_keys: m.line_keys,
                 ata: m.ata,
+                common_files: m
+                    .files
+                    .iter()
+                    .filter(|f| !f.per_phone())
+                    .map(|f| f.name.clone())
+                    .collect(),
             },
             domain: input.domain.map(|d| d.name.clone()).unwrap_or_default(),
             settings: snake(&merged),

@@ -3,6 +3,7 @@
 //! the cache.
 
 pub mod context;
+pub mod explain;
 pub mod overlay;
 pub mod xml;
 
@@ -53,6 +54,7 @@ pub enum RenderError {
 #[derive(Debug)]
 pub struct Engine {
     tera: tera::Tera,
+    sources: std::collections::HashMap<String, String>,
     digest: [u8; 32],
 }
 
@@ -113,6 +115,7 @@ impl Engine {
         }
         Ok(Engine {
             tera,
+            sources: sources.into_iter().collect(),
             digest: h.finalize().into(),
         })
     }
@@ -120,6 +123,11 @@ impl Engine {
     /// True when a template of that name is loaded.
     pub fn has(&self, name: &str) -> bool {
         self.tera.contains_template(name)
+    }
+
+    /// A template's source text.
+    pub fn source(&self, name: &str) -> Option<&str> {
+        self.sources.get(name).map(String::as_str)
     }
 
     /// Digest of every template's name and text.

@@ -65,6 +65,8 @@ pub struct Store {
     by_account: sled::Tree,
     renders: sled::Tree,
     meta: sled::Tree,
+    fetches: sled::Tree,
+    unprovisioned: sled::Tree,
     writer: Mutex<()>,
 }
 
@@ -149,6 +151,8 @@ impl Store {
             by_account: db.open_tree("phones_by_account")?,
             renders: db.open_tree("renders")?,
             meta: db.open_tree("meta")?,
+            fetches: db.open_tree("fetches")?,
+            unprovisioned: db.open_tree("unprovisioned")?,
             writer: Mutex::new(()),
             db,
         };
@@ -185,6 +189,47 @@ impl Store {
     /// Bytes on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Writes a batch of audit records (last fetch per phone, unprovisioned MACs) outside
+    /// the record transaction: they never change a revision, so they never invalidate a
+    /// cached file. `None` removes.
+    pub fn audit_write(
+        &self,
+        fetches: Vec<(Mac, Vec<u8>)>,
+        unprovisioned: Vec<(Mac, Option<Vec<u8>>)>,
+    ) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (mac, v) in fetches {
+            b.insert(&mac.lower().into_bytes()[..], v);
+        }
+        self.fetches.apply_batch(b)?;
+        let mut b = sled::Batch::default();
+        for (mac, v) in unprovisioned {
+            match v {
+                Some(v) => b.insert(&mac.lower().into_bytes()[..], v),
+                None => b.remove(&mac.lower().into_bytes()[..]),
+            }
+        }
+        self.unprovisioned.apply_batch(b)?;
+        Ok(())
+    }
+
+    /// A phone's last fetch record, as stored.
+    pub fn last_fetch(&self, mac: Mac) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.fetches.get(mac.lower())?.map(|v| v.to_vec()))
+    }
+
+    /// Every stored unprovisioned record.
+    pub fn unprovisioned(&self) -> Result<Vec<(Mac, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.unprovisioned.iter() {
+            let (k, v) = kv?;
+            if let Ok(mac) = std::str::from_utf8(&k).map_err(|_| ()).and_then(|s| Mac::parse_plain(s).map_err(|_| ())) {
+                out.push((mac, v.to_vec()));
+            }
+        }
+        Ok(out)
     }
 
     /// A meta value.
