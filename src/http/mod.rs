@@ -7,8 +7,8 @@ pub mod phone;
 use std::time::Duration;
 
 use axum::Router;
-use axum::handler::Handler;
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::routing::get;
 use tower_http::timeout::TimeoutLayer;

@@ -26,7 +26,9 @@ pub async fn fetch(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Response {
-    let ip = peer.map(|Extension(ConnectInfo(a))| a.ip().to_string()).unwrap_or_default();
+    let ip = peer
+        .map(|Extension(ConnectInfo(a))| a.ip().to_string())
+        .unwrap_or_default();
     let ua = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -197,7 +199,8 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
             let Some(phone) = st.store.phone(mac)? else {
                 // Same challenge for unknown and known MACs: no enumeration.
                 if server_default_ok(st, creds.as_ref()) {
-                    st.fleet.unprovisioned_seen(mac, req.ip, req.agent, req.file);
+                    st.fleet
+                        .unprovisioned_seen(mac, req.ip, req.agent, req.file);
                     return Err(AppError::NotFound("unknown MAC".into()));
                 }
                 return Err(AppError::PhoneUnauthorized);

@@ -275,7 +275,10 @@ fn render_text(
 /// The template expressions that read a setting or member field (any one is enough).
 fn readers(setting: &str) -> Vec<String> {
     let snake = setting.replace(['-', '.'], "_");
-    let mut r = vec![format!("settings.{snake}"), format!("settings[\"{setting}\"]")];
+    let mut r = vec![
+        format!("settings.{snake}"),
+        format!("settings[\"{setting}\"]"),
+    ];
     let field: &[&str] = match setting {
         st::CORE_SERVER => &["line.server_host", "line.server_port"],
         st::SIP_PORT => &["line.server_port"],

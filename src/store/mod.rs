@@ -225,7 +225,10 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.unprovisioned.iter() {
             let (k, v) = kv?;
-            if let Ok(mac) = std::str::from_utf8(&k).map_err(|_| ()).and_then(|s| Mac::parse_plain(s).map_err(|_| ())) {
+            if let Ok(mac) = std::str::from_utf8(&k)
+                .map_err(|_| ())
+                .and_then(|s| Mac::parse_plain(s).map_err(|_| ()))
+            {
                 out.push((mac, v.to_vec()));
             }
         }
