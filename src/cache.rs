@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use axum::body::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::error::AppError;
@@ -19,8 +20,8 @@ pub struct Rendered {
     pub content_type: String,
     /// User-Agent substrings the phone's accounts require.
     pub allowed_user_agents: Vec<String>,
-    /// The bytes.
-    pub body: Vec<u8>,
+    /// The bytes (cheap to clone into a response).
+    pub body: Bytes,
 }
 
 impl Rendered {
@@ -35,7 +36,7 @@ impl Rendered {
             etag,
             content_type,
             allowed_user_agents,
-            body,
+            body: Bytes::from(body),
         }
     }
 
@@ -73,7 +74,7 @@ impl Rendered {
             etag,
             content_type,
             allowed_user_agents: allowed,
-            body: b.get(pos..)?.to_vec(),
+            body: Bytes::copy_from_slice(b.get(pos..)?),
         })
     }
 }
@@ -93,11 +94,27 @@ fn take_str(b: &[u8], pos: &mut usize) -> Option<String> {
     Some(s)
 }
 
-/// The render cache over the store's render tree.
-#[derive(Debug, Default)]
+/// A rendered file in memory with the validity it was stored under.
+#[derive(Debug)]
+struct Hot {
+    revision: u64,
+    digest: u64,
+    rendered: Arc<Rendered>,
+}
+
+/// The render cache: a bounded in-memory tier (most recently used files, by bytes) over
+/// the store's render tree (every file rendered, on disk).
+#[derive(Debug)]
 pub struct Cache {
     inflight: Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
     renders: std::sync::atomic::AtomicU64,
+    hot: moka::sync::Cache<Vec<u8>, Arc<Hot>>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache::new(32 << 20)
+    }
 }
 
 /// Whether a response came from the cache.
@@ -110,6 +127,23 @@ pub enum Outcome {
 }
 
 impl Cache {
+    /// A cache whose memory tier holds at most about `hot_bytes` of files.
+    pub fn new(hot_bytes: u64) -> Self {
+        Cache {
+            inflight: Mutex::default(),
+            renders: std::sync::atomic::AtomicU64::default(),
+            hot: moka::sync::Cache::builder()
+                .max_capacity(hot_bytes)
+                .weigher(|k: &Vec<u8>, v: &Arc<Hot>| {
+                    let r = &v.rendered;
+                    (k.len() + r.body.len() + r.etag.len() + r.content_type.len() + 160)
+                        .try_into()
+                        .unwrap_or(u32::MAX)
+                })
+                .build(),
+        }
+    }
+
     /// How many renders this process has done (tests use it to prove unaffected phones
     /// are not re-rendered).
     pub fn render_count(&self) -> u64 {
@@ -125,8 +159,8 @@ impl Cache {
         revision: u64,
         digest: u64,
         render: impl FnOnce() -> Result<Rendered, AppError>,
-    ) -> Result<(Rendered, Outcome), AppError> {
-        if let Some(r) = Self::lookup(store, key, revision, digest)? {
+    ) -> Result<(Arc<Rendered>, Outcome), AppError> {
+        if let Some(r) = self.lookup(store, key, revision, digest)? {
             return Ok((r, Outcome::Hit));
         }
         let gate = {
@@ -135,13 +169,15 @@ impl Cache {
         };
         let result = {
             let _turn = gate.lock().await;
-            match Self::lookup(store, key, revision, digest)? {
+            match self.lookup(store, key, revision, digest)? {
                 Some(r) => Ok((r, Outcome::Hit)),
                 None => {
                     let r = render()?;
                     self.renders
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     store.render_put(key, r.encode(revision, digest))?;
+                    let r = Arc::new(r);
+                    self.remember(key, revision, digest, r.clone());
                     Ok((r, Outcome::Miss))
                 }
             }
@@ -153,15 +189,39 @@ impl Cache {
         result
     }
 
+    fn remember(&self, key: &[u8], revision: u64, digest: u64, rendered: Arc<Rendered>) {
+        self.hot.insert(
+            key.to_vec(),
+            Arc::new(Hot {
+                revision,
+                digest,
+                rendered,
+            }),
+        );
+    }
+
+    /// Memory first (valid only at `revision` and `digest`), then the store.
     fn lookup(
+        &self,
         store: &Store,
         key: &[u8],
         revision: u64,
         digest: u64,
-    ) -> Result<Option<Rendered>, AppError> {
-        Ok(store
+    ) -> Result<Option<Arc<Rendered>>, AppError> {
+        if let Some(h) = self.hot.get(key)
+            && h.revision == revision
+            && h.digest == digest
+        {
+            return Ok(Some(h.rendered.clone()));
+        }
+        let found = store
             .render_get(key)?
-            .and_then(|v| Rendered::decode(&v, revision, digest)))
+            .and_then(|v| Rendered::decode(&v, revision, digest))
+            .map(Arc::new);
+        if let Some(r) = &found {
+            self.remember(key, revision, digest, r.clone());
+        }
+        Ok(found)
     }
 }
 
@@ -177,7 +237,7 @@ mod tests {
             vec!["Yealink".into()],
         );
         let e = r.encode(7, 9);
-        assert_eq!(Rendered::decode(&e, 7, 9), Some(r));
+        assert_eq!(Rendered::decode(&e, 7, 9), Some(r.clone()));
         assert_eq!(Rendered::decode(&e, 8, 9), None);
         assert_eq!(Rendered::decode(&e, 7, 8), None);
         assert_eq!(Rendered::decode(&e[..10], 7, 9), None);
@@ -197,11 +257,11 @@ mod tests {
                         Ok(Rendered::new(b"x".to_vec(), "text/plain".into(), vec![]))
                     })
                     .await
-                    .map(|(r, _)| r.body)
+                    .map(|(r, _)| r.body.clone())
             }));
         }
         for t in tasks {
-            assert_eq!(t.await.unwrap().unwrap(), b"x");
+            assert_eq!(t.await.unwrap().unwrap(), &b"x"[..]);
         }
         assert_eq!(cache.render_count(), 1);
     }

@@ -1303,7 +1303,7 @@ async fn preview(
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, ct), (header::ETAG, etag)],
-        rendered.body,
+        rendered.body.clone(),
     )
         .into_response())
 }

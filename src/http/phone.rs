@@ -166,7 +166,7 @@ fn phone_auth_ok(
         return Ok(c.is_some_and(|c| c.matches(u, p)));
     }
     if let Some(d) = &phone.domain
-        && let Some(dom) = st.store.domain(d)?
+        && let Some(dom) = st.store.domain_shared(d)?
         && let (Some(u), Some(p)) = (&dom.provisioning_username, &dom.provisioning_password)
     {
         return Ok(c.is_some_and(|c| c.matches(u, p)));
@@ -196,7 +196,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                     "the MAC in the User-Agent differs from the MAC in the path".into(),
                 ));
             }
-            let Some(phone) = st.store.phone(mac)? else {
+            let Some(phone) = st.store.phone_shared(mac)? else {
                 // Same challenge for unknown and known MACs: no enumeration.
                 if server_default_ok(st, creds.as_ref()) {
                     st.fleet
@@ -228,7 +228,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
             // credentials, or to a known phone (MAC from the User-Agent) with its own.
             let mac = ua_mac.or_else(|| mac_in_user_agent(req.ua));
             let phone = match mac {
-                Some(m) => st.store.phone(m)?,
+                Some(m) => st.store.phone_shared(m)?,
                 None => None,
             };
             if let Some(p) = &phone {
@@ -245,7 +245,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
             if let (None, Some(m)) = (&phone, mac) {
                 st.fleet.unprovisioned_seen(m, req.ip, req.agent, req.file);
             }
-            let id = common_model(st, &models, phone.as_ref(), req.agent)
+            let id = common_model(st, &models, phone.as_deref(), req.agent)
                 .ok_or_else(|| AppError::NotFound("no model".into()))?;
             let model = st
                 .catalogue
@@ -367,7 +367,7 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
     })
 }
 
-fn respond(r: Rendered, headers: &HeaderMap) -> Response {
+fn respond(r: std::sync::Arc<Rendered>, headers: &HeaderMap) -> Response {
     let etag = HeaderValue::from_str(&r.etag).unwrap_or(HeaderValue::from_static("\"\""));
     let no_cache = HeaderValue::from_static("no-cache");
     if etag_matches(headers, &r.etag) {
@@ -386,7 +386,7 @@ fn respond(r: Rendered, headers: &HeaderMap) -> Response {
             (header::ETAG, etag),
             (header::CACHE_CONTROL, no_cache),
         ],
-        r.body,
+        r.body.clone(),
     )
         .into_response()
 }

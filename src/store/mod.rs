@@ -6,7 +6,8 @@ mod keys;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -68,6 +69,12 @@ pub struct Store {
     fetches: sled::Tree,
     unprovisioned: sled::Tree,
     writer: Mutex<()>,
+    /// Decoded phones for the fetch path (bounded by bytes); see [`Store::phone_shared`].
+    hot_phones: moka::sync::Cache<Mac, Arc<Phone>>,
+    /// Decoded domains for the fetch path.
+    hot_domains: moka::sync::Cache<String, Arc<Domain>>,
+    /// Commits so far (the memo's race guard).
+    commits: AtomicU64,
 }
 
 /// A set of record changes committed together.
@@ -123,6 +130,24 @@ fn tx_get<T: DeserializeOwned>(
     }
 }
 
+/// Approximate heap bytes of a decoded phone (the memo's weigher).
+fn phone_weight(p: &Phone) -> u32 {
+    let settings: usize = p.settings.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
+    let overrides: usize = p
+        .overrides
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 48)
+        .sum();
+    let members: usize = p
+        .members
+        .iter()
+        .map(|m| 96 + m.id.len() + m.line_label.len() + m.hotline_destination.len())
+        .sum();
+    (256 + settings + overrides + members)
+        .try_into()
+        .unwrap_or(u32::MAX)
+}
+
 impl Store {
     /// Opens (or creates) the store in `path`, bounding sled's page cache to `cache_bytes`.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
@@ -154,6 +179,12 @@ impl Store {
             fetches: db.open_tree("fetches")?,
             unprovisioned: db.open_tree("unprovisioned")?,
             writer: Mutex::new(()),
+            hot_phones: moka::sync::Cache::builder()
+                .max_capacity(48 << 20)
+                .weigher(|_: &Mac, p: &Arc<Phone>| phone_weight(p))
+                .build(),
+            hot_domains: moka::sync::Cache::new(10_000),
+            commits: AtomicU64::new(0),
             db,
         };
         match s.meta.get("schema")? {
@@ -267,6 +298,45 @@ impl Store {
             .get(mac.bytes())?
             .map(|v| dec("phones", &v))
             .transpose()
+    }
+
+    /// A phone for the fetch path: decoded once and shared until a commit changes it.
+    ///
+    /// Race guard: a reader notes the commit count before reading the store and drops
+    /// what it inserted if a commit happened meanwhile; a commit bumps the count before
+    /// invalidating. Either the reader sees the bump, or the commit's invalidation comes
+    /// after the insert: a stale record never stays in the memo.
+    pub fn phone_shared(&self, mac: Mac) -> Result<Option<Arc<Phone>>, StoreError> {
+        if let Some(p) = self.hot_phones.get(&mac) {
+            return Ok(Some(p));
+        }
+        let before = self.commits.load(Ordering::SeqCst);
+        let Some(p) = self.phone(mac)? else {
+            return Ok(None);
+        };
+        let p = Arc::new(p);
+        self.hot_phones.insert(mac, p.clone());
+        if self.commits.load(Ordering::SeqCst) != before {
+            self.hot_phones.invalidate(&mac);
+        }
+        Ok(Some(p))
+    }
+
+    /// A domain for the fetch path (same guard as [`Store::phone_shared`]).
+    pub fn domain_shared(&self, name: &str) -> Result<Option<Arc<Domain>>, StoreError> {
+        if let Some(d) = self.hot_domains.get(name) {
+            return Ok(Some(d));
+        }
+        let before = self.commits.load(Ordering::SeqCst);
+        let Some(d) = self.domain(name)? else {
+            return Ok(None);
+        };
+        let d = Arc::new(d);
+        self.hot_domains.insert(name.to_string(), d.clone());
+        if self.commits.load(Ordering::SeqCst) != before {
+            self.hot_domains.invalidate(name);
+        }
+        Ok(Some(d))
     }
 
     /// Accounts of `user` in `domain`.
@@ -463,6 +533,16 @@ impl Store {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => StoreError::Sled(e),
             })?;
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        for (mac, _) in &change.phones {
+            self.hot_phones.invalidate(mac);
+        }
+        for mac in &change.touch {
+            self.hot_phones.invalidate(mac);
+        }
+        for (name, _) in &change.domains {
+            self.hot_domains.invalidate(name);
+        }
         for (mac, p) in &change.phones {
             if p.is_none() {
                 for kv in self.renders.scan_prefix(keys::render_prefix(*mac)).keys() {
@@ -481,6 +561,49 @@ mod tests {
 
     fn mac(n: u8) -> Mac {
         Mac::from_bytes([0, 0x15, 0x65, 0, 0, n])
+    }
+
+    #[test]
+    fn the_phone_memo_never_keeps_a_stale_record() {
+        let s = Arc::new(Store::temporary().unwrap());
+        let p = Phone::new(mac(2), "m".into());
+        s.commit(&Change {
+            phones: vec![(mac(2), Some(p.clone()))],
+            ..Default::default()
+        })
+        .unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (s, stop) = (s.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = s.phone_shared(mac(2)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut last = 0;
+        for i in 0..300 {
+            let mut p = p.clone();
+            p.model = format!("m{i}");
+            last = s
+                .commit(&Change {
+                    phones: vec![(mac(2), Some(p))],
+                    ..Default::default()
+                })
+                .unwrap();
+            let got = s.phone_shared(mac(2)).unwrap().unwrap();
+            assert_eq!(
+                (got.revision, got.model.as_str()),
+                (last, format!("m{i}").as_str())
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert_eq!(s.phone_shared(mac(2)).unwrap().unwrap().revision, last);
     }
 
     #[test]
