@@ -222,12 +222,27 @@ fn xml_element<'a>(
             }
         }
     }
-    // The container for new plain keys: the parent of the first leaf that has no indexed
-    // ancestor, else the element holding the first indexed element, else the root.
-    let container: Vec<usize> = leaves
+    // The container for new plain keys: the element holding the most plain leaves (the
+    // settings block: `<config>`, `<flat-profile>`, `<phone-settings>`), the first on a
+    // tie; else the element holding the first indexed element; else the root.
+    let mut counts: Vec<(Vec<usize>, usize)> = Vec::new();
+    for (k, p) in &leaves {
+        if k.contains('/') {
+            continue;
+        }
+        let parent = p[..p.len() - 1].to_vec();
+        match counts.iter_mut().find(|(q, _)| *q == parent) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((parent, 1)),
+        }
+    }
+    let best = counts
         .iter()
-        .find(|(k, _)| !k.contains('/'))
-        .map(|(_, p)| p[..p.len() - 1].to_vec())
+        .map(|(_, n)| *n)
+        .max()
+        .and_then(|m| counts.iter().find(|(_, n)| *n == m))
+        .map(|(p, _)| p.clone());
+    let container: Vec<usize> = best
         .or_else(|| {
             let (_, p) = leaves.first()?;
             (1..=p.len()).find_map(|n| {
@@ -378,16 +393,9 @@ fn xml_attribute<'a>(
         match first.get(k) {
             Some(p0) => {
                 // Later value wins at the first position; the later attribute goes.
-                let v = at_mut(root, path).and_then(|e| {
-                    let pos = e.attrs.iter().position(|(a, _)| a == k)?;
-                    e.touch();
-                    Some(e.attrs.remove(pos).1)
-                });
-                if let (Some(v), Some(e0)) = (v, at_mut(root, p0))
-                    && let Some(slot) = e0.attrs.iter_mut().find(|(a, _)| a == k)
-                {
-                    slot.1 = v;
-                    e0.touch();
+                let v = at_mut(root, path).and_then(|e| e.remove_attr(k));
+                if let (Some(v), Some(e0)) = (v, at_mut(root, p0)) {
+                    e0.set_attr(k, &v);
                 }
             }
             None => {
@@ -399,11 +407,7 @@ fn xml_attribute<'a>(
     for (k, v) in overrides {
         let path = first.get(k).cloned().unwrap_or_else(|| holder.clone());
         if let Some(e) = at_mut(root, &path) {
-            match e.attrs.iter_mut().find(|(a, _)| a == k) {
-                Some(slot) => slot.1 = xml::escape(v),
-                None => e.attrs.push((k.to_string(), xml::escape(v))),
-            }
-            e.touch();
+            e.set_attr(k, &xml::escape(v));
             first.insert(k.to_string(), path);
         }
     }
@@ -622,6 +626,16 @@ mod tests {
         let mut want_sorted = want.clone();
         want_sorted.sort();
         assert_eq!(got, want_sorted, "{out}");
+    }
+
+    #[test]
+    fn new_keys_go_to_the_settings_block() {
+        let gs = "<gs_provision version=\"1\">\n  <mac>001565a1b2c3</mac>\n  <config version=\"1\">\n    <P271>1</P271>\n    <P47>x</P47>\n  </config>\n</gs_provision>\n";
+        let out = apply(Format::XmlElement, gs, [("P144", "0")]).unwrap();
+        assert!(
+            out.contains("<P47>x</P47>\n    <P144>0</P144>\n  </config>"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -201,6 +201,47 @@ impl Elem {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Sets attribute `k` to `escaped` (already escaped), editing the start tag as written
+    /// so its layout (one attribute per line, say) is kept; a new attribute goes last.
+    pub fn set_attr(&mut self, k: &str, escaped: &str) {
+        match self.attrs.iter_mut().find(|(a, _)| a == k) {
+            Some(slot) => slot.1 = escaped.to_string(),
+            None => self.attrs.push((k.to_string(), escaped.to_string())),
+        }
+        let Some(raw) = self.raw_start.take() else {
+            return;
+        };
+        self.raw_start = match find_attr(&raw, k) {
+            Some((_, vs, ve)) => Some(format!("{}{escaped}{}", &raw[..vs], &raw[ve..])),
+            None => {
+                let end = raw.len() - if raw.ends_with("/>") { 2 } else { 1 };
+                let head = raw[..end].trim_end();
+                // Same separator as before the last attribute (newline + indent, or a space).
+                let sep = self
+                    .attrs
+                    .iter()
+                    .rev()
+                    .nth(1)
+                    .and_then(|(a, _)| find_attr(&raw, a))
+                    .map(|(ws, _, _)| ws)
+                    .unwrap_or_else(|| " ".into());
+                let tail = &raw[head.len()..];
+                Some(format!("{head}{sep}{k}=\"{escaped}\"{tail}"))
+            }
+        };
+    }
+
+    /// Removes attribute `k`, returning its escaped value.
+    pub fn remove_attr(&mut self, k: &str) -> Option<String> {
+        let pos = self.attrs.iter().position(|(a, _)| a == k)?;
+        let (_, v) = self.attrs.remove(pos);
+        if let Some(raw) = self.raw_start.take() {
+            self.raw_start = find_attr_at(&raw, k)
+                .map(|(ws, _, _, ve)| format!("{}{}", &raw[..ws], &raw[ve + 1..]));
+        }
+        Some(v)
+    }
+
     /// Marks the start tag as changed (it is rebuilt from name and attributes).
     pub fn touch(&mut self) {
         self.raw_start = None;
@@ -278,6 +319,47 @@ impl Elem {
     }
 }
 
+/// Finds attribute `k` in a raw start tag: (the whitespace before it, value start, value
+/// end) where the value is `raw[start..end]` and `raw[end]` is the closing quote.
+fn find_attr(raw: &str, k: &str) -> Option<(String, usize, usize)> {
+    find_attr_at(raw, k).map(|(ws, name, vs, ve)| (raw[ws..name].to_string(), vs, ve))
+}
+
+/// Like [`find_attr`], with offsets: (whitespace start, name start, value start, value end).
+fn find_attr_at(raw: &str, k: &str) -> Option<(usize, usize, usize, usize)> {
+    let b = raw.as_bytes();
+    let mut from = 0;
+    while let Some(i) = raw[from..].find(k).map(|i| i + from) {
+        from = i + k.len();
+        if i == 0 || !b[i - 1].is_ascii_whitespace() {
+            continue;
+        }
+        let mut j = i + k.len();
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if b.get(j) != Some(&b'=') {
+            continue;
+        }
+        j += 1;
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        let q = *b.get(j)?;
+        if q != b'"' && q != b'\'' {
+            continue;
+        }
+        let vs = j + 1;
+        let ve = vs + raw[vs..].find(q as char)?;
+        let mut ws_start = i;
+        while ws_start > 0 && b[ws_start - 1].is_ascii_whitespace() {
+            ws_start -= 1;
+        }
+        return Some((ws_start, i, vs, ve));
+    }
+    None
+}
+
 /// Escapes text or an attribute value.
 pub fn escape(s: &str) -> String {
     quick_xml::escape::escape(s).into_owned()
@@ -309,6 +391,23 @@ mod tests {
         let src = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!-- c -->\n<a x='1' y=\"a&amp;b\">\n  <b/>\n  <c>t &lt; u</c>\n</a>\n";
         let d = Doc::parse(src).unwrap();
         assert_eq!(d.write(), src);
+    }
+
+    #[test]
+    fn attribute_edits_keep_the_layout() {
+        let src = "<r>\n  <reg\n    a=\"1\"\n    b='2'\n  />\n</r>";
+        let mut d = Doc::parse(src).unwrap();
+        let Some(Node::Elem(reg)) = d.root_mut().unwrap().children.get_mut(1) else {
+            panic!()
+        };
+        reg.set_attr("a", "x&amp;");
+        reg.set_attr("c", "3");
+        assert_eq!(reg.remove_attr("b").as_deref(), Some("2"));
+        assert_eq!(
+            d.write(),
+            "<r>\n  <reg\n    a=\"x&amp;\"\n    c=\"3\"\n  />\n</r>"
+        );
+        assert!(Doc::parse(&d.write()).is_ok());
     }
 
     #[test]

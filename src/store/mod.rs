@@ -47,6 +47,9 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// The flush task did not finish.
+    #[error("flush task: {0}")]
+    Flush(String),
     /// The store was written by a newer autoprov.
     #[error("store schema {found} is newer than this autoprov understands ({SCHEMA_VERSION})")]
     Schema {
@@ -73,8 +76,13 @@ pub struct Store {
     hot_phones: moka::sync::Cache<Mac, Arc<Phone>>,
     /// Decoded domains for the fetch path.
     hot_domains: moka::sync::Cache<String, Arc<Domain>>,
-    /// Commits so far (the memo's race guard).
+    /// Commits so far (the memo's race guard, and what a flush covers).
     commits: AtomicU64,
+    /// Commits known to be on disk.
+    flushed: AtomicU64,
+    /// One flush at a time: sled 0.34 deadlocks when many `flush_async` calls exhaust its
+    /// I/O threads, and one flush covers every commit before it anyway (group commit).
+    flush_gate: tokio::sync::Mutex<()>,
 }
 
 /// A set of record changes committed together.
@@ -185,6 +193,8 @@ impl Store {
                 .build(),
             hot_domains: moka::sync::Cache::new(10_000),
             commits: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+            flush_gate: tokio::sync::Mutex::new(()),
             db,
         };
         match s.meta.get("schema")? {
@@ -206,8 +216,20 @@ impl Store {
     }
 
     /// Flushes buffered writes to disk (survives a process crash; see DEPS.md on fsync).
+    /// Concurrent callers share one flush: whoever waits for the gate finds its commit
+    /// already covered, or flushes for everyone queued behind it.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let mine = self.commits.load(Ordering::SeqCst);
+        let _gate = self.flush_gate.lock().await;
+        if self.flushed.load(Ordering::SeqCst) >= mine && mine > 0 {
+            return Ok(());
+        }
+        let upto = self.commits.load(Ordering::SeqCst);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Flush(e.to_string()))??;
+        self.flushed.fetch_max(upto, Ordering::SeqCst);
         Ok(())
     }
 
