@@ -15,6 +15,7 @@ PORT=${PORT:-18080}
 NGINX_PORT=${NGINX_PORT:-18088}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-$(mktemp -d /tmp/autoprov-bench.XXXXXX)}
+mkdir -p "$WORK"
 PIDS=()
 
 cleanup() {
@@ -48,7 +49,10 @@ start_autoprov() { # $1 = RUST_LOG value
     until curl -s -o /dev/null "http://127.0.0.1:$PORT/api/v1/models"; do sleep 0.02; done
     READY=$(echo "$(date +%s.%N) - $t0" | bc)
 }
-stop_autoprov() { kill "$AP_PID"; wait "$AP_PID" 2>/dev/null || true; }
+stop_autoprov() {
+    kill "$AP_PID" 2>/dev/null || echo "autoprov (pid $AP_PID) had already exited" >&2
+    wait "$AP_PID" 2>/dev/null || true
+}
 
 # --- seed, then a cold storm on a fresh process (the export is the storm's output)
 start_autoprov "autoprov=warn"

@@ -113,7 +113,7 @@ pub struct Cache {
 
 impl Default for Cache {
     fn default() -> Self {
-        Cache::new(32 << 20)
+        Cache::new(24 << 20)
     }
 }
 

@@ -195,7 +195,7 @@ impl Config {
             settings::check_value(&k, &s).map_err(|message| ConfigError::Value { key, message })?;
             defaults.insert(k, s);
         }
-        let mb = fc.store_cache_mb.unwrap_or(64);
+        let mb = fc.store_cache_mb.unwrap_or(32);
         if mb == 0 || mb > 65536 {
             return Err(ConfigError::Value {
                 key: "store-cache-mb".into(),

@@ -20,7 +20,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli)?;
-    autoprov::telemetry::init(config.log_format);
+    let _log_guard = autoprov::telemetry::init(config.log_format);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
     }

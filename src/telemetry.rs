@@ -10,16 +10,23 @@ use axum::response::Response;
 use crate::config::LogFormat;
 
 /// Installs the global subscriber. Default filter `autoprov=info`, overridable with RUST_LOG.
-pub fn init(format: LogFormat) {
+/// Lines are written to stderr by a background thread (request handlers only queue them;
+/// nothing is dropped). Keep the returned guard alive until exit: dropping it flushes.
+pub fn init(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("autoprov=info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    guard
 }
 
 /// Facts a handler adds to its response for the request line.

@@ -188,7 +188,7 @@ impl Store {
             unprovisioned: db.open_tree("unprovisioned")?,
             writer: Mutex::new(()),
             hot_phones: moka::sync::Cache::builder()
-                .max_capacity(48 << 20)
+                .max_capacity(24 << 20)
                 .weigher(|_: &Mac, p: &Arc<Phone>| phone_weight(p))
                 .build(),
             hot_domains: moka::sync::Cache::new(10_000),
