@@ -353,3 +353,59 @@ async fn explain_names_each_values_layer() {
         StatusCode::BAD_REQUEST
     );
 }
+
+#[tokio::test]
+async fn cisco_profile_rule_sequence() {
+    let s = TestServer::start().await;
+    s.seed_domain("example.com").await;
+    s.seed_account(
+        "example.com",
+        "1004",
+        "1004a",
+        "00562b043615",
+        "cisco-cp8841",
+    )
+    .await;
+    let creds = Some((s.prov.0.as_str(), s.prov.1.as_str()));
+    let ua = "Cisco-CP-8841-3PCC/11.0 (00562b043615)";
+    // Factory rule: the product-name file, as .xml (6800 guide) or .cfg (8800 guide), any case.
+    for file in ["CP-8841-3PCC.xml", "CP-8841-3PCC.cfg", "cp-8841-3pcc.xml"] {
+        let r = s.fetch_as(file, creds, Some(ua)).await;
+        assert_eq!(r.status(), StatusCode::OK, "{file}");
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("<Profile_Rule>$SCHEME://$SERV:$PORT/$MA.xml</Profile_Rule>"),
+            "{body}"
+        );
+        assert!(!body.contains("User_ID_1_"), "no account in a common file");
+    }
+    // The rule it sets: $MA.xml (lowercase MAC); spa$MA.xml answers the same; MAC case is free.
+    let per_mac = s.fetch_as("00562b043615.xml", creds, Some(ua)).await;
+    assert_eq!(per_mac.status(), StatusCode::OK);
+    let body = per_mac.text().await.unwrap();
+    assert!(body.contains("<User_ID_1_>1004a</User_ID_1_>"), "{body}");
+    for file in ["spa00562b043615.xml", "00562B043615.xml"] {
+        let r = s.fetch_as(file, creds, Some(ua)).await;
+        assert_eq!(r.status(), StatusCode::OK, "{file}");
+        assert_eq!(r.text().await.unwrap(), body, "{file}");
+    }
+    // Another phone's MAC in the User-Agent is refused.
+    let other = "Cisco-CP-8841-3PCC/11.0 (00562b043616)";
+    let r = s.fetch_as("00562b043615.xml", creds, Some(other)).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // The SPA112 ATA common file is spa112.cfg and points at spa$MA.xml.
+    let r = s
+        .fetch_as(
+            "spa112.cfg",
+            creds,
+            Some("Cisco/SPA112-1.4.1(SR5) (88755A000001)"),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("/spa$MA.xml</Profile_Rule>")
+    );
+}
