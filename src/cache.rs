@@ -22,6 +22,17 @@ pub struct Rendered {
     pub allowed_user_agents: Vec<String>,
     /// The bytes (cheap to clone into a response).
     pub body: Bytes,
+    /// `etag` and `content_type` as ready header values (built once, not per response).
+    pub headers: [axum::http::HeaderValue; 2],
+}
+
+fn header_values(etag: &str, content_type: &str) -> [axum::http::HeaderValue; 2] {
+    use axum::http::HeaderValue;
+    [
+        HeaderValue::from_str(etag).unwrap_or(HeaderValue::from_static("\"\"")),
+        HeaderValue::from_str(content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    ]
 }
 
 impl Rendered {
@@ -33,6 +44,7 @@ impl Rendered {
             h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]
         );
         Rendered {
+            headers: header_values(&etag, &content_type),
             etag,
             content_type,
             allowed_user_agents,
@@ -71,6 +83,7 @@ impl Rendered {
             allowed.push(take_str(b, &mut pos)?);
         }
         Some(Rendered {
+            headers: header_values(&etag, &content_type),
             etag,
             content_type,
             allowed_user_agents: allowed,

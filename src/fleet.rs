@@ -18,6 +18,11 @@ use crate::store::{Store, StoreError};
 /// How often pending audit records are written to the store.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
 
+/// A fetch that repeats the stored one except for its time is written to the store at most
+/// this often per phone (memory always has the exact time). Keeps a reboot storm or a fleet
+/// polling every minute from turning into one store write per request.
+pub const TOUCH_PERSIST_EVERY: u64 = 300;
+
 /// Most unprovisioned MACs kept; past it the least recently seen is dropped.
 pub const UNPROVISIONED_CAP: usize = 10_000;
 
@@ -70,10 +75,28 @@ pub struct Unprovisioned {
     pub last_unix: u64,
 }
 
+/// What was last written for a phone: a signature of everything but the time, and the time.
+#[derive(Debug, Clone, Copy)]
+struct Persisted {
+    sig: u64,
+    unix: u64,
+}
+
+/// Fetch records not yet in the store.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Records whose content differs from the stored one.
+    full: HashMap<Mac, Fetch>,
+    /// Phones whose latest fetch repeats the stored record: only the time (unix s) is new.
+    touched: HashMap<Mac, u64>,
+    /// What the store holds, as far as this process wrote it.
+    persisted: HashMap<Mac, Persisted>,
+}
+
 /// In-memory audit state.
 #[derive(Debug, Default)]
 pub struct Fleet {
-    pending_fetches: Mutex<HashMap<Mac, Fetch>>,
+    pending_fetches: Mutex<Pending>,
     unprovisioned: Mutex<HashMap<Mac, Unprovisioned>>,
     dirty_unprovisioned: Mutex<Vec<(Mac, bool)>>,
 }
@@ -84,12 +107,30 @@ fn now() -> (String, u64) {
     (humantime::format_rfc3339_seconds(t).to_string(), secs)
 }
 
-fn truncate(s: &str, max: usize) -> String {
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
+/// Signature of a fetch without its time.
+fn signature(ip: &std::net::IpAddr, user_agent: &str, file: &str, status: u16) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (ip, user_agent, file, status).hash(&mut h);
+    h.finish()
+}
+
+fn truncate_str(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_string()
+    &s[..end]
 }
 
 impl Fleet {
@@ -111,31 +152,42 @@ impl Fleet {
         self.unprovisioned.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a known phone's request.
+    /// Records a known phone's request. A request that repeats the phone's stored record
+    /// (same IP, User-Agent, file, status) only moves its time, without allocating.
     pub fn fetched(
         &self,
         mac: Mac,
-        ip: &str,
+        ip: std::net::IpAddr,
         user_agent: &str,
         agent: Option<&Agent>,
         file: &str,
         status: u16,
     ) {
+        let user_agent = truncate_str(user_agent, 256);
+        let file = truncate_str(file, 128);
+        let sig = signature(&ip, user_agent, file, status);
+        let mut p = self
+            .pending_fetches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if p.persisted.get(&mac).is_some_and(|s| s.sig == sig) {
+            p.full.remove(&mac);
+            p.touched.insert(mac, unix_now());
+            return;
+        }
         let (time, _) = now();
         let f = Fetch {
             time,
             ip: ip.to_string(),
-            user_agent: truncate(user_agent, 256),
-            file: truncate(file, 128),
+            user_agent: user_agent.to_string(),
+            file: file.to_string(),
             status,
             vendor: agent.map(|a| a.vendor.to_string()),
             model: agent.map(|a| a.model.clone()),
             firmware: agent.map(|a| a.firmware.clone()),
         };
-        self.pending_fetches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(mac, f);
+        p.touched.remove(&mac);
+        p.full.insert(mac, f);
     }
 
     /// Records a request of an unlinked MAC that passed the server-default credentials.
@@ -171,7 +223,7 @@ impl Fleet {
             e.firmware = Some(a.firmware.clone());
         }
         e.ip = ip.to_string();
-        e.file = truncate(file, 128);
+        e.file = truncate_str(file, 128).to_string();
         e.last_seen = time;
         e.last_unix = unix;
         e.requests += 1;
@@ -188,17 +240,25 @@ impl Fleet {
 
     /// A phone's last fetch: pending first, else stored.
     pub fn last_fetch(&self, store: &Store, mac: Mac) -> Result<Option<Fetch>, StoreError> {
-        if let Some(f) = self
-            .pending_fetches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&mac)
-        {
-            return Ok(Some(f.clone()));
-        }
-        Ok(store
+        let touched = {
+            let p = self
+                .pending_fetches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(f) = p.full.get(&mac) {
+                return Ok(Some(f.clone()));
+            }
+            p.touched.get(&mac).copied()
+        };
+        let stored: Option<Fetch> = store
             .last_fetch(mac)?
-            .and_then(|v| serde_json::from_slice(&v).ok()))
+            .and_then(|v| serde_json::from_slice(&v).ok());
+        Ok(stored.map(|mut f| {
+            if let Some(t) = touched {
+                f.time = rfc3339(t);
+            }
+            f
+        }))
     }
 
     /// Unprovisioned MACs, most recently seen first, leaving out those linked since.
@@ -220,15 +280,53 @@ impl Fleet {
 
     /// Writes pending records to the store (one batch per tree).
     pub fn flush(&self, store: &Store) -> Result<(), StoreError> {
-        let fetches: Vec<(Mac, Vec<u8>)> = std::mem::take(
-            &mut *self
+        let now = unix_now();
+        let (full, due) = {
+            let mut p = self
                 .pending_fetches
                 .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        )
-        .into_iter()
-        .filter_map(|(m, f)| serde_json::to_vec(&f).ok().map(|v| (m, v)))
-        .collect();
+                .unwrap_or_else(|p| p.into_inner());
+            let full = std::mem::take(&mut p.full);
+            for (m, f) in &full {
+                let ip = f.ip.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+                let sig = signature(&ip, &f.user_agent, &f.file, f.status);
+                p.persisted.insert(*m, Persisted { sig, unix: now });
+            }
+            let mut due = Vec::new();
+            let Pending {
+                touched, persisted, ..
+            } = &mut *p;
+            touched.retain(|m, t| {
+                let last = persisted.get(m).map_or(0, |s| s.unix);
+                if t.saturating_sub(last) >= TOUCH_PERSIST_EVERY {
+                    due.push((*m, *t));
+                    false
+                } else {
+                    true
+                }
+            });
+            for (m, t) in &due {
+                if let Some(s) = persisted.get_mut(m) {
+                    s.unix = *t;
+                }
+            }
+            (full, due)
+        };
+        let mut fetches: Vec<(Mac, Vec<u8>)> = full
+            .into_iter()
+            .filter_map(|(m, f)| serde_json::to_vec(&f).ok().map(|v| (m, v)))
+            .collect();
+        for (m, t) in due {
+            let stored: Option<Fetch> = store
+                .last_fetch(m)?
+                .and_then(|v| serde_json::from_slice(&v).ok());
+            if let Some(mut f) = stored {
+                f.time = rfc3339(t);
+                if let Ok(v) = serde_json::to_vec(&f) {
+                    fetches.push((m, v));
+                }
+            }
+        }
         let dirty = std::mem::take(
             &mut *self
                 .dirty_unprovisioned
@@ -278,10 +376,53 @@ mod tests {
         let again = Fleet::load(&store).unwrap();
         assert_eq!(again.lock_unprovisioned().len(), UNPROVISIONED_CAP);
         let mac = Mac::parse_plain("001565aabbcc").unwrap();
-        f.fetched(mac, "10.0.0.2", "ua", a.as_ref(), "001565aabbcc.cfg", 200);
+        let ip = std::net::IpAddr::from([10, 0, 0, 2]);
+        f.fetched(mac, ip, "ua", a.as_ref(), "001565aabbcc.cfg", 200);
         assert_eq!(f.last_fetch(&store, mac).unwrap().unwrap().status, 200);
         f.flush(&store).unwrap();
         let stored = f.last_fetch(&store, mac).unwrap().unwrap();
         assert_eq!(stored.model.as_deref(), Some("SIP-T46S"));
+    }
+
+    #[test]
+    fn repeated_fetches_only_move_the_time_and_are_written_rarely() {
+        let store = Store::temporary().unwrap();
+        let f = Fleet::default();
+        let mac = Mac::parse_plain("001565aabbcc").unwrap();
+        let ip = std::net::IpAddr::from([10, 0, 0, 2]);
+        f.fetched(mac, ip, "ua", None, "001565aabbcc.cfg", 200);
+        f.flush(&store).unwrap();
+        let first = store.last_fetch(mac).unwrap().unwrap();
+        // The same request again: memory only (nothing pending in full), the store keeps
+        // its record until TOUCH_PERSIST_EVERY has passed.
+        f.fetched(mac, ip, "ua", None, "001565aabbcc.cfg", 200);
+        {
+            let p = f.pending_fetches.lock().unwrap();
+            assert!(p.full.is_empty());
+            assert!(p.touched.contains_key(&mac));
+        }
+        f.flush(&store).unwrap();
+        assert_eq!(store.last_fetch(mac).unwrap().unwrap(), first);
+        // Pretend the stored record is old: the touch is then written, with the new time.
+        f.pending_fetches
+            .lock()
+            .unwrap()
+            .persisted
+            .get_mut(&mac)
+            .unwrap()
+            .unix = 0;
+        f.flush(&store).unwrap();
+        assert!(f.pending_fetches.lock().unwrap().touched.is_empty());
+        let shown = f.last_fetch(&store, mac).unwrap().unwrap();
+        assert_eq!(shown.file, "001565aabbcc.cfg");
+        // Anything else changing is a full record at once.
+        f.fetched(mac, ip, "ua", None, "y000000000066.cfg", 200);
+        assert_eq!(
+            f.last_fetch(&store, mac).unwrap().unwrap().file,
+            "y000000000066.cfg"
+        );
+        f.flush(&store).unwrap();
+        let v: Fetch = serde_json::from_slice(&store.last_fetch(mac).unwrap().unwrap()).unwrap();
+        assert_eq!(v.file, "y000000000066.cfg");
     }
 }

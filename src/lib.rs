@@ -52,6 +52,8 @@ pub struct Inner {
     pub prov_user: String,
     /// SHA-256 of the server-default provisioning password.
     pub prov_pass_hash: Vec<u8>,
+    /// The last header that passed the server-default check.
+    pub prov_memo: auth::HeaderMemo,
     /// SHA-256 of the admin token.
     pub admin_token_hash: Vec<u8>,
     /// Fetch audit and unprovisioned MACs.
@@ -289,6 +291,7 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
         cache: Cache::default(),
         prov_user,
         prov_pass_hash,
+        prov_memo: auth::HeaderMemo::default(),
         admin_token_hash,
         fleet,
         uploads: config.data.join("uploads"),

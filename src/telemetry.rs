@@ -41,6 +41,9 @@ pub struct RequestFacts {
 /// Logs one line per request when the response is ready: method, path, status, latency,
 /// and the handler's facts. Never the query string, headers or bodies (secrets live there).
 pub async fn log_requests(req: Request, next: Next) -> Response {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return next.run(req).await;
+    }
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();

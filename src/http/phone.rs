@@ -24,11 +24,12 @@ pub async fn fetch(
     State(st): State<AppState>,
     Path(file): Path<String>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
+    request: axum::extract::Request,
 ) -> Response {
-    let ip = peer
-        .map(|Extension(ConnectInfo(a))| a.ip().to_string())
-        .unwrap_or_default();
+    // The request is taken whole so its headers are borrowed, not copied.
+    let headers = request.headers();
+    let peer_ip = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    let ip = peer_ip.map(|a| a.to_string()).unwrap_or_default();
     let ua = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -36,7 +37,8 @@ pub async fn fetch(
     let agent = agent::parse(ua);
     let mut req = PhoneRequest {
         file: &file,
-        headers: &headers,
+        headers,
+        auth: Presented::new(headers),
         ua,
         ip: &ip,
         agent: agent.as_ref(),
@@ -49,8 +51,14 @@ pub async fn fetch(
         Err(e) => e.into_phone_response(),
     };
     if let Some(mac) = req.known {
-        st.fleet
-            .fetched(mac, &ip, ua, agent.as_ref(), &file, resp.status().as_u16());
+        st.fleet.fetched(
+            mac,
+            peer_ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+            ua,
+            agent.as_ref(),
+            &file,
+            resp.status().as_u16(),
+        );
     }
     resp.extensions_mut().insert(req.facts);
     resp
@@ -60,6 +68,7 @@ pub async fn fetch(
 struct PhoneRequest<'r> {
     file: &'r str,
     headers: &'r HeaderMap,
+    auth: Presented<'r>,
     ua: &'r str,
     ip: &'r str,
     agent: Option<&'r Agent>,
@@ -112,14 +121,14 @@ async fn store_upload(
         return Err(AppError::MethodNotAllowed);
     };
     facts.mac = Some(mac.lower());
-    let creds = credentials(headers);
+    let creds = Presented::new(headers);
     let Some(phone) = st.store.phone(mac)? else {
-        if server_default_ok(st, creds.as_ref()) {
+        if server_default_ok(st, &creds) {
             return Err(AppError::NotFound("unknown MAC".into()));
         }
         return Err(AppError::PhoneUnauthorized);
     };
-    if !phone_auth_ok(st, &phone, creds.as_ref())? {
+    if !phone_auth_ok(st, &phone, &creds)? {
         return Err(AppError::PhoneUnauthorized);
     }
     let dir = st.uploads.join(mac.lower());
@@ -144,32 +153,54 @@ async fn store_upload(
     .into_response())
 }
 
-fn credentials(headers: &HeaderMap) -> Option<BasicCredentials> {
-    BasicCredentials::parse(headers.get(header::AUTHORIZATION)?.as_bytes())
+/// The request's `Authorization` header, decoded only when a check needs it.
+struct Presented<'h> {
+    raw: Option<&'h [u8]>,
+    parsed: std::sync::OnceLock<Option<BasicCredentials>>,
 }
 
-fn server_default_ok(st: &AppState, c: Option<&BasicCredentials>) -> bool {
-    c.is_some_and(|c| {
+impl<'h> Presented<'h> {
+    fn new(headers: &'h HeaderMap) -> Self {
+        Presented {
+            raw: headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+            parsed: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn creds(&self) -> Option<&BasicCredentials> {
+        self.parsed
+            .get_or_init(|| self.raw.and_then(BasicCredentials::parse))
+            .as_ref()
+    }
+}
+
+/// The server-default credentials. The header that last passed is remembered, so the
+/// usual case (every factory phone sending the same header) is one constant-time compare.
+fn server_default_ok(st: &AppState, p: &Presented<'_>) -> bool {
+    if p.raw.is_some_and(|raw| st.prov_memo.hit(raw)) {
+        return true;
+    }
+    let ok = p.creds().is_some_and(|c| {
         auth::secret_eq(&c.user, &st.prov_user)
             & auth::matches_hash(&c.password, &st.prov_pass_hash)
-    })
+    });
+    if ok && let Some(raw) = p.raw {
+        st.prov_memo.remember(raw);
+    }
+    ok
 }
 
 /// Checks `c` against the most specific credentials configured: phone, else its domain,
 /// else the server default.
-fn phone_auth_ok(
-    st: &AppState,
-    phone: &Phone,
-    c: Option<&BasicCredentials>,
-) -> Result<bool, AppError> {
+fn phone_auth_ok(st: &AppState, phone: &Phone, c: &Presented<'_>) -> Result<bool, AppError> {
     if let (Some(u), Some(p)) = (&phone.provisioning_username, &phone.provisioning_password) {
-        return Ok(c.is_some_and(|c| c.matches(u, p)));
+        return Ok(c.creds().is_some_and(|c| c.matches(u, p)));
     }
     if let Some(d) = &phone.domain
         && let Some(dom) = st.store.domain_shared(d)?
         && let (Some(u), Some(p)) = (&dom.provisioning_username, &dom.provisioning_password)
     {
-        return Ok(c.is_some_and(|c| c.matches(u, p)));
+        return Ok(c.creds().is_some_and(|c| c.matches(u, p)));
     }
     Ok(server_default_ok(st, c))
 }
@@ -186,7 +217,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
     let Some(fref) = st.catalogue.match_path(req.file) else {
         return Err(AppError::NotFound("no model requests this file".into()));
     };
-    let creds = credentials(req.headers);
+    let creds = &req.auth;
     let ua_mac = req.agent.and_then(|a| a.mac);
     let (rendered, outcome) = match fref {
         FileRef::Phone { mac, pattern } => {
@@ -198,7 +229,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
             }
             let Some(phone) = st.store.phone_shared(mac)? else {
                 // Same challenge for unknown and known MACs: no enumeration.
-                if server_default_ok(st, creds.as_ref()) {
+                if server_default_ok(st, creds) {
                     st.fleet
                         .unprovisioned_seen(mac, req.ip, req.agent, req.file);
                     return Err(AppError::NotFound("unknown MAC".into()));
@@ -206,7 +237,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                 return Err(AppError::PhoneUnauthorized);
             };
             req.known = Some(mac);
-            if !phone_auth_ok(st, &phone, creds.as_ref())? {
+            if !phone_auth_ok(st, &phone, creds)? {
                 return Err(AppError::PhoneUnauthorized);
             }
             let model = st
@@ -236,8 +267,8 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                 req.facts.mac = Some(p.mac.lower());
             }
             let ok = match &phone {
-                Some(p) => phone_auth_ok(st, p, creds.as_ref())?,
-                None => server_default_ok(st, creds.as_ref()),
+                Some(p) => phone_auth_ok(st, p, creds)?,
+                None => server_default_ok(st, creds),
             };
             if !ok {
                 return Err(AppError::PhoneUnauthorized);
@@ -267,12 +298,13 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
         Outcome::Hit => "hit",
         Outcome::Miss => "miss",
     });
-    let ua_lower = req.ua.to_ascii_lowercase();
-    if !rendered
-        .allowed_user_agents
-        .iter()
-        .all(|a| ua_lower.contains(&a.to_ascii_lowercase()))
-    {
+    if !rendered.allowed_user_agents.is_empty() && {
+        let ua_lower = req.ua.to_ascii_lowercase();
+        !rendered
+            .allowed_user_agents
+            .iter()
+            .all(|a| ua_lower.contains(&a.to_ascii_lowercase()))
+    } {
         return Err(AppError::Forbidden("User-Agent not allowed".into()));
     }
     Ok(respond(rendered, req.headers))
@@ -368,7 +400,7 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
 }
 
 fn respond(r: std::sync::Arc<Rendered>, headers: &HeaderMap) -> Response {
-    let etag = HeaderValue::from_str(&r.etag).unwrap_or(HeaderValue::from_static("\"\""));
+    let [etag, ct] = r.headers.clone();
     let no_cache = HeaderValue::from_static("no-cache");
     if etag_matches(headers, &r.etag) {
         return (
@@ -377,8 +409,6 @@ fn respond(r: std::sync::Arc<Rendered>, headers: &HeaderMap) -> Response {
         )
             .into_response();
     }
-    let ct = HeaderValue::from_str(&r.content_type)
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     (
         StatusCode::OK,
         [
