@@ -176,8 +176,11 @@ fn remove_at(root: &mut Elem, path: &[usize]) {
 }
 
 /// Splits `a[1]/b[2]/name[3]` into (name, index) segments.
+/// Segments of an xml-element key. Only indexed ancestors appear in keys, so every segment
+/// but the last must carry an index (`line[1]/Reg`; `A/B` names nothing).
 fn parse_key(key: &str) -> Option<Vec<(&str, Option<&str>)>> {
-    key.split('/')
+    let segs: Vec<(&str, Option<&str>)> = key
+        .split('/')
         .map(|seg| {
             let (name, idx) = match seg.split_once('[') {
                 Some((n, rest)) => (n, Some(rest.strip_suffix(']')?)),
@@ -191,7 +194,9 @@ fn parse_key(key: &str) -> Option<Vec<(&str, Option<&str>)>> {
             });
             (xml::valid_name(name) && idx_ok).then_some((name, idx))
         })
-        .collect()
+        .collect::<Option<_>>()?;
+    let (_, parents) = segs.split_last()?;
+    parents.iter().all(|(_, i)| i.is_some()).then_some(segs)
 }
 
 fn xml_element<'a>(
@@ -690,6 +695,9 @@ mod tests {
             );
         }
         assert!(check_override(Format::XmlAttribute, "a", "x\ny").is_err());
+        // Found by the property test: an unindexed parent names no generated key.
+        assert!(check_override(Format::XmlElement, "A/A", "").is_err());
+        assert!(check_override(Format::XmlElement, "line[1]/Reg", "").is_ok());
     }
 
     fn no_dup_keys(format: Format, out: &str) -> Result<BTreeMap<String, String>, TestCaseError> {
