@@ -5,6 +5,11 @@ use clap::Parser;
 
 use autoprov::config::{Cli, Command, Config};
 
+/// mimalloc: fewer, smaller arenas than glibc's per-thread ones (lower peak RSS under a
+/// storm) and cheaper small allocations on the fetch path (see docs/PERFORMANCE.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
