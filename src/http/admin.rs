@@ -6,7 +6,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -828,16 +828,20 @@ fn phone_json(p: &Phone) -> Value {
     })
 }
 
+/// The stored phone at `mac`, or 404 naming it.
+fn phone_or_404(st: &AppState, mac: Mac) -> Result<Phone, AppError> {
+    st.store
+        .phone(mac)?
+        .ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))
+}
+
 async fn get_phone(
     _: Admin,
     State(st): State<AppState>,
     Path(mac): Path<String>,
 ) -> Result<Json<Value>, AppError> {
     let mac = parse_mac("mac", &mac)?;
-    let p = st
-        .store
-        .phone(mac)?
-        .ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))?;
+    let p = phone_or_404(&st, mac)?;
     let mut v = phone_json(&p);
     v["last-fetch"] = json!(st.fleet.last_fetch(&st.store, mac)?);
     Ok(Json(v))
@@ -1041,10 +1045,7 @@ struct OrgQuery {
 
 fn phone_for_org(st: &AppState, mac: &str, org: &Option<String>) -> Result<Phone, AppError> {
     let mac = parse_mac("mac", mac)?;
-    let p = st
-        .store
-        .phone(mac)?
-        .ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))?;
+    let p = phone_or_404(st, mac)?;
     if let Some(o) = org
         && p.domain.as_ref() != Some(o)
     {
@@ -1261,10 +1262,7 @@ async fn preview(
     Path((mac, file)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
     let mac = parse_mac("mac", &mac)?;
-    let phone = st
-        .store
-        .phone(mac)?
-        .ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))?;
+    let phone = phone_or_404(&st, mac)?;
     let model = st
         .catalogue
         .get(&phone.model)
@@ -1297,9 +1295,7 @@ async fn preview(
             }
         })
         .await?;
-    let ct = HeaderValue::from_str(&rendered.content_type)
-        .unwrap_or(HeaderValue::from_static("text/plain"));
-    let etag = HeaderValue::from_str(&rendered.etag).unwrap_or(HeaderValue::from_static("\"\""));
+    let [etag, ct] = rendered.headers.clone();
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, ct), (header::ETAG, etag)],
@@ -1316,24 +1312,12 @@ async fn explain(
     Path(mac): Path<String>,
 ) -> Result<Json<Value>, AppError> {
     let mac = parse_mac("mac", &mac)?;
-    let phone = st
-        .store
-        .phone(mac)?
-        .ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))?;
+    let phone = phone_or_404(&st, mac)?;
     let model = st
         .catalogue
         .get(&phone.model)
         .ok_or_else(|| AppError::NotFound("model not loaded".into()))?;
-    let domain = match &phone.domain {
-        Some(d) => st.store.domain(d)?,
-        None => None,
-    };
-    let mut accounts = Vec::with_capacity(phone.members.len());
-    for m in &phone.members {
-        if let Some(a) = st.store.account(&m.id)? {
-            accounts.push((m, a));
-        }
-    }
+    let (domain, accounts) = super::phone::phone_records(&st, &phone)?;
     let inputs = crate::render::explain::Inputs {
         model,
         server: &st.server_defaults,

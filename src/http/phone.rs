@@ -14,7 +14,7 @@ use crate::auth::{self, BasicCredentials};
 use crate::cache::{Outcome, Rendered};
 use crate::error::AppError;
 use crate::model::agent::{self, Agent};
-use crate::model::{FileRef, FileSpec, Mac, Model, Phone};
+use crate::model::{Account, Domain, FileRef, FileSpec, Mac, Member, Model, Phone};
 use crate::render::{LineInput, PhoneInput, RenderContext};
 use crate::store::render_key;
 use crate::telemetry::RequestFacts;
@@ -337,13 +337,11 @@ fn common_model(
     models.first().cloned()
 }
 
-/// Renders a phone's file from the store (the cache-miss path).
-pub fn render_phone(
-    st: &AppState,
-    model: &Model,
-    spec: &FileSpec,
-    phone: &Phone,
-) -> Result<Rendered, AppError> {
+/// A phone's domain and its members with their accounts.
+pub type PhoneRecords<'p> = (Option<Domain>, Vec<(&'p Member, Account)>);
+
+/// The phone's domain and its members' accounts (members whose account is gone are skipped).
+pub fn phone_records<'p>(st: &AppState, phone: &'p Phone) -> Result<PhoneRecords<'p>, AppError> {
     let domain = match &phone.domain {
         Some(d) => st.store.domain(d)?,
         None => None,
@@ -354,6 +352,17 @@ pub fn render_phone(
             accounts.push((m, a));
         }
     }
+    Ok((domain, accounts))
+}
+
+/// Renders a phone's file from the store (the cache-miss path).
+pub fn render_phone(
+    st: &AppState,
+    model: &Model,
+    spec: &FileSpec,
+    phone: &Phone,
+) -> Result<Rendered, AppError> {
+    let (domain, accounts) = phone_records(st, phone)?;
     let lines = accounts
         .iter()
         .map(|(member, account)| LineInput { member, account })
