@@ -29,7 +29,6 @@ pub async fn fetch(
     // The request is taken whole so its headers are borrowed, not copied.
     let headers = request.headers();
     let peer_ip = peer.map(|Extension(ConnectInfo(a))| a.ip());
-    let ip = peer_ip.map(|a| a.to_string()).unwrap_or_default();
     let ua = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -40,7 +39,7 @@ pub async fn fetch(
         headers,
         auth: Presented::new(headers),
         ua,
-        ip: &ip,
+        ip: peer_ip,
         agent: agent.as_ref(),
         facts: RequestFacts::default(),
         known: None,
@@ -64,13 +63,18 @@ pub async fn fetch(
     resp
 }
 
+fn ip_text(ip: Option<std::net::IpAddr>) -> String {
+    ip.map(|a| a.to_string()).unwrap_or_default()
+}
+
 /// One phone request and what the handler learnt about it.
 struct PhoneRequest<'r> {
     file: &'r str,
     headers: &'r HeaderMap,
     auth: Presented<'r>,
     ua: &'r str,
-    ip: &'r str,
+    /// Client IP (formatted only for the unprovisioned list).
+    ip: Option<std::net::IpAddr>,
     agent: Option<&'r Agent>,
     facts: RequestFacts,
     /// A linked phone made this request (its last fetch is recorded).
@@ -231,7 +235,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                 // Same challenge for unknown and known MACs: no enumeration.
                 if server_default_ok(st, creds) {
                     st.fleet
-                        .unprovisioned_seen(mac, req.ip, req.agent, req.file);
+                        .unprovisioned_seen(mac, &ip_text(req.ip), req.agent, req.file);
                     return Err(AppError::NotFound("unknown MAC".into()));
                 }
                 return Err(AppError::PhoneUnauthorized);
@@ -274,7 +278,8 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                 return Err(AppError::PhoneUnauthorized);
             }
             if let (None, Some(m)) = (&phone, mac) {
-                st.fleet.unprovisioned_seen(m, req.ip, req.agent, req.file);
+                st.fleet
+                    .unprovisioned_seen(m, &ip_text(req.ip), req.agent, req.file);
             }
             let id = common_model(st, &models, phone.as_deref(), req.agent)
                 .ok_or_else(|| AppError::NotFound("no model".into()))?;
