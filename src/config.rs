@@ -66,6 +66,8 @@ pub struct FileConfig {
     pub store_cache_mb: Option<u64>,
     /// Server-wide defaults (settings layer).
     pub defaults: Option<toml::Table>,
+    /// Phone-path security: allow-lists, bootstrap credential, rotation, throttling.
+    pub security: Option<crate::guard::SecurityFile>,
 }
 
 /// Log output format.
@@ -94,6 +96,8 @@ pub struct Config {
     pub store_cache_bytes: u64,
     /// Server-wide defaults.
     pub defaults: Settings,
+    /// Phone-path security.
+    pub security: crate::guard::Security,
 }
 
 /// A configuration error naming the key and its source.
@@ -137,6 +141,7 @@ impl Config {
             log_format: LogFormat::Text,
             store_cache_bytes: 16 << 20,
             defaults: Settings::new(),
+            security: crate::guard::Security::default(),
         }
     }
 
@@ -195,6 +200,14 @@ impl Config {
             settings::check_value(&k, &s).map_err(|message| ConfigError::Value { key, message })?;
             defaults.insert(k, s);
         }
+        let security = fc
+            .security
+            .unwrap_or_default()
+            .resolve()
+            .map_err(|(key, message)| ConfigError::Value {
+                key: format!("{}: {key}", path.display()),
+                message,
+            })?;
         let mb = fc.store_cache_mb.unwrap_or(32);
         if mb == 0 || mb > 65536 {
             return Err(ConfigError::Value {
@@ -222,6 +235,7 @@ impl Config {
             log_format,
             store_cache_bytes: mb << 20,
             defaults,
+            security,
         })
     }
 
@@ -306,6 +320,26 @@ mod tests {
             e.contains("defaults.device-provisioning-sip-transport-protocol"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn security_table() {
+        let file = Some((
+            "a.toml".into(),
+            "[security]\nallowed-cidrs = [\"10.0.0.0/8\"]\nauth-failures-per-ip = 5".to_string(),
+        ));
+        let c = Config::resolve(&cli(&[]), file).unwrap();
+        assert_eq!(c.security.allowed_cidrs.len(), 1);
+        assert_eq!(c.security.failures_per_ip, 5);
+        let file = Some((
+            "a.toml".into(),
+            "[security]\nallowed-cidrs = [\"10.0.0.0/33\"]".to_string(),
+        ));
+        let e = Config::resolve(&cli(&[]), file).unwrap_err().to_string();
+        assert!(e.contains("security.allowed-cidrs[0]"), "{e}");
+        let file = Some(("a.toml".into(), "[security]\nallowed = 1".to_string()));
+        let e = Config::resolve(&cli(&[]), file).unwrap_err().to_string();
+        assert!(e.contains("allowed"), "{e}");
     }
 
     #[test]

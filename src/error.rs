@@ -49,6 +49,12 @@ pub enum AppError {
         /// What conflicts.
         message: String,
     },
+    /// Too many failed authentications from this address or for this MAC (429).
+    #[error("too many failed authentications; retry in {retry_after} s")]
+    TooManyRequests {
+        /// Seconds until the counting window ends (`Retry-After`).
+        retry_after: u64,
+    },
     /// Method not allowed on this path (405).
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -108,6 +114,9 @@ impl AppError {
             AppError::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
             }
+            AppError::TooManyRequests { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", None)
+            }
             AppError::Store(_) | AppError::Render(_) | AppError::Io { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
             }
@@ -141,6 +150,7 @@ impl AppError {
             StatusCode::FORBIDDEN => "forbidden\n",
             StatusCode::NOT_FOUND => "not found\n",
             StatusCode::METHOD_NOT_ALLOWED => "method not allowed\n",
+            StatusCode::TOO_MANY_REQUESTS => "too many failed authentications\n",
             _ if status.is_server_error() => "internal error\n",
             _ => "bad request\n",
         };
@@ -172,6 +182,10 @@ fn add_challenge(e: &AppError, r: &mut Response) {
         AppError::MethodNotAllowed => {
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        AppError::TooManyRequests { retry_after } => {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         _ => {}
     }
@@ -208,6 +222,9 @@ mod tests {
             StatusCode::UNSUPPORTED_MEDIA_TYPE
         );
         assert_eq!(AppError::conflict("a", "b").parts().0, StatusCode::CONFLICT);
+        let r = AppError::TooManyRequests { retry_after: 7 }.into_phone_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "7");
         let r = AppError::PhoneUnauthorized.into_phone_response();
         assert_eq!(
             r.headers()[header::WWW_AUTHENTICATE],

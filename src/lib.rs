@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod fleet;
+pub mod guard;
 pub mod http;
 pub mod model;
 pub mod render;
@@ -60,6 +61,10 @@ pub struct Inner {
     pub fleet: fleet::Fleet,
     /// Where uploaded phone logs go (`<data>/uploads`).
     pub uploads: PathBuf,
+    /// Phone-path security settings.
+    pub security: guard::Security,
+    /// Failed phone authentications per IP and MAC.
+    pub throttle: guard::Throttle,
 }
 
 impl std::ops::Deref for AppState {
@@ -226,6 +231,7 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
         source,
     })?;
     let store = Store::open(&config.data.join("store"), config.store_cache_bytes)?;
+    store.set_credential_grace(config.security.credential_grace.as_secs());
 
     let mut h = Sha256::new();
     h.update(engine.digest());
@@ -295,6 +301,8 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
         admin_token_hash,
         fleet,
         uploads: config.data.join("uploads"),
+        security: config.security.clone(),
+        throttle: guard::Throttle::new(&config.security),
     }));
     Ok((
         state,

@@ -159,7 +159,49 @@ fn domain_json(d: &Domain) -> Value {
         "domain": d.name,
         "defaults": d.settings,
         "device-provisioning-username": d.provisioning_username,
+        "device-provisioning-previous-valid-until": previous_until(&d.previous_credentials),
+        "device-provisioning-bootstrap-username": d.bootstrap_username,
+        "device-provisioning-allowed-cidrs": d.allowed_cidrs,
     })
+}
+
+/// When a replaced provisioning credential stops working (RFC 3339), if it still works.
+fn previous_until(p: &Option<crate::model::PreviousCredentials>) -> Option<String> {
+    let p = p.as_ref().filter(|p| p.valid_at(crate::guard::now_secs()))?;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(p.until);
+    Some(humantime::format_rfc3339_seconds(t).to_string())
+}
+
+/// Reads `device-provisioning-allowed-cidrs`: a list of CIDR blocks (or addresses), `null`
+/// or `[]` for any address.
+fn read_cidrs(f: &mut Fields, target: &mut Vec<String>) -> Result<(), AppError> {
+    const KEY: &str = "device-provisioning-allowed-cidrs";
+    match f.take(KEY) {
+        Patch::Absent => {}
+        Patch::Null => target.clear(),
+        Patch::Set(Value::Array(items)) => {
+            if items.len() > 256 {
+                return Err(AppError::invalid(KEY, "at most 256 blocks"));
+            }
+            let mut out = Vec::with_capacity(items.len());
+            for (i, v) in items.into_iter().enumerate() {
+                let field = format!("{KEY}[{i}]");
+                let Value::String(s) = v else {
+                    return Err(AppError::invalid(field, "must be a string"));
+                };
+                let net = crate::guard::parse_cidr(&s).map_err(|m| AppError::invalid(&field, m))?;
+                out.push(net.to_string());
+            }
+            *target = out;
+        }
+        Patch::Set(_) => {
+            return Err(AppError::invalid(
+                KEY,
+                "must be a list of CIDR blocks like [\"192.0.2.0/24\"]",
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn get_domain(
@@ -204,6 +246,21 @@ async fn put_domain(
             &mut d.provisioning_username,
             &mut d.provisioning_password,
         )?;
+        set_opt(
+            &mut d.bootstrap_username,
+            f.secret("device-provisioning-bootstrap-username")?,
+        );
+        set_opt(
+            &mut d.bootstrap_password,
+            f.secret("device-provisioning-bootstrap-password")?,
+        );
+        if d.bootstrap_username.is_some() != d.bootstrap_password.is_some() {
+            return Err(AppError::invalid(
+                "device-provisioning-bootstrap-password",
+                "bootstrap username and password are set together",
+            ));
+        }
+        read_cidrs(&mut f, &mut d.allowed_cidrs)?;
         f.finish()?;
         let mut change = Change::default();
         if existing.as_ref() != Some(&d) {
@@ -820,6 +877,7 @@ fn phone_json(p: &Phone) -> Value {
         "domain": p.domain,
         "device-models-model": p.model,
         "device-provisioning-username": p.provisioning_username,
+        "device-provisioning-previous-valid-until": previous_until(&p.previous_credentials),
         st::CORE_SERVER: p.settings.get(st::CORE_SERVER),
         st::TRANSPORT: p.settings.get(st::TRANSPORT),
         "device-provisioning-overrides": p.overrides,

@@ -2,7 +2,7 @@
 //! (phone → domain → server default, constant time), allowed User-Agent, conditional GET,
 //! HEAD, content type per model. Read-only: cache fills go through `cache`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::Extension;
 use axum::extract::{ConnectInfo, Path, State};
@@ -11,6 +11,9 @@ use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
 use crate::auth::{self, BasicCredentials};
+use crate::guard;
+use crate::model::PreviousCredentials;
+use crate::store::Change;
 use crate::cache::{Outcome, Rendered};
 use crate::error::AppError;
 use crate::model::agent::{self, Agent};
@@ -28,7 +31,15 @@ pub async fn fetch(
 ) -> Response {
     // The request is taken whole so its headers are borrowed, not copied.
     let headers = request.headers();
-    let peer_ip = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    let peer_ip = peer.map(|Extension(ConnectInfo(a))| a.ip()).map(|p| {
+        guard::client_ip(
+            p,
+            headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok()),
+            &st.security.trusted_proxies,
+        )
+    });
     let ua = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -44,10 +55,16 @@ pub async fn fetch(
         facts: RequestFacts::default(),
         known: None,
     };
-    let result = serve_file(&st, &mut req).await;
+    let result = match admit(&st, peer_ip, || path_mac(&st, &file)) {
+        Ok(()) => serve_file(&st, &mut req).await,
+        Err(e) => Err(e),
+    };
     let mut resp = match result {
         Ok(r) => r,
-        Err(e) => e.into_phone_response(),
+        Err(e) => {
+            count_failure(&st, &e, &req.auth, peer_ip, req.facts_mac());
+            e.into_phone_response()
+        }
     };
     if let Some(mac) = req.known {
         st.fleet.fetched(
@@ -62,6 +79,49 @@ pub async fn fetch(
     resp.extensions_mut().insert(req.facts);
     resp
 }
+
+/// The MAC a phone path names, for the per-MAC throttle (any MAC, linked or not, so the
+/// answer never tells whether it exists).
+fn path_mac(st: &AppState, file: &str) -> Option<Mac> {
+    match st.catalogue.match_path(file) {
+        Some(FileRef::Phone { mac, .. }) => Some(mac),
+        _ => upload_mac(file),
+    }
+}
+
+/// Before anything else: the server-wide allow-list (403), then the failure throttle for
+/// this address and MAC (429 with `Retry-After`).
+fn admit(
+    st: &AppState,
+    ip: Option<IpAddr>,
+    mac: impl FnOnce() -> Option<Mac>,
+) -> Result<(), AppError> {
+    let ip = ip.unwrap_or(UNSPECIFIED);
+    if !guard::allowed(&st.security.allowed_cidrs, ip) {
+        return Err(AppError::Forbidden("address not allowed".into()));
+    }
+    match st.throttle.check(ip, mac) {
+        Some(retry_after) => Err(AppError::TooManyRequests { retry_after }),
+        None => Ok(()),
+    }
+}
+
+/// A presented-but-wrong credential counts against the address and the MAC. A request with
+/// no `Authorization` header is the normal first step of every phone (it waits for the
+/// challenge) and does not count.
+fn count_failure(
+    st: &AppState,
+    e: &AppError,
+    auth: &Presented<'_>,
+    ip: Option<IpAddr>,
+    mac: Option<Mac>,
+) {
+    if matches!(e, AppError::PhoneUnauthorized) && auth.raw.is_some() {
+        st.throttle.failed(ip.unwrap_or(UNSPECIFIED), mac);
+    }
+}
+
+const UNSPECIFIED: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 
 fn ip_text(ip: Option<std::net::IpAddr>) -> String {
     ip.map(|a| a.to_string()).unwrap_or_default()
@@ -81,6 +141,14 @@ struct PhoneRequest<'r> {
     known: Option<Mac>,
 }
 
+impl PhoneRequest<'_> {
+    /// The MAC the request was about (path, else User-Agent), once known.
+    fn facts_mac(&self) -> Option<Mac> {
+        self.known
+            .or_else(|| self.facts.mac.as_deref().and_then(|m| Mac::parse(m).ok()))
+    }
+}
+
 /// Largest log upload accepted.
 pub const UPLOAD_LIMIT: usize = 1 << 20;
 
@@ -89,14 +157,31 @@ pub const UPLOAD_LIMIT: usize = 1 << 20;
 pub async fn upload(
     State(st): State<AppState>,
     Path(file): Path<String>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let mut facts = RequestFacts::default();
-    let result = store_upload(&st, &file, &headers, &body, &mut facts).await;
+    let ip = peer.map(|Extension(ConnectInfo(a))| {
+        guard::client_ip(
+            a.ip(),
+            headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok()),
+            &st.security.trusted_proxies,
+        )
+    });
+    let mac = upload_mac(&file);
+    let result = match admit(&st, ip, || mac) {
+        Ok(()) => store_upload(&st, &file, &headers, ip, &body, &mut facts).await,
+        Err(e) => Err(e),
+    };
     let mut resp = match result {
         Ok(r) => r,
-        Err(e) => e.into_phone_response(),
+        Err(e) => {
+            count_failure(&st, &e, &Presented::new(&headers), ip, mac);
+            e.into_phone_response()
+        }
     };
     resp.extensions_mut().insert(facts);
     resp
@@ -118,6 +203,7 @@ async fn store_upload(
     st: &AppState,
     file: &str,
     headers: &HeaderMap,
+    ip: Option<IpAddr>,
     body: &[u8],
     facts: &mut RequestFacts,
 ) -> Result<Response, AppError> {
@@ -132,9 +218,7 @@ async fn store_upload(
         }
         return Err(AppError::PhoneUnauthorized);
     };
-    if !phone_auth_ok(st, &phone, &creds)? {
-        return Err(AppError::PhoneUnauthorized);
-    }
+    authenticate(st, &phone, &creds, ip, false).await?;
     let dir = st.uploads.join(mac.lower());
     let name = file.to_ascii_lowercase();
     let path = dir.join(&name);
@@ -185,8 +269,16 @@ fn server_default_ok(st: &AppState, p: &Presented<'_>) -> bool {
         return true;
     }
     let ok = p.creds().is_some_and(|c| {
-        auth::secret_eq(&c.user, &st.prov_user)
-            & auth::matches_hash(&c.password, &st.prov_pass_hash)
+        let default = auth::secret_eq(&c.user, &st.prov_user)
+            & auth::matches_hash(&c.password, &st.prov_pass_hash);
+        // The server's bootstrap credential opens what the server default opens (common
+        // files, the unprovisioned list) until it is exchanged for a per-device one.
+        default
+            || st
+                .security
+                .bootstrap
+                .as_ref()
+                .is_some_and(|(u, pw)| c.matches(u, pw))
     });
     if ok && let Some(raw) = p.raw {
         st.prov_memo.remember(raw);
@@ -194,19 +286,156 @@ fn server_default_ok(st: &AppState, p: &Presented<'_>) -> bool {
     ok
 }
 
-/// Checks `c` against the most specific credentials configured: phone, else its domain,
-/// else the server default.
-fn phone_auth_ok(st: &AppState, phone: &Phone, c: &Presented<'_>) -> Result<bool, AppError> {
-    if let (Some(u), Some(p)) = (&phone.provisioning_username, &phone.provisioning_password) {
-        return Ok(c.creds().is_some_and(|c| c.matches(u, p)));
+/// How a presented credential opened a phone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opened {
+    /// By a credential that belongs to it (its own, its domain's, the server default, or a
+    /// replaced one still in its grace window).
+    Yes,
+    /// By a bootstrap credential: the phone is to be given its own credential.
+    Bootstrap,
+    /// Not at all.
+    No,
+}
+
+fn pair<'a>(u: &'a Option<String>, p: &'a Option<String>) -> Option<(&'a str, &'a str)> {
+    match (u, p) {
+        (Some(u), Some(p)) => Some((u.as_str(), p.as_str())),
+        _ => None,
     }
-    if let Some(d) = &phone.domain
-        && let Some(dom) = st.store.domain_shared(d)?
-        && let (Some(u), Some(p)) = (&dom.provisioning_username, &dom.provisioning_password)
+}
+
+/// Checks `c` against the most specific credentials configured: the phone's own (or its
+/// replaced one while in grace), else its domain's (likewise), else the server default. A
+/// phone with no credential of its own also opens with the bootstrap credential of its
+/// domain, else of the server, which exchanges it for a per-device one.
+fn phone_auth(
+    st: &AppState,
+    phone: &Phone,
+    domain: Option<&Domain>,
+    c: &Presented<'_>,
+    now: u64,
+) -> Opened {
+    let matches = |(u, p): (&str, &str)| c.creds().is_some_and(|cr| cr.matches(u, p));
+    let previous = |prev: &Option<PreviousCredentials>| {
+        prev.as_ref()
+            .is_some_and(|pc| pc.valid_at(now) && matches((&pc.username, &pc.password)))
+    };
+    let verdict = |ok: bool| if ok { Opened::Yes } else { Opened::No };
+    if let Some(own) = pair(&phone.provisioning_username, &phone.provisioning_password) {
+        return verdict(matches(own) || previous(&phone.previous_credentials));
+    }
+    if previous(&phone.previous_credentials) {
+        return Opened::Yes;
+    }
+    let bootstrap = match domain.and_then(|d| pair(&d.bootstrap_username, &d.bootstrap_password))
     {
-        return Ok(c.creds().is_some_and(|c| c.matches(u, p)));
+        Some(b) => Some(b),
+        None => st
+            .security
+            .bootstrap
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), p.as_str())),
+    };
+    if bootstrap.is_some_and(matches) {
+        return Opened::Bootstrap;
     }
-    Ok(server_default_ok(st, c))
+    if let Some(d) = domain {
+        if let Some(shared) = pair(&d.provisioning_username, &d.provisioning_password) {
+            return verdict(matches(shared) || previous(&d.previous_credentials));
+        }
+        if previous(&d.previous_credentials) {
+            return Opened::Yes;
+        }
+    }
+    verdict(server_default_ok(st, c))
+}
+
+/// Authenticates a request for a known phone: credentials (401), then the domain's address
+/// allow-list (403, only after authentication so it tells an outsider nothing). With
+/// `exchange`, a bootstrap credential is exchanged for a generated per-device one, committed
+/// and flushed before the phone gets the file that carries it; the phone as it now stands
+/// is returned.
+async fn authenticate(
+    st: &AppState,
+    phone: &Phone,
+    c: &Presented<'_>,
+    ip: Option<IpAddr>,
+    exchange: bool,
+) -> Result<Option<std::sync::Arc<Phone>>, AppError> {
+    let domain = match &phone.domain {
+        Some(d) => st.store.domain_shared(d)?,
+        None => None,
+    };
+    let now = guard::now_secs();
+    let opened = phone_auth(st, phone, domain.as_deref(), c, now);
+    if opened == Opened::No {
+        return Err(AppError::PhoneUnauthorized);
+    }
+    if let Some(d) = &domain
+        && !d.allowed_cidrs.is_empty()
+    {
+        let nets: Vec<ipnet::IpNet> = d
+            .allowed_cidrs
+            .iter()
+            .filter_map(|s| guard::parse_cidr(s).ok())
+            .collect();
+        if !guard::allowed(&nets, ip.unwrap_or(UNSPECIFIED)) {
+            return Err(AppError::Forbidden("address not allowed".into()));
+        }
+    }
+    if opened == Opened::Bootstrap && exchange {
+        return exchange_bootstrap(st, phone.mac, c, now).await.map(Some);
+    }
+    Ok(None)
+}
+
+/// Gives the phone its own generated provisioning credential; the bootstrap credential it
+/// used keeps working for this MAC for the bootstrap grace (the rest of its boot sequence).
+async fn exchange_bootstrap(
+    st: &AppState,
+    mac: Mac,
+    c: &Presented<'_>,
+    now: u64,
+) -> Result<std::sync::Arc<Phone>, AppError> {
+    let Some(presented) = c.creds() else {
+        return Err(AppError::PhoneUnauthorized);
+    };
+    let issued = {
+        let _w = st.store.writer();
+        let Some(mut p) = st.store.phone(mac)? else {
+            return Err(AppError::NotFound("unknown MAC".into()));
+        };
+        if p.provisioning_username.is_none() {
+            p.provisioning_username = Some(format!("ap{}", mac.lower()));
+            p.provisioning_password = Some(auth::random_secret(24));
+            p.previous_credentials = Some(PreviousCredentials {
+                username: presented.user.clone(),
+                password: presented.password.clone(),
+                until: now.saturating_add(st.security.bootstrap_grace.as_secs()),
+            });
+            let mut change = Change::default();
+            change.phones.push((mac, Some(p)));
+            st.store.commit(&change)?;
+            true
+        } else {
+            false
+        }
+    };
+    if issued {
+        st.store.flush().await?;
+        tracing::info!(mac = %mac.lower(), "bootstrap credential exchanged for a per-device one");
+    }
+    let phone = st
+        .store
+        .phone_shared(mac)?
+        .ok_or_else(|| AppError::NotFound("unknown MAC".into()))?;
+    // Whoever issued it, the presented bootstrap credential must now open the phone
+    // through its grace entry.
+    match phone_auth(st, &phone, None, c, now) {
+        Opened::Yes => Ok(phone),
+        _ => Err(AppError::PhoneUnauthorized),
+    }
 }
 
 /// A MAC in the User-Agent (`… 00:15:65:aa:bb:cc`, `… 001565aabbcc`, `(SN:001565aabbcc)`).
@@ -241,9 +470,10 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                 return Err(AppError::PhoneUnauthorized);
             };
             req.known = Some(mac);
-            if !phone_auth_ok(st, &phone, creds)? {
-                return Err(AppError::PhoneUnauthorized);
-            }
+            let phone = match authenticate(st, &phone, creds, req.ip, true).await? {
+                Some(updated) => updated,
+                None => phone,
+            };
             let model = st
                 .catalogue
                 .get(&phone.model)
@@ -270,12 +500,14 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                 req.known = Some(p.mac);
                 req.facts.mac = Some(p.mac.lower());
             }
-            let ok = match &phone {
-                Some(p) => phone_auth_ok(st, p, creds)?,
-                None => server_default_ok(st, creds),
-            };
-            if !ok {
-                return Err(AppError::PhoneUnauthorized);
+            match &phone {
+                // Common files carry no secrets: a bootstrap credential reads them without
+                // being exchanged.
+                Some(p) => {
+                    authenticate(st, p, creds, req.ip, false).await?;
+                }
+                None if server_default_ok(st, creds) => {}
+                None => return Err(AppError::PhoneUnauthorized),
             }
             if let (None, Some(m)) = (&phone, mac) {
                 st.fleet

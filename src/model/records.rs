@@ -25,6 +25,69 @@ pub struct Domain {
     /// Provisioning password shared by the domain's phones.
     #[serde(default)]
     pub provisioning_password: Option<String>,
+    /// The replaced shared credential, still accepted until its time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_credentials: Option<PreviousCredentials>,
+    /// One-time bootstrap credential: a phone of this domain without its own credential
+    /// that authenticates with it is given a generated per-device credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_username: Option<String>,
+    /// Bootstrap password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_password: Option<String>,
+    /// Addresses (CIDR blocks) the domain's phones may fetch from; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_cidrs: Vec<String>,
+}
+
+/// A replaced provisioning credential and until when it is still accepted (rotation grace,
+/// or the bootstrap credential right after a phone exchanged it).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousCredentials {
+    /// Username.
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// Unix seconds after which it no longer works.
+    pub until: u64,
+}
+
+impl std::fmt::Debug for PreviousCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreviousCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("until", &self.until)
+            .finish()
+    }
+}
+
+impl PreviousCredentials {
+    /// Still accepted at `now` (Unix seconds).
+    pub fn valid_at(&self, now: u64) -> bool {
+        now < self.until
+    }
+}
+
+/// The credential that `old` held and `new` no longer does, kept for `grace_secs` from
+/// `now`; otherwise what `new` carries, dropped once expired.
+pub fn rotate(
+    old: (Option<&String>, Option<&String>),
+    new: (Option<&String>, Option<&String>),
+    carried: Option<PreviousCredentials>,
+    now: u64,
+    grace_secs: u64,
+) -> Option<PreviousCredentials> {
+    if let (Some(u), Some(p)) = old
+        && old != new
+    {
+        return Some(PreviousCredentials {
+            username: u.clone(),
+            password: p.clone(),
+            until: now.saturating_add(grace_secs),
+        });
+    }
+    carried.filter(|c| c.valid_at(now))
 }
 
 /// A SIP registration (the NetSapiens "device" of a user).
@@ -143,6 +206,9 @@ pub struct Phone {
     /// Provisioning password for this phone.
     #[serde(default)]
     pub provisioning_password: Option<String>,
+    /// The replaced credential (or the exchanged bootstrap one), accepted until its time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_credentials: Option<PreviousCredentials>,
     /// Phone-level settings (core server, transport).
     #[serde(default)]
     pub settings: Settings,
@@ -166,6 +232,7 @@ impl Phone {
             model,
             provisioning_username: None,
             provisioning_password: None,
+            previous_credentials: None,
             settings: Settings::new(),
             overrides: Overrides::new(),
             members: Vec::new(),

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
+use crate::model::records::rotate;
 use crate::model::{Account, Domain, Mac, Phone};
 
 pub use keys::render_key;
@@ -83,6 +84,8 @@ pub struct Store {
     /// One flush at a time: sled 0.34 deadlocks when many `flush_async` calls exhaust its
     /// I/O threads, and one flush covers every commit before it anyway (group commit).
     flush_gate: tokio::sync::Mutex<()>,
+    /// Seconds a replaced provisioning credential keeps working (rotation grace).
+    credential_grace: AtomicU64,
 }
 
 /// A set of record changes committed together.
@@ -195,6 +198,7 @@ impl Store {
             commits: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
             flush_gate: tokio::sync::Mutex::new(()),
+            credential_grace: AtomicU64::new(crate::guard::DEFAULT_CREDENTIAL_GRACE),
             db,
         };
         match s.meta.get("schema")? {
@@ -207,6 +211,12 @@ impl Store {
             }
         }
         Ok(s)
+    }
+
+    /// How long a replaced provisioning credential keeps working: every commit that changes
+    /// a phone's or domain's credential keeps the old one for this long.
+    pub fn set_credential_grace(&self, secs: u64) {
+        self.credential_grace.store(secs, Ordering::Relaxed);
     }
 
     /// Takes the writer lock: every admin write reads, validates and commits under it, so
@@ -501,9 +511,24 @@ impl Store {
                 for (k, v) in &change.meta {
                     meta.insert(k.as_bytes(), v.as_slice())?;
                 }
+                let now = crate::guard::now_secs();
+                let grace = self.credential_grace.load(Ordering::Relaxed);
                 for (name, d) in &change.domains {
                     match d {
-                        Some(d) => domains.insert(name.as_bytes(), enc(d))?,
+                        Some(d) => {
+                            let old: Option<Domain> = tx_get(domains, "domains", name.as_bytes())?;
+                            let mut d = d.clone();
+                            d.previous_credentials = rotate(
+                                old.as_ref().map_or((None, None), |o| {
+                                    (o.provisioning_username.as_ref(), o.provisioning_password.as_ref())
+                                }),
+                                (d.provisioning_username.as_ref(), d.provisioning_password.as_ref()),
+                                d.previous_credentials.take(),
+                                now,
+                                grace,
+                            );
+                            domains.insert(name.as_bytes(), enc(&d))?
+                        }
                         None => domains.remove(name.as_bytes())?,
                     };
                 }
@@ -529,6 +554,15 @@ impl Store {
                         Some(p) => {
                             let mut p = p.clone();
                             p.revision = rev;
+                            p.previous_credentials = rotate(
+                                old.as_ref().map_or((None, None), |o| {
+                                    (o.provisioning_username.as_ref(), o.provisioning_password.as_ref())
+                                }),
+                                (p.provisioning_username.as_ref(), p.provisioning_password.as_ref()),
+                                p.previous_credentials.take(),
+                                now,
+                                grace,
+                            );
                             if let Some(d) = &p.domain {
                                 by_domain.insert(keys::index(d, *mac), &[])?;
                             }
