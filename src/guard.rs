@@ -363,10 +363,7 @@ mod tests {
     fn forwarded_for_only_from_trusted_proxies() {
         let trusted = vec![parse_cidr("127.0.0.0/8").unwrap()];
         let xff = Some("203.0.113.9, 127.0.0.5");
-        assert_eq!(
-            client_ip(ip("127.0.0.1"), xff, &trusted),
-            ip("203.0.113.9")
-        );
+        assert_eq!(client_ip(ip("127.0.0.1"), xff, &trusted), ip("203.0.113.9"));
         assert_eq!(
             client_ip(ip("198.51.100.1"), xff, &trusted),
             ip("198.51.100.1")
@@ -427,7 +424,10 @@ mod tests {
             auth_failure_window_secs: Some(0),
             ..Default::default()
         };
-        assert_eq!(s.resolve().unwrap_err().0, "security.auth-failure-window-secs");
+        assert_eq!(
+            s.resolve().unwrap_err().0,
+            "security.auth-failure-window-secs"
+        );
         let ok = SecurityFile {
             bootstrap_username: Some("boot".into()),
             bootstrap_password: Some("strap".into()),

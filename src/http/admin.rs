@@ -167,7 +167,9 @@ fn domain_json(d: &Domain) -> Value {
 
 /// When a replaced provisioning credential stops working (RFC 3339), if it still works.
 fn previous_until(p: &Option<crate::model::PreviousCredentials>) -> Option<String> {
-    let p = p.as_ref().filter(|p| p.valid_at(crate::guard::now_secs()))?;
+    let p = p
+        .as_ref()
+        .filter(|p| p.valid_at(crate::guard::now_secs()))?;
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(p.until);
     Some(humantime::format_rfc3339_seconds(t).to_string())
 }

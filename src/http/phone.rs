@@ -11,14 +11,14 @@ use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
 use crate::auth::{self, BasicCredentials};
-use crate::guard;
-use crate::model::PreviousCredentials;
-use crate::store::Change;
 use crate::cache::{Outcome, Rendered};
 use crate::error::AppError;
+use crate::guard;
+use crate::model::PreviousCredentials;
 use crate::model::agent::{self, Agent};
 use crate::model::{Account, Domain, FileRef, FileSpec, Mac, Member, Model, Phone};
 use crate::render::{LineInput, PhoneInput, RenderContext};
+use crate::store::Change;
 use crate::store::render_key;
 use crate::telemetry::RequestFacts;
 
@@ -34,9 +34,7 @@ pub async fn fetch(
     let peer_ip = peer.map(|Extension(ConnectInfo(a))| a.ip()).map(|p| {
         guard::client_ip(
             p,
-            headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok()),
+            headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
             &st.security.trusted_proxies,
         )
     });
@@ -165,9 +163,7 @@ pub async fn upload(
     let ip = peer.map(|Extension(ConnectInfo(a))| {
         guard::client_ip(
             a.ip(),
-            headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok()),
+            headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
             &st.security.trusted_proxies,
         )
     });
@@ -328,8 +324,7 @@ fn phone_auth(
     if previous(&phone.previous_credentials) {
         return Opened::Yes;
     }
-    let bootstrap = match domain.and_then(|d| pair(&d.bootstrap_username, &d.bootstrap_password))
-    {
+    let bootstrap = match domain.and_then(|d| pair(&d.bootstrap_username, &d.bootstrap_password)) {
         Some(b) => Some(b),
         None => st
             .security

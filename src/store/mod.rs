@@ -520,9 +520,15 @@ impl Store {
                             let mut d = d.clone();
                             d.previous_credentials = rotate(
                                 old.as_ref().map_or((None, None), |o| {
-                                    (o.provisioning_username.as_ref(), o.provisioning_password.as_ref())
+                                    (
+                                        o.provisioning_username.as_ref(),
+                                        o.provisioning_password.as_ref(),
+                                    )
                                 }),
-                                (d.provisioning_username.as_ref(), d.provisioning_password.as_ref()),
+                                (
+                                    d.provisioning_username.as_ref(),
+                                    d.provisioning_password.as_ref(),
+                                ),
                                 d.previous_credentials.take(),
                                 now,
                                 grace,
@@ -556,9 +562,15 @@ impl Store {
                             p.revision = rev;
                             p.previous_credentials = rotate(
                                 old.as_ref().map_or((None, None), |o| {
-                                    (o.provisioning_username.as_ref(), o.provisioning_password.as_ref())
+                                    (
+                                        o.provisioning_username.as_ref(),
+                                        o.provisioning_password.as_ref(),
+                                    )
                                 }),
-                                (p.provisioning_username.as_ref(), p.provisioning_password.as_ref()),
+                                (
+                                    p.provisioning_username.as_ref(),
+                                    p.provisioning_password.as_ref(),
+                                ),
                                 p.previous_credentials.take(),
                                 now,
                                 grace,
