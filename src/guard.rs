@@ -430,12 +430,12 @@ mod tests {
         );
         let ok = SecurityFile {
             bootstrap_username: Some("boot".into()),
-            bootstrap_password: Some("strap".into()),
+            bootstrap_password: Some("Sekret-99".into()),
             ..Default::default()
         }
         .resolve()
         .unwrap();
-        assert!(!format!("{ok:?}").contains("strap"));
+        assert!(!format!("{ok:?}").contains("Sekret-99"));
     }
 
     proptest! {
