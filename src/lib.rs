@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod digest;
 pub mod error;
 pub mod fleet;
 pub mod guard;
