@@ -64,6 +64,15 @@ pub struct Inner {
     pub uploads: PathBuf,
     /// Phone-path security settings.
     pub security: guard::Security,
+    /// Digest nonces (key kept in the store, so nonces survive a restart).
+    pub nonces: digest::Nonces,
+    /// Digest `(nonce, nc)` pairs already used.
+    pub replay: digest::ReplayGuard,
+    /// A model or domain asks for Digest: every 401 offers it (uniformly, so the challenge
+    /// never tells whether a MAC exists).
+    pub digest_in_use: std::sync::atomic::AtomicBool,
+    /// HA1 of the server-default credentials for Digest (MD5, SHA-256), when known.
+    pub prov_ha1: Option<[String; 2]>,
     /// Failed phone authentications per IP and MAC.
     pub throttle: guard::Throttle,
 }
@@ -74,6 +83,12 @@ impl std::ops::Deref for AppState {
         &self.0
     }
 }
+
+/// The realm phones see in Basic and Digest challenges (part of every Digest HA1).
+pub const DIGEST_REALM: &str = "autoprov";
+
+/// How long a Digest nonce is fresh; an older one gets `stale=true` and the phone retries.
+pub const DIGEST_NONCE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What startup created, for `main` to report.
 #[derive(Debug)]
@@ -284,8 +299,54 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
                 (user, h)
             }
         };
+    let nonce_key: [u8; 32] = match store.meta("digest_nonce_key")? {
+        Some(k) if k.len() == 32 => {
+            let mut a = [0u8; 32];
+            a.copy_from_slice(&k);
+            a
+        }
+        _ => {
+            let k: [u8; 32] = rand::random();
+            change.meta.push(("digest_nonce_key".into(), k.to_vec()));
+            k
+        }
+    };
+    // Digest needs H(user:realm:password), which the SHA-256 of the password cannot give:
+    // kept from the plaintext when it is generated (or found in the credentials file).
+    let prov_ha1 = match (store.meta("prov_ha1_md5")?, store.meta("prov_ha1_sha256")?) {
+        (Some(m), Some(s)) => Some([
+            String::from_utf8_lossy(&m).into_owned(),
+            String::from_utf8_lossy(&s).into_owned(),
+        ]),
+        _ => {
+            let plain = match &new_creds {
+                Some((_, p)) => Some(p.clone()),
+                None => std::fs::read_to_string(&provisioning_credentials_path)
+                    .ok()
+                    .and_then(|t| t.trim().split_once(':').map(|(_, p)| p.to_string()))
+                    .filter(|p| auth::matches_hash(p, &prov_pass_hash)),
+            };
+            plain.map(|p| {
+                let h = [
+                    digest::ha1(digest::Algorithm::Md5, &prov_user, DIGEST_REALM, &p),
+                    digest::ha1(digest::Algorithm::Sha256, &prov_user, DIGEST_REALM, &p),
+                ];
+                change
+                    .meta
+                    .push(("prov_ha1_md5".into(), h[0].clone().into_bytes()));
+                change
+                    .meta
+                    .push(("prov_ha1_sha256".into(), h[1].clone().into_bytes()));
+                h
+            })
+        }
+    };
     store.commit(&change)?;
     store.flush_sync()?;
+    let digest_in_use = catalogue
+        .models()
+        .any(|m| m.auth_scheme == model::AuthScheme::Digest)
+        || store.any_domain(|d| d.auth_scheme == Some(model::AuthScheme::Digest))?;
 
     let models = catalogue.models().count();
     let fleet = fleet::Fleet::load(&store)?;
@@ -303,6 +364,10 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
         fleet,
         uploads: config.data.join("uploads"),
         security: config.security.clone(),
+        nonces: digest::Nonces::new(nonce_key, DIGEST_NONCE_TTL),
+        replay: digest::ReplayGuard::new(100_000),
+        digest_in_use: std::sync::atomic::AtomicBool::new(digest_in_use),
+        prov_ha1,
         throttle: guard::Throttle::new(&config.security),
     }));
     Ok((

@@ -162,6 +162,7 @@ fn domain_json(d: &Domain) -> Value {
         "device-provisioning-previous-valid-until": previous_until(&d.previous_credentials),
         "device-provisioning-bootstrap-username": d.bootstrap_username,
         "device-provisioning-allowed-cidrs": d.allowed_cidrs,
+        "device-provisioning-auth-scheme": d.auth_scheme,
     })
 }
 
@@ -263,12 +264,32 @@ async fn put_domain(
             ));
         }
         read_cidrs(&mut f, &mut d.allowed_cidrs)?;
+        match f.take("device-provisioning-auth-scheme") {
+            Patch::Absent => {}
+            Patch::Null => d.auth_scheme = None,
+            Patch::Set(Value::String(v)) if v == "basic" => {
+                d.auth_scheme = Some(crate::model::AuthScheme::Basic);
+            }
+            Patch::Set(Value::String(v)) if v == "digest" => {
+                d.auth_scheme = Some(crate::model::AuthScheme::Digest);
+            }
+            Patch::Set(_) => {
+                return Err(AppError::invalid(
+                    "device-provisioning-auth-scheme",
+                    "must be \"basic\", \"digest\" or null (the model's)",
+                ));
+            }
+        }
         f.finish()?;
         let mut change = Change::default();
         if existing.as_ref() != Some(&d) {
             change.touch.extend(st.store.phones_in_domain(&name)?);
             change.domains.push((name.clone(), Some(d.clone())));
             st.store.commit(&change)?;
+            if d.auth_scheme == Some(crate::model::AuthScheme::Digest) {
+                st.digest_in_use
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         (change, d, created)
     };

@@ -3,6 +3,7 @@
 //! HEAD, content type per model. Read-only: cache fills go through `cache`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Extension;
 use axum::extract::{ConnectInfo, Path, State};
@@ -14,7 +15,8 @@ use crate::auth::{self, BasicCredentials};
 use crate::cache::{Outcome, Rendered};
 use crate::error::AppError;
 use crate::guard;
-use crate::model::PreviousCredentials;
+use crate::digest::{self, DigestResponse, NonceState};
+use crate::model::{AuthScheme, PreviousCredentials};
 use crate::model::agent::{self, Agent};
 use crate::model::{Account, Domain, FileRef, FileSpec, Mac, Member, Model, Phone};
 use crate::render::{LineInput, PhoneInput, RenderContext};
@@ -43,10 +45,14 @@ pub async fn fetch(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let agent = agent::parse(ua);
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str());
     let mut req = PhoneRequest {
         file: &file,
         headers,
-        auth: Presented::new(headers),
+        auth: Presented::new(&st, headers, request.method().as_str(), target),
         ua,
         ip: peer_ip,
         agent: agent.as_ref(),
@@ -61,7 +67,9 @@ pub async fn fetch(
         Ok(r) => r,
         Err(e) => {
             count_failure(&st, &e, &req.auth, peer_ip, req.facts_mac());
-            e.into_phone_response()
+            let mut r = e.into_phone_response();
+            challenge(&st, &mut r, &req.auth);
+            r
         }
     };
     if let Some(mac) = req.known {
@@ -156,10 +164,13 @@ pub async fn upload(
     State(st): State<AppState>,
     Path(file): Path<String>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let mut facts = RequestFacts::default();
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let creds = Presented::new(&st, &headers, "PUT", target);
     let ip = peer.map(|Extension(ConnectInfo(a))| {
         guard::client_ip(
             a.ip(),
@@ -169,14 +180,16 @@ pub async fn upload(
     });
     let mac = upload_mac(&file);
     let result = match admit(&st, ip, || mac) {
-        Ok(()) => store_upload(&st, &file, &headers, ip, &body, &mut facts).await,
+        Ok(()) => store_upload(&st, &file, &creds, ip, &body, &mut facts).await,
         Err(e) => Err(e),
     };
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
-            count_failure(&st, &e, &Presented::new(&headers), ip, mac);
-            e.into_phone_response()
+            count_failure(&st, &e, &creds, ip, mac);
+            let mut r = e.into_phone_response();
+            challenge(&st, &mut r, &creds);
+            r
         }
     };
     resp.extensions_mut().insert(facts);
@@ -198,7 +211,7 @@ pub fn upload_mac(file: &str) -> Option<Mac> {
 async fn store_upload(
     st: &AppState,
     file: &str,
-    headers: &HeaderMap,
+    creds: &Presented<'_>,
     ip: Option<IpAddr>,
     body: &[u8],
     facts: &mut RequestFacts,
@@ -207,14 +220,13 @@ async fn store_upload(
         return Err(AppError::MethodNotAllowed);
     };
     facts.mac = Some(mac.lower());
-    let creds = Presented::new(headers);
     let Some(phone) = st.store.phone(mac)? else {
-        if server_default_ok(st, &creds) {
+        if server_default_ok(st, creds) {
             return Err(AppError::NotFound("unknown MAC".into()));
         }
         return Err(AppError::PhoneUnauthorized);
     };
-    authenticate(st, &phone, &creds, ip, false).await?;
+    authenticate(st, &phone, creds, ip, false).await?;
     let dir = st.uploads.join(mac.lower());
     let name = file.to_ascii_lowercase();
     let path = dir.join(&name);
@@ -237,49 +249,144 @@ async fn store_upload(
     .into_response())
 }
 
-/// The request's `Authorization` header, decoded only when a check needs it.
+/// The request's `Authorization` header (Basic or Digest), decoded only when a check needs
+/// it. Remembers whether a Digest answer was right but for a stale nonce, so the challenge
+/// says `stale=true` and the phone retries without asking anyone.
 struct Presented<'h> {
+    st: &'h AppState,
     raw: Option<&'h [u8]>,
+    method: &'h str,
+    uri: &'h str,
     parsed: std::sync::OnceLock<Option<BasicCredentials>>,
+    digest: std::sync::OnceLock<Option<(DigestResponse, NonceState)>>,
+    stale: AtomicBool,
 }
 
 impl<'h> Presented<'h> {
-    fn new(headers: &'h HeaderMap) -> Self {
+    fn new(st: &'h AppState, headers: &'h HeaderMap, method: &'h str, uri: &'h str) -> Self {
         Presented {
+            st,
             raw: headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+            method,
+            uri,
             parsed: std::sync::OnceLock::new(),
+            digest: std::sync::OnceLock::new(),
+            stale: AtomicBool::new(false),
         }
     }
 
+    /// Basic credentials, if that is what was presented.
     fn creds(&self) -> Option<&BasicCredentials> {
         self.parsed
             .get_or_init(|| self.raw.and_then(BasicCredentials::parse))
             .as_ref()
     }
+
+    /// A Digest answer for our realm and this very request target, with its nonce's state.
+    fn digest(&self) -> Option<&(DigestResponse, NonceState)> {
+        self.digest
+            .get_or_init(|| {
+                let raw = self.raw?;
+                if raw.len() < 7 || !raw[..7].eq_ignore_ascii_case(b"digest ") {
+                    return None;
+                }
+                let d = DigestResponse::parse(raw)?;
+                if d.realm() != crate::DIGEST_REALM || d.uri() != self.uri {
+                    return None;
+                }
+                let state = self.st.nonces.check(
+                    d.nonce(),
+                    crate::DIGEST_REALM,
+                    std::time::SystemTime::now(),
+                );
+                Some((d, state))
+            })
+            .as_ref()
+    }
+
+    /// Whether what was presented proves `user`/`password`.
+    fn matches(&self, user: &str, password: &str) -> bool {
+        if let Some(c) = self.creds() {
+            return c.matches(user, password);
+        }
+        self.digest_ok(user, |d| d.verify(self.method, password))
+    }
+
+    /// Whether a Digest answer proves `user` with `check`; a right answer to a stale nonce
+    /// is refused and remembered as stale.
+    fn digest_ok(&self, user: &str, check: impl Fn(&DigestResponse) -> bool) -> bool {
+        let Some((d, state)) = self.digest() else {
+            return false;
+        };
+        if *state == NonceState::Invalid {
+            return false;
+        }
+        let ok = auth::secret_eq(d.username(), user) & check(d);
+        if ok && *state == NonceState::Stale {
+            self.stale.store(true, Ordering::Relaxed);
+            return false;
+        }
+        ok
+    }
 }
 
-/// The server-default credentials. The header that last passed is remembered, so the
+/// Puts the challenges on a 401: Basic always, and Digest (SHA-256, then MD5, with a fresh
+/// nonce) whenever any model or domain uses it, the same for every path and MAC so the
+/// challenge never tells whether a MAC exists.
+fn challenge(st: &AppState, resp: &mut Response, auth: &Presented<'_>) {
+    if resp.status() != StatusCode::UNAUTHORIZED || !st.digest_in_use.load(Ordering::Relaxed) {
+        return;
+    }
+    let nonce = st
+        .nonces
+        .issue(crate::DIGEST_REALM, std::time::SystemTime::now());
+    let stale = auth.stale.load(Ordering::Relaxed);
+    let h = resp.headers_mut();
+    h.remove(header::WWW_AUTHENTICATE);
+    for c in digest::challenges(crate::DIGEST_REALM, &nonce, stale) {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            h.append(header::WWW_AUTHENTICATE, v);
+        }
+    }
+    h.append(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"autoprov\""),
+    );
+}
+
+/// The server-default credentials. The Basic header that last passed is remembered, so the
 /// usual case (every factory phone sending the same header) is one constant-time compare.
 fn server_default_ok(st: &AppState, p: &Presented<'_>) -> bool {
     if p.raw.is_some_and(|raw| st.prov_memo.hit(raw)) {
         return true;
     }
-    let ok = p.creds().is_some_and(|c| {
-        let default = auth::secret_eq(&c.user, &st.prov_user)
-            & auth::matches_hash(&c.password, &st.prov_pass_hash);
-        // The server's bootstrap credential opens what the server default opens (common
-        // files, the unprovisioned list) until it is exchanged for a per-device one.
-        default
-            || st
-                .security
-                .bootstrap
-                .as_ref()
-                .is_some_and(|(u, pw)| c.matches(u, pw))
-    });
-    if ok && let Some(raw) = p.raw {
-        st.prov_memo.remember(raw);
+    // The server's bootstrap credential opens what the server default opens (common files,
+    // the unprovisioned list) until it is exchanged for a per-device one.
+    let bootstrap = || {
+        st.security
+            .bootstrap
+            .as_ref()
+            .is_some_and(|(u, pw)| p.matches(u, pw))
+    };
+    if let Some(c) = p.creds() {
+        let ok = (auth::secret_eq(&c.user, &st.prov_user)
+            & auth::matches_hash(&c.password, &st.prov_pass_hash))
+            || bootstrap();
+        if ok && let Some(raw) = p.raw {
+            st.prov_memo.remember(raw);
+        }
+        return ok;
     }
-    ok
+    let by_ha1 = st.prov_ha1.as_ref().is_some_and(|[md5, sha256]| {
+        p.digest_ok(&st.prov_user, |d| {
+            let ha1 = match d.algorithm() {
+                digest::Algorithm::Md5 => md5,
+                digest::Algorithm::Sha256 => sha256,
+            };
+            d.verify_ha1(p.method, ha1)
+        })
+    });
+    by_ha1 || bootstrap()
 }
 
 /// How a presented credential opened a phone.
@@ -312,7 +419,7 @@ fn phone_auth(
     c: &Presented<'_>,
     now: u64,
 ) -> Opened {
-    let matches = |(u, p): (&str, &str)| c.creds().is_some_and(|cr| cr.matches(u, p));
+    let matches = |(u, p): (&str, &str)| c.matches(u, p);
     let previous = |prev: &Option<PreviousCredentials>| {
         prev.as_ref()
             .is_some_and(|pc| pc.valid_at(now) && matches((&pc.username, &pc.password)))
@@ -363,8 +470,24 @@ async fn authenticate(
         None => None,
     };
     let now = guard::now_secs();
+    let scheme = domain
+        .as_ref()
+        .and_then(|d| d.auth_scheme)
+        .or_else(|| st.catalogue.get(&phone.model).map(|m| m.auth_scheme))
+        .unwrap_or_default();
+    if scheme == AuthScheme::Digest && c.creds().is_some() {
+        // Digest was chosen for this phone: a password sent in the clear is not accepted.
+        return Err(AppError::PhoneUnauthorized);
+    }
     let opened = phone_auth(st, phone, domain.as_deref(), c, now);
     if opened == Opened::No {
+        return Err(AppError::PhoneUnauthorized);
+    }
+    if let Some((d, _)) = c.digest()
+        && !st.replay.first_use(d.nonce(), d.nc())
+    {
+        // A correctly signed request seen before: a replay, or a phone reusing its count.
+        c.stale.store(true, Ordering::Relaxed);
         return Err(AppError::PhoneUnauthorized);
     }
     if let Some(d) = &domain

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::mac::Mac;
+use super::records::AuthScheme;
 use super::settings::{self, Settings};
 
 /// How a file's overrides are applied.
@@ -78,6 +79,9 @@ pub struct Model {
     /// The model token in the HTTP User-Agent (`SIP-T46S`).
     #[serde(default)]
     pub user_agent_model: Option<String>,
+    /// `basic` (default) or `digest` for phones that speak only HTTP Digest (Gigaset).
+    #[serde(default, skip_serializing_if = "AuthScheme::is_basic")]
+    pub auth_scheme: AuthScheme,
     /// Files the model requests.
     pub files: Vec<FileSpec>,
     /// Model defaults (the lowest contract layer).

@@ -11,5 +11,7 @@ pub mod settings;
 pub use catalogue::{Catalogue, FileRef, FileSpec, Format, Model};
 pub use mac::Mac;
 pub use merge::{Layer, Merged};
-pub use records::{Account, Domain, LineType, Member, Overrides, Phone, PreviousCredentials};
+pub use records::{
+    Account, AuthScheme, Domain, LineType, Member, Overrides, Phone, PreviousCredentials,
+};
 pub use settings::Settings;

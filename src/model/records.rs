@@ -38,6 +38,27 @@ pub struct Domain {
     /// Addresses (CIDR blocks) the domain's phones may fetch from; empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_cidrs: Vec<String>,
+    /// The authentication scheme the domain's phones must use (`None`: the model's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_scheme: Option<AuthScheme>,
+}
+
+/// How phones prove their provisioning credential.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthScheme {
+    /// HTTP Basic (and Digest, which is accepted wherever it is offered).
+    #[default]
+    Basic,
+    /// HTTP Digest only (RFC 7616): Basic credentials are refused.
+    Digest,
+}
+
+impl AuthScheme {
+    /// True for the default, so it is left out of serialised records.
+    pub fn is_basic(&self) -> bool {
+        *self == AuthScheme::Basic
+    }
 }
 
 /// A replaced provisioning credential and until when it is still accepted (rotation grace,

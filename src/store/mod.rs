@@ -213,6 +213,17 @@ impl Store {
         Ok(s)
     }
 
+    /// Whether any stored domain satisfies `pred` (a scan; startup only).
+    pub fn any_domain(&self, pred: impl Fn(&Domain) -> bool) -> Result<bool, StoreError> {
+        for kv in self.domains.iter() {
+            let (_, v) = kv?;
+            if pred(&dec::<Domain>("domains", &v)?) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// How long a replaced provisioning credential keeps working: every commit that changes
     /// a phone's or domain's credential keeps the old one for this long.
     pub fn set_credential_grace(&self, secs: u64) {
