@@ -11,5 +11,5 @@ pub mod settings;
 pub use catalogue::{Catalogue, FileRef, FileSpec, Format, Model};
 pub use mac::Mac;
 pub use merge::{Layer, Merged};
-pub use records::{Account, Domain, LineType, Member, Overrides, Phone};
+pub use records::{Account, Domain, LineType, Member, Overrides, Phone, Token};
 pub use settings::Settings;

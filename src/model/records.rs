@@ -178,3 +178,17 @@ impl Phone {
         (1..=ports).find(|p| !self.members.iter().any(|m| m.ports().contains(p)))
     }
 }
+
+/// A domain-scoped admin token. Only the SHA-256 of the secret is ever stored; the secret
+/// itself is shown once, when the token is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    /// Public id (what `DELETE /tokens/{id}` takes).
+    pub id: String,
+    /// The one domain the token may see and change.
+    pub domain: String,
+    /// SHA-256 of the secret, lowercase hex (the store key holds the same bytes).
+    pub sha256: String,
+    /// When it was created (RFC 3339, UTC).
+    pub created: String,
+}
