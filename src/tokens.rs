@@ -134,7 +134,7 @@ pub enum CliError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The request was refused (unknown domain, unknown id, …).
-    #[error("{0}")]
+    #[error(transparent)]
     Refused(#[from] AppError),
 }
 
