@@ -130,6 +130,14 @@ pub enum CliError {
         /// The data folder.
         data: String,
     },
+    /// No store in the data folder (a mistyped `--data` must not create one).
+    #[error(
+        "no store in {data}: start the server once on it first, or name the right folder with --data"
+    )]
+    NoStore {
+        /// The data folder.
+        data: String,
+    },
     /// The store could not be opened or written.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -140,7 +148,13 @@ pub enum CliError {
 
 /// Runs `autoprov token …` on `config.data` directly; returns what to print.
 pub fn run_cli(config: &Config, cmd: &TokenCommand) -> Result<String, CliError> {
-    let store = match Store::open(&config.data.join("store"), config.store_cache_bytes) {
+    let path = config.data.join("store");
+    if !path.is_dir() {
+        return Err(CliError::NoStore {
+            data: config.data.display().to_string(),
+        });
+    }
+    let store = match Store::open(&path, config.store_cache_bytes) {
         Ok(s) => s,
         Err(StoreError::Locked { .. }) => {
             return Err(CliError::Locked {

@@ -361,7 +361,7 @@ async fn a_domain_token_gets_404_for_every_resource_of_another_domain_and_change
             ),
             (
                 PUT,
-                format!("/domains/~/users/104/devices/104a"),
+                "/domains/~/users/104/devices/104a".to_string(),
                 Some(json!({"device-provisioning-mac-address": mac, "device-models-model": "yealink-t46s"})),
             ),
         ]);
@@ -630,6 +630,14 @@ fn line<'a>(out: &'a str, label: &str) -> &'a str {
 async fn the_token_subcommands_work_on_the_data_folder_and_the_server_accepts_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // No store yet: refused, and none is created.
+    let out = cli(&data, &["token", "list"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no store"),
+        "{out:?}"
+    );
+    assert!(!data.exists());
     {
         let store = autoprov::store::Store::open(&data.join("store"), 8 << 20).unwrap();
         store

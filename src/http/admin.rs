@@ -105,7 +105,8 @@ impl FromRequestParts<AppState> for Admin {
                 user: None,
             });
         }
-        // One keyed lookup by the secret's hash (never the secret itself).
+        // One keyed lookup by the secret's SHA-256 (never the secret itself). Its timing can
+        // only tell a guesser about the hash of the guess, not about any stored token.
         match st.store.token(&auth::hash(token))? {
             Some(t) => Ok(Admin {
                 domain: Some(t.domain),
