@@ -46,6 +46,28 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default).
     Serve,
+    /// Domain-scoped admin tokens, on the data folder of a stopped server (a running one
+    /// holds the store: use its `/api/v1/tokens` routes instead).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `autoprov token …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for one domain; prints its id and the token (shown only this once).
+    Create {
+        /// The domain the token may see and change.
+        #[arg(long)]
+        domain: String,
+    },
+    /// List tokens (id, domain, created; never the token).
+    List,
+    /// Revoke a token by id.
+    Revoke {
+        /// The token's id (from `create` or `list`).
+        id: String,
+    },
 }
 
 /// `autoprov.toml`.
@@ -340,6 +362,20 @@ mod tests {
         let file = Some(("a.toml".into(), "[security]\nallowed = 1".to_string()));
         let e = Config::resolve(&cli(&[]), file).unwrap_err().to_string();
         assert!(e.contains("allowed"), "{e}");
+    }
+
+    #[test]
+    fn token_subcommands_take_the_global_data_flag() {
+        let c = cli(&["token", "create", "--domain", "a.example", "--data", "/d"]);
+        assert!(matches!(
+            &c.command,
+            Some(Command::Token(TokenCommand::Create { domain })) if domain == "a.example"
+        ));
+        assert_eq!(Config::resolve(&c, None).unwrap().data, PathBuf::from("/d"));
+        assert!(matches!(
+            cli(&["--data", "/d", "token", "revoke", "tok_x"]).command,
+            Some(Command::Token(TokenCommand::Revoke { id })) if id == "tok_x"
+        ));
     }
 
     #[test]

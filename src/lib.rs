@@ -18,6 +18,7 @@ pub mod model;
 pub mod render;
 pub mod store;
 pub mod telemetry;
+pub mod tokens;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -28,6 +28,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let _log_guard = autoprov::telemetry::init(config.log_format);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
+        Command::Token(cmd) => {
+            print!("{}", autoprov::tokens::run_cli(&config, &cmd)?);
+            Ok(())
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -47,9 +47,41 @@ pub fn routes() -> Router<AppState> {
         .route("/phones/{mac}/files/{file}", get(preview))
         .route("/phones/{mac}/explain", get(explain))
         .route("/unprovisioned", get(unprovisioned))
+        .route(
+            "/tokens",
+            get(super::tokens::list).post(super::tokens::create),
+        )
+        .route("/tokens/{id}", delete(super::tokens::revoke))
 }
 
-/// Proof that the request carries a valid admin token.
+/// Proof that the request carries a valid admin token: the server-wide one (`domain` is
+/// `None`), or a domain token from `POST /tokens` (`domain` is its domain). A missing,
+/// unknown or revoked token is a 401.
+///
+/// What a domain token may do, route by route (the server-wide token may do everything).
+/// "404" below is the same answer a missing resource gets, so a domain token cannot tell
+/// another domain's resources from absent ones:
+/// - `GET /models`: allowed (the catalogue holds no tenant data).
+/// - `/domains/{d}` and everything under it (domain GET/PUT/DELETE; accounts list, POST,
+///   GET, PUT, DELETE): only `d` = its domain; `~` is its domain; any other `d` → 404,
+///   whether it exists or not (checked in `resolve_domain`, before any lookup).
+/// - `GET /phones`: only its domain's phones (a `?domain=` naming another gives an empty
+///   list).
+/// - `/phones/{mac}` GET/PUT/DELETE, `/members` GET/PUT, `/files/{file}`, `/explain`: a
+///   phone outside its domain (another domain's, or in no domain) → 404. `PUT` of a new
+///   MAC creates the phone in its domain; the body's `domain` may only name its domain
+///   (another answers like an unknown domain: 400 naming `domain`), and `null` (which
+///   would leave the phone in no domain) is a 400 naming `domain`.
+/// - Account bodies linking `device-provisioning-mac-address` to a phone outside its
+///   domain (or in no domain, which the server-wide token would claim) → 404.
+/// - Members: an account id of another domain answers exactly like an unknown id (400
+///   naming `members[i].id`), as it does for the server-wide token.
+/// - `GET /unprovisioned` → 403: the list spans all domains.
+/// - `/tokens`: its own domain's tokens only (see `http::tokens`).
+///
+/// MACs are one namespace across domains, so a `PUT` that would create a phone or link an
+/// account to a MAC another domain holds necessarily tells the domain token the MAC is in
+/// use (404 instead of 201); nothing else about that phone is disclosed.
 #[derive(Debug, Clone)]
 pub struct Admin {
     /// The token's domain (`None` for the server-wide token).
@@ -68,17 +100,39 @@ impl FromRequestParts<AppState> for Admin {
             .and_then(|v| auth::bearer(v.as_bytes()))
             .ok_or(AppError::Unauthorized)?;
         if auth::matches_hash(token, &st.admin_token_hash) {
-            Ok(Admin {
+            return Ok(Admin {
                 domain: None,
                 user: None,
-            })
-        } else {
-            Err(AppError::Unauthorized)
+            });
+        }
+        // One keyed lookup by the secret's SHA-256 (never the secret itself). Its timing can
+        // only tell a guesser about the hash of the guess, not about any stored token.
+        match st.store.token(&auth::hash(token))? {
+            Some(t) => Ok(Admin {
+                domain: Some(t.domain),
+                user: None,
+            }),
+            None => Err(AppError::Unauthorized),
         }
     }
 }
 
-fn check_name(field: &str, v: &str, max: usize) -> Result<(), AppError> {
+impl Admin {
+    /// Whether this token may see `domain`.
+    fn sees(&self, domain: &str) -> bool {
+        self.domain.as_deref().is_none_or(|d| d == domain)
+    }
+
+    /// Whether this token may see `phone` (a domain token: only its domain's phones).
+    fn sees_phone(&self, phone: &Phone) -> bool {
+        match &self.domain {
+            None => true,
+            Some(d) => phone.domain.as_ref() == Some(d),
+        }
+    }
+}
+
+pub(crate) fn check_name(field: &str, v: &str, max: usize) -> Result<(), AppError> {
     if v.is_empty()
         || v.len() > max
         || !v
@@ -106,6 +160,10 @@ fn resolve_domain(admin: &Admin, domain: &str) -> Result<String, AppError> {
         domain.to_string()
     };
     check_name("domain", &d, 64)?;
+    // Another domain's path answers like a missing domain, before any lookup.
+    if !admin.sees(&d) {
+        return Err(AppError::NotFound(format!("no domain {d}")));
+    }
     Ok(d)
 }
 
@@ -341,8 +399,11 @@ async fn delete_domain(
                 "the domain still has phones or accounts; delete them first",
             ));
         }
+        // The domain's tokens go with it: a later domain of the same name is not theirs.
+        let tokens = crate::tokens::of_domain(&st.store, &name)?;
         st.store.commit(&Change {
             domains: vec![(name, None)],
+            tokens: tokens.into_iter().map(|h| (h, None)).collect(),
             ..Default::default()
         })?;
     }
@@ -501,6 +562,7 @@ struct LinkRequest {
 /// Builds the change for creating/updating an account. Runs under the writer lock.
 fn account_change(
     st: &AppState,
+    a: &Admin,
     domain: &str,
     user: &str,
     device: &str,
@@ -634,6 +696,10 @@ fn account_change(
             _ => st.store.phone(mac)?,
         };
         let mut phone = match existing_phone {
+            // A domain token cannot link (or claim) a phone outside its domain.
+            Some(p) if !a.sees_phone(&p) => {
+                return Err(AppError::NotFound(format!("no phone {}", mac.lower())));
+            }
             Some(p) => {
                 if let Patch::Set(m) = &link.model
                     && *m != p.model
@@ -795,7 +861,7 @@ async fn write_account(
     let (change, acc, created) = {
         let _w = st.store.writer();
         let (change, acc, created) =
-            account_change(&st, &domain, &user, &device, body, create_only)?;
+            account_change(&st, &a, &domain, &user, &device, body, create_only)?;
         st.store.commit(&change)?;
         (change, acc, created)
     };
@@ -909,20 +975,22 @@ fn phone_json(p: &Phone) -> Value {
     })
 }
 
-/// The stored phone at `mac`, or 404 naming it.
-fn phone_or_404(st: &AppState, mac: Mac) -> Result<Phone, AppError> {
+/// The stored phone at `mac` if the token may see it, or 404 naming it (the same 404
+/// for a missing phone and one outside a domain token's domain).
+fn phone_or_404(st: &AppState, a: &Admin, mac: Mac) -> Result<Phone, AppError> {
     st.store
         .phone(mac)?
+        .filter(|p| a.sees_phone(p))
         .ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))
 }
 
 async fn get_phone(
-    _: Admin,
+    a: Admin,
     State(st): State<AppState>,
     Path(mac): Path<String>,
 ) -> Result<Json<Value>, AppError> {
     let mac = parse_mac("mac", &mac)?;
-    let p = phone_or_404(&st, mac)?;
+    let p = phone_or_404(&st, &a, mac)?;
     let mut v = phone_json(&p);
     v["last-fetch"] = json!(st.fleet.last_fetch(&st.store, mac)?);
     Ok(Json(v))
@@ -937,7 +1005,7 @@ struct PhoneQuery {
 }
 
 async fn list_phones(
-    _: Admin,
+    a: Admin,
     State(st): State<AppState>,
     q: Result<Query<PhoneQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
@@ -952,9 +1020,10 @@ async fn list_phones(
         return Err(AppError::invalid("limit", "must be from 1 to 1000"));
     }
     let phones = st.store.phones(after, limit, &|p| {
-        q.domain
-            .as_ref()
-            .is_none_or(|d| p.domain.as_ref() == Some(d))
+        a.sees_phone(p)
+            && q.domain
+                .as_ref()
+                .is_none_or(|d| p.domain.as_ref() == Some(d))
             && q.model.as_ref().is_none_or(|m| &p.model == m)
     })?;
     let next = if phones.len() == limit {
@@ -972,7 +1041,7 @@ async fn list_phones(
 }
 
 async fn put_phone(
-    _: Admin,
+    a: Admin,
     State(st): State<AppState>,
     Path(mac): Path<String>,
     JsonBody(body): JsonBody,
@@ -981,6 +1050,9 @@ async fn put_phone(
     let (change, phone, created) = {
         let _w = st.store.writer();
         let existing = st.store.phone(mac)?;
+        if existing.as_ref().is_some_and(|p| !a.sees_phone(p)) {
+            return Err(AppError::NotFound(format!("no phone {}", mac.lower())));
+        }
         let created = existing.is_none();
         let mut f = Fields::new(body, "");
         f.echo("mac", &mac.lower())?;
@@ -1011,7 +1083,8 @@ async fn put_phone(
         match f.string("domain")? {
             Patch::Set(d) => {
                 check_name("domain", &d, 64)?;
-                if st.store.domain(&d)?.is_none() {
+                // Another domain answers like an unknown one under a domain token.
+                if !a.sees(&d) || st.store.domain(&d)?.is_none() {
                     return Err(AppError::invalid(
                         "domain",
                         format!("unknown domain {d:?}; create it with PUT /api/v1/domains/{d}"),
@@ -1019,7 +1092,15 @@ async fn put_phone(
                 }
                 phone.domain = Some(d);
             }
+            Patch::Null if a.domain.is_some() => {
+                return Err(AppError::invalid(
+                    "domain",
+                    "a domain token cannot take a phone out of its domain",
+                ));
+            }
             Patch::Null => phone.domain = None,
+            // A phone created with a domain token is created in its domain.
+            Patch::Absent if created && a.domain.is_some() => phone.domain = a.domain.clone(),
             Patch::Absent => {}
         }
         read_credentials(
@@ -1097,16 +1178,14 @@ async fn put_phone(
 }
 
 async fn delete_phone(
-    _: Admin,
+    a: Admin,
     State(st): State<AppState>,
     Path(mac): Path<String>,
 ) -> Result<StatusCode, AppError> {
     let mac = parse_mac("mac", &mac)?;
     {
         let _w = st.store.writer();
-        if st.store.phone(mac)?.is_none() {
-            return Err(AppError::NotFound(format!("no phone {}", mac.lower())));
-        }
+        phone_or_404(&st, &a, mac)?;
         st.store.commit(&Change {
             phones: vec![(mac, None)],
             ..Default::default()
@@ -1124,9 +1203,14 @@ struct OrgQuery {
     org_id: Option<String>,
 }
 
-fn phone_for_org(st: &AppState, mac: &str, org: &Option<String>) -> Result<Phone, AppError> {
+fn phone_for_org(
+    st: &AppState,
+    a: &Admin,
+    mac: &str,
+    org: &Option<String>,
+) -> Result<Phone, AppError> {
     let mac = parse_mac("mac", mac)?;
-    let p = phone_or_404(st, mac)?;
+    let p = phone_or_404(st, a, mac)?;
     if let Some(o) = org
         && p.domain.as_ref() != Some(o)
     {
@@ -1139,12 +1223,12 @@ fn phone_for_org(st: &AppState, mac: &str, org: &Option<String>) -> Result<Phone
 }
 
 async fn get_members(
-    _: Admin,
+    a: Admin,
     State(st): State<AppState>,
     Path(mac): Path<String>,
     Query(q): Query<OrgQuery>,
 ) -> Result<Json<Value>, AppError> {
-    let p = phone_for_org(&st, &mac, &q.org_id)?;
+    let p = phone_for_org(&st, &a, &mac, &q.org_id)?;
     Ok(Json(json!({ "members": p.members })))
 }
 
@@ -1286,7 +1370,7 @@ fn check_members(
 }
 
 async fn put_members(
-    _: Admin,
+    a: Admin,
     State(st): State<AppState>,
     Path(mac): Path<String>,
     Query(q): Query<OrgQuery>,
@@ -1294,7 +1378,7 @@ async fn put_members(
 ) -> Result<Json<Value>, AppError> {
     let (change, members) = {
         let _w = st.store.writer();
-        let mut phone = phone_for_org(&st, &mac, &q.org_id)?;
+        let mut phone = phone_for_org(&st, &a, &mac, &q.org_id)?;
         let mut f = Fields::new(body, "");
         let members = match f.take("members") {
             Patch::Set(Value::Array(list)) => list
@@ -1338,12 +1422,12 @@ async fn put_members(
 // ---------------------------------------------------------------- preview
 
 async fn preview(
-    _: Admin,
+    a: Admin,
     State(st): State<AppState>,
     Path((mac, file)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
     let mac = parse_mac("mac", &mac)?;
-    let phone = phone_or_404(&st, mac)?;
+    let phone = phone_or_404(&st, &a, mac)?;
     let model = st
         .catalogue
         .get(&phone.model)
@@ -1388,12 +1472,12 @@ async fn preview(
 /// `GET /phones/{mac}/explain`: every value of the phone's files with its layer, the
 /// overrides (added or replacing), and the settings this model has no key for.
 async fn explain(
-    _: Admin,
+    a: Admin,
     State(st): State<AppState>,
     Path(mac): Path<String>,
 ) -> Result<Json<Value>, AppError> {
     let mac = parse_mac("mac", &mac)?;
-    let phone = phone_or_404(&st, mac)?;
+    let phone = phone_or_404(&st, &a, mac)?;
     let model = st
         .catalogue
         .get(&phone.model)
@@ -1417,7 +1501,12 @@ async fn explain(
 
 /// `GET /unprovisioned`: MACs that asked with the server-default credentials but are not
 /// linked, most recently seen first.
-async fn unprovisioned(_: Admin, State(st): State<AppState>) -> Result<Json<Value>, AppError> {
+async fn unprovisioned(a: Admin, State(st): State<AppState>) -> Result<Json<Value>, AppError> {
+    if a.domain.is_some() {
+        return Err(AppError::Forbidden(
+            "the unprovisioned list spans all domains; it needs the server-wide admin token".into(),
+        ));
+    }
     let list = st.fleet.unprovisioned(&st.store)?;
     Ok(Json(json!({ "unprovisioned": list })))
 }

@@ -3,6 +3,7 @@
 pub mod admin;
 mod body;
 pub mod phone;
+mod tokens;
 
 use std::time::Duration;
 

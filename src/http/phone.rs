@@ -13,12 +13,12 @@ use axum::response::{IntoResponse, Response};
 use crate::AppState;
 use crate::auth::{self, BasicCredentials};
 use crate::cache::{Outcome, Rendered};
+use crate::digest::{self, DigestResponse, NonceState};
 use crate::error::AppError;
 use crate::guard;
-use crate::digest::{self, DigestResponse, NonceState};
-use crate::model::{AuthScheme, PreviousCredentials};
 use crate::model::agent::{self, Agent};
 use crate::model::{Account, Domain, FileRef, FileSpec, Mac, Member, Model, Phone};
+use crate::model::{AuthScheme, PreviousCredentials};
 use crate::render::{LineInput, PhoneInput, RenderContext};
 use crate::store::Change;
 use crate::store::render_key;
@@ -45,10 +45,7 @@ pub async fn fetch(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let agent = agent::parse(ua);
-    let target = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str());
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let mut req = PhoneRequest {
         file: &file,
         headers,

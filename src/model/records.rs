@@ -93,14 +93,14 @@ impl PreviousCredentials {
 /// The credential that `old` held and `new` no longer does, kept for `grace_secs` from
 /// `now`; otherwise what `new` carries, dropped once expired.
 pub fn rotate(
-    old: (Option<&String>, Option<&String>),
-    new: (Option<&String>, Option<&String>),
+    old: (&Option<String>, &Option<String>),
+    new: (&Option<String>, &Option<String>),
     carried: Option<PreviousCredentials>,
     now: u64,
     grace_secs: u64,
 ) -> Option<PreviousCredentials> {
     if let (Some(u), Some(p)) = old
-        && old != new
+        && (old.0 != new.0 || old.1 != new.1)
     {
         return Some(PreviousCredentials {
             username: u.clone(),
@@ -265,4 +265,18 @@ impl Phone {
     pub fn first_free_port(&self, ports: u32) -> Option<u32> {
         (1..=ports).find(|p| !self.members.iter().any(|m| m.ports().contains(p)))
     }
+}
+
+/// A domain-scoped admin token. Only the SHA-256 of the secret is ever stored; the secret
+/// itself is shown once, when the token is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    /// Public id (what `DELETE /tokens/{id}` takes).
+    pub id: String,
+    /// The one domain the token may see and change.
+    pub domain: String,
+    /// SHA-256 of the secret, lowercase hex (the store key holds the same bytes).
+    pub sha256: String,
+    /// When it was created (RFC 3339, UTC).
+    pub created: String,
 }

@@ -15,7 +15,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use crate::model::records::rotate;
-use crate::model::{Account, Domain, Mac, Phone};
+use crate::model::{Account, Domain, Mac, Phone, Token};
 
 pub use keys::render_key;
 
@@ -38,6 +38,12 @@ pub enum StoreError {
         /// The cause.
         #[source]
         source: sled::Error,
+    },
+    /// Another process (a running server) holds the store's lock.
+    #[error("the store at {path} is in use by another process (is the server running?)")]
+    Locked {
+        /// The store folder.
+        path: String,
     },
     /// A record did not decode.
     #[error("corrupt {tree} record")]
@@ -72,6 +78,9 @@ pub struct Store {
     meta: sled::Tree,
     fetches: sled::Tree,
     unprovisioned: sled::Tree,
+    /// Domain-scoped admin tokens keyed by the 32-byte SHA-256 of the secret (one lookup
+    /// per admin request).
+    tokens: sled::Tree,
     writer: Mutex<()>,
     /// Decoded phones for the fetch path (bounded by bytes); see [`Store::phone_shared`].
     hot_phones: moka::sync::Cache<Mac, Arc<Phone>>,
@@ -101,6 +110,8 @@ pub struct Change {
     pub touch: BTreeSet<Mac>,
     /// Meta entries to write.
     pub meta: Vec<(String, Vec<u8>)>,
+    /// Admin tokens to write by secret hash (`None` revokes).
+    pub tokens: Vec<([u8; 32], Option<Token>)>,
 }
 
 impl Change {
@@ -111,6 +122,7 @@ impl Change {
             && self.phones.is_empty()
             && self.touch.is_empty()
             && self.meta.is_empty()
+            && self.tokens.is_empty()
     }
 }
 
@@ -166,9 +178,17 @@ impl Store {
             .path(path)
             .cache_capacity(cache_bytes)
             .open()
-            .map_err(|source| StoreError::Open {
-                path: path.display().to_string(),
-                source,
+            .map_err(|source| match source {
+                // sled reports a held lock only through the message of an `Other` I/O error.
+                sled::Error::Io(e) if e.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked {
+                        path: path.display().to_string(),
+                    }
+                }
+                source => StoreError::Open {
+                    path: path.display().to_string(),
+                    source,
+                },
             })?;
         Self::from_db(db)
     }
@@ -189,6 +209,7 @@ impl Store {
             meta: db.open_tree("meta")?,
             fetches: db.open_tree("fetches")?,
             unprovisioned: db.open_tree("unprovisioned")?,
+            tokens: db.open_tree("tokens")?,
             writer: Mutex::new(()),
             hot_phones: moka::sync::Cache::builder()
                 .max_capacity(24 << 20)
@@ -382,6 +403,26 @@ impl Store {
         Ok(Some(d))
     }
 
+    /// The admin token whose secret hashes to `hash`.
+    pub fn token(&self, hash: &[u8; 32]) -> Result<Option<Token>, StoreError> {
+        self.tokens
+            .get(hash)?
+            .map(|v| dec("tokens", &v))
+            .transpose()
+    }
+
+    /// Every admin token with its secret hash, in hash order.
+    pub fn tokens(&self) -> Result<Vec<([u8; 32], Token)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tokens.iter() {
+            let (k, v) = kv?;
+            if let Ok(h) = <[u8; 32]>::try_from(&k[..]) {
+                out.push((h, dec("tokens", &v)?));
+            }
+        }
+        Ok(out)
+    }
+
     /// Accounts of `user` in `domain`.
     pub fn accounts_of(
         &self,
@@ -456,7 +497,7 @@ impl Store {
         self.phones.len()
     }
 
-    /// Every record (domains, accounts, phones, indexes, meta), not the render cache, as
+    /// Every record (domains, accounts, phones, indexes, meta, token hashes), not the render cache, as
     /// hex keys → JSON or hex values: equal dumps mean equal stores.
     pub fn dump(&self) -> Result<serde_json::Value, StoreError> {
         let mut out = serde_json::Map::new();
@@ -467,6 +508,7 @@ impl Store {
             ("phones_by_domain", &self.by_domain),
             ("phones_by_account", &self.by_account),
             ("meta", &self.meta),
+            ("tokens", &self.tokens),
         ] {
             let mut t = serde_json::Map::new();
             for kv in tree.iter() {
@@ -514,100 +556,98 @@ impl Store {
             &self.by_domain,
             &self.by_account,
             &self.meta,
+            &self.tokens,
         );
         let rev = trees
-            .transaction(|(domains, accounts, phones, by_domain, by_account, meta)| {
-                let rev = meta.get("revision")?.map_or(0, |v| keys::be_u64(&v)) + 1;
-                meta.insert("revision", &rev.to_be_bytes())?;
-                for (k, v) in &change.meta {
-                    meta.insert(k.as_bytes(), v.as_slice())?;
-                }
-                let now = crate::guard::now_secs();
-                let grace = self.credential_grace.load(Ordering::Relaxed);
-                for (name, d) in &change.domains {
-                    match d {
-                        Some(d) => {
-                            let old: Option<Domain> = tx_get(domains, "domains", name.as_bytes())?;
-                            let mut d = d.clone();
-                            d.previous_credentials = rotate(
-                                old.as_ref().map_or((None, None), |o| {
-                                    (
-                                        o.provisioning_username.as_ref(),
-                                        o.provisioning_password.as_ref(),
-                                    )
-                                }),
-                                (
-                                    d.provisioning_username.as_ref(),
-                                    d.provisioning_password.as_ref(),
-                                ),
-                                d.previous_credentials.take(),
-                                now,
-                                grace,
-                            );
-                            domains.insert(name.as_bytes(), enc(&d))?
+            .transaction(
+                |(domains, accounts, phones, by_domain, by_account, meta, tokens)| {
+                    let rev = meta.get("revision")?.map_or(0, |v| keys::be_u64(&v)) + 1;
+                    meta.insert("revision", &rev.to_be_bytes())?;
+                    for (k, v) in &change.meta {
+                        meta.insert(k.as_bytes(), v.as_slice())?;
+                    }
+                    for (hash, t) in &change.tokens {
+                        match t {
+                            Some(t) => tokens.insert(&hash[..], enc(t))?,
+                            None => tokens.remove(&hash[..])?,
+                        };
+                    }
+                    let now = crate::guard::now_secs();
+                    let grace = self.credential_grace.load(Ordering::Relaxed);
+                    for (name, d) in &change.domains {
+                        match d {
+                            Some(d) => {
+                                let old: Option<Domain> =
+                                    tx_get(domains, "domains", name.as_bytes())?;
+                                let mut d = d.clone();
+                                d.previous_credentials = rotate(
+                                    old.as_ref().map_or((&None, &None), |o| {
+                                        (&o.provisioning_username, &o.provisioning_password)
+                                    }),
+                                    (&d.provisioning_username, &d.provisioning_password),
+                                    d.previous_credentials.take(),
+                                    now,
+                                    grace,
+                                );
+                                domains.insert(name.as_bytes(), enc(&d))?
+                            }
+                            None => domains.remove(name.as_bytes())?,
+                        };
+                    }
+                    for (id, a) in &change.accounts {
+                        match a {
+                            Some(a) => accounts.insert(id.as_bytes(), enc(a))?,
+                            None => accounts.remove(id.as_bytes())?,
+                        };
+                    }
+                    let written: BTreeSet<Mac> = change.phones.iter().map(|(m, _)| *m).collect();
+                    for (mac, p) in &change.phones {
+                        let key = mac.bytes();
+                        let old: Option<Phone> = tx_get(phones, "phones", &key)?;
+                        if let Some(old) = &old {
+                            if let Some(d) = &old.domain {
+                                by_domain.remove(keys::index(d, *mac))?;
+                            }
+                            for m in &old.members {
+                                by_account.remove(keys::index(&m.id, *mac))?;
+                            }
                         }
-                        None => domains.remove(name.as_bytes())?,
-                    };
-                }
-                for (id, a) in &change.accounts {
-                    match a {
-                        Some(a) => accounts.insert(id.as_bytes(), enc(a))?,
-                        None => accounts.remove(id.as_bytes())?,
-                    };
-                }
-                let written: BTreeSet<Mac> = change.phones.iter().map(|(m, _)| *m).collect();
-                for (mac, p) in &change.phones {
-                    let key = mac.bytes();
-                    let old: Option<Phone> = tx_get(phones, "phones", &key)?;
-                    if let Some(old) = &old {
-                        if let Some(d) = &old.domain {
-                            by_domain.remove(keys::index(d, *mac))?;
-                        }
-                        for m in &old.members {
-                            by_account.remove(keys::index(&m.id, *mac))?;
+                        match p {
+                            Some(p) => {
+                                let mut p = p.clone();
+                                p.revision = rev;
+                                p.previous_credentials = rotate(
+                                    old.as_ref().map_or((&None, &None), |o| {
+                                        (&o.provisioning_username, &o.provisioning_password)
+                                    }),
+                                    (&p.provisioning_username, &p.provisioning_password),
+                                    p.previous_credentials.take(),
+                                    now,
+                                    grace,
+                                );
+                                if let Some(d) = &p.domain {
+                                    by_domain.insert(keys::index(d, *mac), &[])?;
+                                }
+                                for m in &p.members {
+                                    by_account.insert(keys::index(&m.id, *mac), &[])?;
+                                }
+                                phones.insert(&key, enc(&p))?;
+                            }
+                            None => {
+                                phones.remove(&key)?;
+                            }
                         }
                     }
-                    match p {
-                        Some(p) => {
-                            let mut p = p.clone();
+                    for mac in change.touch.difference(&written) {
+                        let key = mac.bytes();
+                        if let Some(mut p) = tx_get::<Phone>(phones, "phones", &key)? {
                             p.revision = rev;
-                            p.previous_credentials = rotate(
-                                old.as_ref().map_or((None, None), |o| {
-                                    (
-                                        o.provisioning_username.as_ref(),
-                                        o.provisioning_password.as_ref(),
-                                    )
-                                }),
-                                (
-                                    p.provisioning_username.as_ref(),
-                                    p.provisioning_password.as_ref(),
-                                ),
-                                p.previous_credentials.take(),
-                                now,
-                                grace,
-                            );
-                            if let Some(d) = &p.domain {
-                                by_domain.insert(keys::index(d, *mac), &[])?;
-                            }
-                            for m in &p.members {
-                                by_account.insert(keys::index(&m.id, *mac), &[])?;
-                            }
                             phones.insert(&key, enc(&p))?;
                         }
-                        None => {
-                            phones.remove(&key)?;
-                        }
                     }
-                }
-                for mac in change.touch.difference(&written) {
-                    let key = mac.bytes();
-                    if let Some(mut p) = tx_get::<Phone>(phones, "phones", &key)? {
-                        p.revision = rev;
-                        phones.insert(&key, enc(&p))?;
-                    }
-                }
-                Ok(rev)
-            })
+                    Ok(rev)
+                },
+            )
             .map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => StoreError::Sled(e),

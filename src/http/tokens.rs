@@ -1,0 +1,64 @@
+//! `/api/v1/tokens`: domain-scoped admin tokens over HTTP (logic in `crate::tokens`).
+//!
+//! Who may do what:
+//! - `POST /tokens` `{"domain": "…"}` → 201 `{"id", "token", "domain", "created"}`: the only
+//!   response that ever holds the token. The server-wide token may create one for any
+//!   existing domain; a domain token only for its own domain. Naming another domain with a
+//!   domain token is a 404 (as if it did not exist, rather than 403, so the answer is the
+//!   same whether that domain exists or not). `domain` missing, not a string, not a valid
+//!   name, or an unknown domain → 400 naming `domain`; unknown fields → 400 naming them.
+//! - `GET /tokens` → 200 `{"tokens": [{"id", "domain", "created"}]}`: all tokens for the
+//!   server-wide token, its own domain's for a domain token. Never a token or a hash.
+//! - `DELETE /tokens/{id}` → 204; unknown id, or another domain's token under a domain
+//!   token → 404. The revoked token gets 401 from its next request on.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::admin::Admin;
+use super::body::{Fields, JsonBody, Patch};
+use crate::AppState;
+use crate::error::AppError;
+use crate::tokens::{self, token_json};
+
+/// `POST /tokens`.
+pub async fn create(
+    a: Admin,
+    State(st): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, AppError> {
+    let mut f = Fields::new(body, "");
+    let domain = match f.string("domain")? {
+        Patch::Set(d) => d,
+        Patch::Null | Patch::Absent => return Err(AppError::invalid("domain", "is required")),
+    };
+    f.finish()?;
+    let (t, secret) = tokens::create(&st.store, a.domain.as_deref(), &domain)?;
+    st.store.flush().await?;
+    let mut v = token_json(&t);
+    v["token"] = json!(secret);
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+/// `GET /tokens`.
+pub async fn list(a: Admin, State(st): State<AppState>) -> Result<Json<Value>, AppError> {
+    let list: Vec<Value> = tokens::list(&st.store, a.domain.as_deref())?
+        .iter()
+        .map(token_json)
+        .collect();
+    Ok(Json(json!({ "tokens": list })))
+}
+
+/// `DELETE /tokens/{id}`.
+pub async fn revoke(
+    a: Admin,
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    tokens::revoke(&st.store, a.domain.as_deref(), &id)?;
+    st.store.flush().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
