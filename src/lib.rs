@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod http;
 pub mod model;
 pub mod render;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 
@@ -60,6 +61,8 @@ pub struct Inner {
     pub fleet: fleet::Fleet,
     /// Where uploaded phone logs go (`<data>/uploads`).
     pub uploads: PathBuf,
+    /// Connection and request limits.
+    pub limits: config::Limits,
 }
 
 impl std::ops::Deref for AppState {
@@ -295,6 +298,7 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
         admin_token_hash,
         fleet,
         uploads: config.data.join("uploads"),
+        limits: config.limits,
     }));
     Ok((
         state,
@@ -308,7 +312,8 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
     ))
 }
 
-/// Serves `state` on `listener` until `shutdown` completes, then flushes the store.
+/// Serves `state` on `listener` until `shutdown` completes (see [`server::run`] for the
+/// connection handling and limits), then flushes the fetch audit and the store.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -329,12 +334,7 @@ pub async fn serve(
             }
         }
     });
-    let result = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let result = server::run(listener, app, state.limits, shutdown).await;
     flusher.abort();
     if let Err(e) = state.fleet.flush(&state.store) {
         tracing::warn!(error = %render::error_chain(&e), "writing the fetch audit failed");
