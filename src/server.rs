@@ -6,8 +6,8 @@
 //!   the connection without a response (its header-read timer, which also runs while a
 //!   keep-alive connection waits for its next request, so that is the idle timeout too);
 //! - request line + headers over [`MAX_HEADER_BYTES`]: hyper answers
-//!   `431 Request Header Fields Too Large` and closes (a request target over 64 KiB
-//!   would be 414, more than 100 headers 431, both hyper's defaults);
+//!   `431 Request Header Fields Too Large` and closes (more than 100 headers: 431 too,
+//!   hyper's default; its 414 for a target over 64 KiB cannot be reached under this cap);
 //! - more than `max-connections` open: the new connection gets a fixed
 //!   `503 Service Unavailable` with `Retry-After: 1` and is closed, written by a small task
 //!   of its own, never by the accept loop and without reading the request;
