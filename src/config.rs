@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
@@ -39,6 +40,16 @@ pub struct Cli {
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "AUTOPROV_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+    /// Seconds a client has to send a request's line and headers; also the keep-alive idle
+    /// time [default: 10].
+    #[arg(long, env = "AUTOPROV_HEADER_READ_TIMEOUT_SECS", global = true)]
+    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds a request may take, body read included, before a 408 [default: 30].
+    #[arg(long, env = "AUTOPROV_REQUEST_TIMEOUT_SECS", global = true)]
+    pub request_timeout_secs: Option<u64>,
+    /// Open connections at most; past it a new one gets a 503 [default: 4096].
+    #[arg(long, env = "AUTOPROV_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<u64>,
 }
 
 /// Subcommands.
@@ -86,6 +97,12 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// sled page cache in MiB.
     pub store_cache_mb: Option<u64>,
+    /// Header-read timeout in seconds.
+    pub header_read_timeout_secs: Option<u64>,
+    /// Request timeout in seconds.
+    pub request_timeout_secs: Option<u64>,
+    /// Connection cap.
+    pub max_connections: Option<u64>,
     /// Server-wide defaults (settings layer).
     pub defaults: Option<toml::Table>,
     /// Phone-path security: allow-lists, bootstrap credential, rotation, throttling.
@@ -120,6 +137,70 @@ pub struct Config {
     pub defaults: Settings,
     /// Phone-path security.
     pub security: crate::guard::Security,
+    /// Connection and request limits.
+    pub limits: Limits,
+}
+
+/// Connection and request limits (enforced in [`crate::server`] and the router).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Time to receive a request's line and headers (slowloris guard; also the keep-alive
+    /// idle time).
+    pub header_read_timeout: Duration,
+    /// Time for a whole request, body read included (408 past it).
+    pub request_timeout: Duration,
+    /// Open connections at most (503 past it).
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+        }
+    }
+}
+
+impl Limits {
+    /// Flag/env over file over default, each checked against its range.
+    fn resolve(cli: &Cli, fc: &FileConfig) -> Result<Self, ConfigError> {
+        let d = Limits::default();
+        let pick = |key: &str, flag: Option<u64>, file: Option<u64>, default: u64, max: u64| {
+            let v = flag.or(file).unwrap_or(default);
+            if v == 0 || v > max {
+                return Err(ConfigError::Value {
+                    key: key.into(),
+                    message: format!("{v} is not from 1 to {max}"),
+                });
+            }
+            Ok(v)
+        };
+        Ok(Limits {
+            header_read_timeout: Duration::from_secs(pick(
+                "header-read-timeout-secs",
+                cli.header_read_timeout_secs,
+                fc.header_read_timeout_secs,
+                d.header_read_timeout.as_secs(),
+                3600,
+            )?),
+            request_timeout: Duration::from_secs(pick(
+                "request-timeout-secs",
+                cli.request_timeout_secs,
+                fc.request_timeout_secs,
+                d.request_timeout.as_secs(),
+                3600,
+            )?),
+            max_connections: pick(
+                "max-connections",
+                cli.max_connections,
+                fc.max_connections,
+                d.max_connections as u64,
+                1 << 20,
+            )? as usize,
+        })
+    }
 }
 
 /// A configuration error naming the key and its source.
@@ -164,6 +245,7 @@ impl Config {
             store_cache_bytes: 16 << 20,
             defaults: Settings::new(),
             security: crate::guard::Security::default(),
+            limits: Limits::default(),
         }
     }
 
@@ -179,6 +261,7 @@ impl Config {
             }
             None => (PathBuf::from("autoprov.toml"), FileConfig::default()),
         };
+        let limits = Limits::resolve(cli, &fc)?;
         let listen_raw = cli
             .listen
             .clone()
@@ -258,6 +341,7 @@ impl Config {
             store_cache_bytes: mb << 20,
             defaults,
             security,
+            limits,
         })
     }
 
@@ -376,6 +460,26 @@ mod tests {
             cli(&["--data", "/d", "token", "revoke", "tok_x"]).command,
             Some(Command::Token(TokenCommand::Revoke { id })) if id == "tok_x"
         ));
+    }
+
+    #[test]
+    fn limits_flow_file_then_flag() {
+        let c = Config::resolve(&cli(&[]), None).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
+        let file = Some((
+            "a.toml".into(),
+            "header-read-timeout-secs = 5\nrequest-timeout-secs = 20\nmax-connections = 100"
+                .to_string(),
+        ));
+        let c = Config::resolve(&cli(&["--max-connections", "7"]), file).unwrap();
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(20));
+        assert_eq!(c.limits.max_connections, 7);
+        let e = Config::resolve(&cli(&["--header-read-timeout-secs", "0"]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("header-read-timeout-secs"), "{e}");
     }
 
     #[test]

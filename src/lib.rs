@@ -16,6 +16,7 @@ pub mod guard;
 pub mod http;
 pub mod model;
 pub mod render;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;
@@ -76,6 +77,8 @@ pub struct Inner {
     pub prov_ha1: Option<[String; 2]>,
     /// Failed phone authentications per IP and MAC.
     pub throttle: guard::Throttle,
+    /// Connection and request limits.
+    pub limits: config::Limits,
 }
 
 impl std::ops::Deref for AppState {
@@ -370,6 +373,7 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
         digest_in_use: std::sync::atomic::AtomicBool::new(digest_in_use),
         prov_ha1,
         throttle: guard::Throttle::new(&config.security),
+        limits: config.limits,
     }));
     Ok((
         state,
@@ -383,7 +387,8 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
     ))
 }
 
-/// Serves `state` on `listener` until `shutdown` completes, then flushes the store.
+/// Serves `state` on `listener` until `shutdown` completes (see [`server::run`] for the
+/// connection handling and limits), then flushes the fetch audit and the store.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -404,12 +409,7 @@ pub async fn serve(
             }
         }
     });
-    let result = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let result = server::run(listener, app, state.limits, shutdown).await;
     flusher.abort();
     if let Err(e) = state.fleet.flush(&state.store) {
         tracing::warn!(error = %render::error_chain(&e), "writing the fetch audit failed");

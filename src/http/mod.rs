@@ -5,8 +5,6 @@ mod body;
 pub mod phone;
 mod tokens;
 
-use std::time::Duration;
-
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
@@ -20,8 +18,8 @@ use crate::error::AppError;
 /// Largest admin request body.
 pub const ADMIN_BODY_LIMIT: usize = 1 << 20;
 
-/// Builds the whole app. Layer order, outermost first: request log → timeout → the admin
-/// router's body limit (1 MiB).
+/// Builds the whole app. Layer order, outermost first: request log → timeout (408 after
+/// `limits.request_timeout`, body read included) → the admin router's body limit (1 MiB).
 pub fn router(state: AppState) -> Router {
     // The body limit is enforced by the JSON extractor (DefaultBodyLimit), so a too-large
     // body gets the JSON error shape like every other admin error.
@@ -43,7 +41,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { AppError::NotFound("not found".into()).into_phone_response() })
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
+            state.limits.request_timeout,
         ))
         .layer(axum::middleware::from_fn(crate::telemetry::log_requests))
         .with_state(state)

@@ -1,0 +1,181 @@
+//! The accept loop: one hyper HTTP/1.1 connection per accepted socket, with the
+//! connection-level limits axum's own `serve` cannot set.
+//!
+//! What happens at each limit (hyper 1.x behaviour, checked by `tests/limits.rs`):
+//! - request line + headers not complete within `header-read-timeout-secs`: hyper closes
+//!   the connection without a response (its header-read timer, which also runs while a
+//!   keep-alive connection waits for its next request, so that is the idle timeout too);
+//! - request line + headers over [`MAX_HEADER_BYTES`]: hyper answers
+//!   `431 Request Header Fields Too Large` and closes (more than 100 headers: 431 too,
+//!   hyper's default; its 414 for a target over 64 KiB cannot be reached under this cap);
+//! - more than `max-connections` open: the new connection gets a fixed
+//!   `503 Service Unavailable` with `Retry-After: 1` and is closed, written by a small task
+//!   of its own, never by the accept loop and without reading the request;
+//! - the request timeout (408) and body limits (413) are layers in [`crate::http::router`].
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tower::Layer;
+
+use crate::config::Limits;
+
+/// Largest request line + headers accepted (431 past it).
+pub const MAX_HEADER_BYTES: usize = 16 << 10;
+
+/// The answer to a connection past the cap.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+retry-after: 1\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+content-length: 27\r\n\
+connection: close\r\n\
+\r\n\
+too many connections, retry";
+
+/// How long a 503 task may spend writing and then discarding what the client sent (so
+/// the close is a FIN the client reads the 503 before, not a reset).
+const BUSY_LINGER: Duration = Duration::from_secs(1);
+
+/// At most this many bytes discarded by a 503 task.
+const BUSY_DRAIN_BYTES: usize = 64 << 10;
+
+/// At most this many 503 tasks at once; past that a connection is closed unanswered.
+const BUSY_TASKS: usize = 256;
+
+/// Accepts connections on `listener` and serves `app` on each until `shutdown` completes;
+/// then stops accepting and gives open connections up to `limits.request_timeout` to
+/// finish their requests (idle ones close at once).
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .keep_alive(true);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let busy_tasks = Arc::new(Semaphore::new(BUSY_TASKS));
+    let graceful = GracefulShutdown::new();
+    let mut turned_away: u64 = 0;
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if turned_away == 0 {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "connection limit reached; answering new connections with 503"
+                );
+            }
+            turned_away += 1;
+            if let Ok(task) = busy_tasks.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    busy(stream).await;
+                    drop(task);
+                });
+            }
+            continue;
+        };
+        if turned_away > 0 {
+            tracing::info!(turned_away, "below the connection limit again");
+            turned_away = 0;
+        }
+        // Small responses on keep-alive connections: no Nagle delay (as axum::serve).
+        let _ = stream.set_nodelay(true);
+        // What `into_make_service_with_connect_info` did: the peer address as a request
+        // extension, for `ConnectInfo<SocketAddr>` extractors.
+        let svc = TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(app.clone()));
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.request_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_secs = limits.request_timeout.as_secs(),
+            "connections still open after the shutdown grace; closing them"
+        );
+    }
+    Ok(())
+}
+
+/// Writes the 503, then reads and discards (bounded) until the client closes.
+async fn busy(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(BUSY_LINGER, async {
+        stream.write_all(BUSY).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut seen = 0;
+        while seen < BUSY_DRAIN_BYTES {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => seen += n,
+            }
+        }
+        Ok::<_, io::Error>(())
+    })
+    .await;
+}
+
+/// A failed accept: per-connection errors are skipped; others (out of file descriptors)
+/// are logged and the loop pauses a second so it does not spin (as axum::serve and hyper).
+async fn accept_error(e: io::Error) {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed; pausing 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_response_is_well_formed() {
+        let text = std::str::from_utf8(BUSY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        assert!(head.contains("\r\nretry-after: 1\r\n"));
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap();
+        assert_eq!(len.parse::<usize>().unwrap(), body.len());
+    }
+}
