@@ -1,13 +1,16 @@
 //! The admin JSON body: content-type check (415), size limit (413 from the layer),
 //! malformed JSON (400), keys given twice (400 naming them), and field-by-field reading
-//! that names the field on every error and refuses unknown fields.
+//! that names the field on every error and refuses unknown fields. Also the admin `Path`
+//! and `Query` extractors, whose rejections get the JSON error shape naming the parameter.
 
 use std::cell::RefCell;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
-use serde::de::{self, DeserializeSeed, Deserializer, Visitor};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, Visitor};
 use serde_json::{Map, Number, Value};
 
 use crate::error::AppError;
@@ -160,6 +163,64 @@ impl<'de> Visitor<'de> for Strict<'_> {
             out.insert(k, v);
         }
         Ok(Value::Object(out))
+    }
+}
+
+/// `axum::extract::Path` for the admin API: a parameter that is not UTF-8 once
+/// percent-decoded is a 400 naming it, in the JSON error shape.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        use axum::extract::path::ErrorKind;
+        use axum::extract::rejection::PathRejection;
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(PathRejection::FailedToDeserializePathParams(e))
+                if e.status().is_client_error() =>
+            {
+                let err = match e.kind() {
+                    ErrorKind::InvalidUtf8InPathParam { key } => {
+                        AppError::invalid(key.as_str(), "must be UTF-8 once percent-decoded")
+                    }
+                    ErrorKind::ParseErrorAtKey { key, .. }
+                    | ErrorKind::DeserializeError { key, .. } => {
+                        AppError::invalid(key.as_str(), e.body_text())
+                    }
+                    _ => AppError::invalid("path", e.body_text()),
+                };
+                Err(err.into_response())
+            }
+            // Route/extractor mismatches are server bugs: axum's own 500.
+            Err(e) => Err(e.into_response()),
+        }
+    }
+}
+
+/// `axum::extract::Query` for the admin API: a query string that does not deserialize
+/// (a parameter given twice, a number that is not one) is a 400 naming `query`.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(e) => Err(AppError::invalid("query", e.body_text())),
+        }
     }
 }
 
