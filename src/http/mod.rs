@@ -10,6 +10,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::timeout::TimeoutLayer;
 
@@ -19,8 +20,26 @@ use crate::error::AppError;
 /// Largest admin request body.
 pub const ADMIN_BODY_LIMIT: usize = 1 << 20;
 
-/// Builds the whole app. Layer order, outermost first: request log → timeout → the admin
-/// router's body limit (1 MiB).
+/// Longest request target (path and query) answered: no file name or API path comes near
+/// it. 8 KiB, like nginx's and Apache's default request-line limits.
+pub const URI_LIMIT: usize = 8 << 10;
+
+/// 414 for a request target over [`URI_LIMIT`], in the admin or the phone error shape.
+async fn limit_uri(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if len <= URI_LIMIT {
+        return next.run(req).await;
+    }
+    let e = AppError::UriTooLong(URI_LIMIT);
+    if req.uri().path().starts_with("/api/") {
+        e.into_response()
+    } else {
+        e.into_phone_response()
+    }
+}
+
+/// Builds the whole app. Layer order, outermost first: request log → timeout → request
+/// target limit (8 KiB, 414) → the admin router's body limit (1 MiB).
 pub fn router(state: AppState) -> Router {
     // The body limit is enforced by the JSON extractor (DefaultBodyLimit), so a too-large
     // body gets the JSON error shape like every other admin error.
@@ -40,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", admin)
         .merge(phone)
         .fallback(|| async { AppError::NotFound("not found".into()).into_phone_response() })
+        .layer(axum::middleware::from_fn(limit_uri))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(30),
