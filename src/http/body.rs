@@ -265,7 +265,8 @@ impl Fields {
 
     /// Removes and returns a raw value.
     pub fn take(&mut self, key: &str) -> Patch<Value> {
-        match self.map.remove(key) {
+        // shift_remove keeps the body order, so `finish` names unknown fields in that order.
+        match self.map.shift_remove(key) {
             None => Patch::Absent,
             Some(Value::Null) => Patch::Null,
             Some(v) => Patch::Set(v),
@@ -355,12 +356,20 @@ impl Fields {
         }
     }
 
-    /// Fails on the first field nobody read.
+    /// Fails on the fields nobody read: the first is the error's field, the message names
+    /// the others.
     pub fn finish(self) -> Result<(), AppError> {
-        match self.map.keys().next() {
-            Some(k) => Err(AppError::invalid(self.path(k), "unknown field")),
-            None => Ok(()),
-        }
+        let mut unknown = self.map.keys();
+        let Some(first) = unknown.next() else {
+            return Ok(());
+        };
+        let others: Vec<String> = unknown.map(|k| self.path(k)).collect();
+        let message = if others.is_empty() {
+            "unknown field".to_string()
+        } else {
+            format!("unknown field; also unknown: {}", others.join(", "))
+        };
+        Err(AppError::invalid(self.path(first), message))
     }
 }
 
@@ -454,6 +463,22 @@ mod tests {
             parse_strict(deep.as_bytes()),
             Err(AppError::MalformedJson(_))
         ));
+    }
+
+    #[test]
+    fn every_unknown_field_is_named() {
+        let Value::Object(m) = serde_json::json!({"port": 1, "zz": 1, "aa": 2}) else {
+            unreachable!()
+        };
+        let mut f = Fields::new(m, "members[0].");
+        assert!(matches!(f.int("port", 1, 9), Ok(Patch::Set(1))));
+        match f.finish() {
+            Err(AppError::Invalid { field, message }) => {
+                assert_eq!(field, "members[0].zz");
+                assert_eq!(message, "unknown field; also unknown: members[0].aa");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
