@@ -213,10 +213,7 @@ mod tests {
             StatusCode::UNSUPPORTED_MEDIA_TYPE
         );
         assert_eq!(AppError::conflict("a", "b").parts().0, StatusCode::CONFLICT);
-        assert_eq!(
-            AppError::UriTooLong(1).parts().0,
-            StatusCode::URI_TOO_LONG
-        );
+        assert_eq!(AppError::UriTooLong(1).parts().0, StatusCode::URI_TOO_LONG);
         let r = AppError::PhoneUnauthorized.into_phone_response();
         assert_eq!(
             r.headers()[header::WWW_AUTHENTICATE],
