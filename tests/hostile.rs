@@ -261,8 +261,8 @@ fn cases(s: &TestServer) -> Vec<Case> {
             json!({ "members": [m] }),
         )
     };
-    let account = format!("/domains/example.com/users/1004/devices/1004a");
-    let acc = |body: Value| api_json("PUT", &account, body);
+    let account = "/domains/example.com/users/1004/devices/1004a";
+    let acc = |body: Value| api_json("PUT", account, body);
     let phone_put = |body: Value| api_json("PUT", &format!("/phones/{MAC}"), body);
     let domain = |body: Value| api_json("PUT", "/domains/example.com", body);
 
@@ -463,6 +463,42 @@ fn cases(s: &TestServer) -> Vec<Case> {
             )
             .into_bytes(),
             &[400],
+            false,
+            None,
+        ),
+        c(
+            "http: malformed chunked body",
+            format!(
+                "PUT /api/v1/domains/example.com HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n",
+                String::from_utf8_lossy(&bearer)
+            )
+            .into_bytes(),
+            &[400],
+            true,
+            None,
+        ),
+        c(
+            "http: 2 MiB chunked body",
+            {
+                let mut r = format!(
+                    "PUT /api/v1/domains/example.com HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    String::from_utf8_lossy(&bearer)
+                )
+                .into_bytes();
+                for _ in 0..32 {
+                    r.extend_from_slice(format!("{:x}\r\n{}\r\n", 64 << 10, " ".repeat(64 << 10)).as_bytes());
+                }
+                r.extend_from_slice(b"0\r\n\r\n");
+                r
+            },
+            &[413],
+            true,
+            None,
+        ),
+        c(
+            "upload: 2 MiB log",
+            req("PUT", format!("/{MAC}-app.log").as_bytes(), &[&basic], &vec![b'x'; 2 << 20]),
+            &[413],
             false,
             None,
         ),
@@ -674,6 +710,20 @@ c(
         c("type: object where override value", phone_put(json!({"device-provisioning-overrides": {"custom.key": {"a": 1}}})), &[400], true, Some("device-provisioning-overrides.custom.key")),
         c("type: number where overrides", acc(json!({"device-provisioning-overrides": 5})), &[400], true, Some("device-provisioning-overrides")),
         c("type: object where enum", acc(json!({"device-srtp-enabled": {}})), &[400], true, Some("device-srtp-enabled")),
+        c(
+            "type: number where device name",
+            api_json("POST", "/domains/example.com/users/1004/devices", json!({"device": 5})),
+            &[400],
+            true,
+            Some("device"),
+        ),
+        c(
+            "type: device name missing",
+            api_json("POST", "/domains/example.com/users/1004/devices", json!({})),
+            &[400],
+            true,
+            Some("device"),
+        ),
         // ------------------------------------------------ unknown fields
         c("unknown: top-level field", domain(json!({"bogus": 1})), &[400], true, Some("bogus")),
         c("unknown: on a phone", phone_put(json!({"colour": "red"})), &[400], true, Some("colour")),
