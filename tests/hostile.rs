@@ -183,9 +183,9 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The seeded store: a domain with provisioning credentials of its own is left out (the
-/// phone path then uses the server default), two accounts on a Yealink with labels and
-/// an override, a Polycom, a Grandstream and a Cisco.
+/// The seeded store: a domain (no provisioning credentials of its own, so the phone path
+/// checks the server default), two accounts on a Yealink with labels and an override, and
+/// a Polycom, a Grandstream and a Cisco in the domain.
 async fn seed(s: &TestServer) {
     s.seed_domain("example.com").await;
     s.seed_account("example.com", "1004", "1004a", MAC, "yealink-t46s")
@@ -816,6 +816,15 @@ c(
         c(
             "CR/LF: account override value",
             acc(json!({"device-provisioning-overrides": {"custom.key": crlf}})),
+            &[400],
+            true,
+            Some("device-provisioning-overrides.custom.key"),
+        ),
+        // The string form is `key = value` lines (CR/LF line ends allowed); a CR inside
+        // a line is a control character in the value.
+        c(
+            "CR: inside a line of the overrides string form",
+            acc(json!({"device-provisioning-overrides": "custom.key = a\rb\r\nother.key = 1"})),
             &[400],
             true,
             Some("device-provisioning-overrides.custom.key"),
