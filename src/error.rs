@@ -26,6 +26,9 @@ pub enum AppError {
     /// The body is larger than the limit (413).
     #[error("request body too large (at most {0} bytes)")]
     PayloadTooLarge(usize),
+    /// The request target is longer than any path the server answers (414).
+    #[error("request target too long (at most {0} bytes)")]
+    UriTooLong(usize),
     /// Not `application/json` (415).
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
@@ -100,6 +103,7 @@ impl AppError {
             AppError::PayloadTooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None)
             }
+            AppError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "uri_too_long", None),
             AppError::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -151,6 +155,7 @@ impl AppError {
             StatusCode::NOT_FOUND => "not found\n",
             StatusCode::METHOD_NOT_ALLOWED => "method not allowed\n",
             StatusCode::TOO_MANY_REQUESTS => "too many failed authentications\n",
+            StatusCode::URI_TOO_LONG => "request target too long\n",
             _ if status.is_server_error() => "internal error\n",
             _ => "bad request\n",
         };
@@ -225,6 +230,7 @@ mod tests {
         let r = AppError::TooManyRequests { retry_after: 7 }.into_phone_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "7");
+        assert_eq!(AppError::UriTooLong(1).parts().0, StatusCode::URI_TOO_LONG);
         let r = AppError::PhoneUnauthorized.into_phone_response();
         assert_eq!(
             r.headers()[header::WWW_AUTHENTICATE],

@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,7 +12,7 @@ use axum::routing::{delete, get};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::body::{Fields, JsonBody, Patch, merge_patch};
+use super::body::{Fields, JsonBody, Patch, Path, Query, merge_patch};
 use crate::AppState;
 use crate::auth;
 use crate::error::AppError;
@@ -1007,9 +1007,8 @@ struct PhoneQuery {
 async fn list_phones(
     a: Admin,
     State(st): State<AppState>,
-    q: Result<Query<PhoneQuery>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<PhoneQuery>,
 ) -> Result<Json<Value>, AppError> {
-    let Query(q) = q.map_err(|e| AppError::invalid("query", e.body_text()))?;
     let after = q
         .cursor
         .as_deref()

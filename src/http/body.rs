@@ -1,11 +1,17 @@
 //! The admin JSON body: content-type check (415), size limit (413 from the layer),
-//! malformed JSON (400), and field-by-field reading that names the field on every error
-//! and refuses unknown fields.
+//! malformed JSON (400), keys given twice (400 naming them), and field-by-field reading
+//! that names the field on every error and refuses unknown fields. Also the admin `Path`
+//! and `Query` extractors, whose rejections get the JSON error shape naming the parameter.
+
+use std::cell::RefCell;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
-use serde_json::{Map, Value};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, Visitor};
+use serde_json::{Map, Number, Value};
 
 use crate::error::AppError;
 use crate::model::settings;
@@ -22,11 +28,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(|v| v.trim().to_ascii_lowercase())
-            .is_some_and(|v| {
-                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
-            });
+            .is_some_and(is_json_type);
         if !is_json {
             return Err(AppError::UnsupportedMediaType);
         }
@@ -37,13 +39,187 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 AppError::MalformedJson(e.body_text())
             }
         })?;
-        let value: Value =
-            serde_json::from_slice(&bytes).map_err(|e| AppError::MalformedJson(e.to_string()))?;
-        match value {
+        match parse_strict(&bytes)? {
             Value::Object(m) => Ok(JsonBody(m)),
             _ => Err(AppError::MalformedJson(
                 "the body must be a JSON object".into(),
             )),
+        }
+    }
+}
+
+/// `application/json` or `application/*+json`, in UTF-8: a `charset` parameter other than
+/// UTF-8 is refused rather than read as UTF-8.
+fn is_json_type(v: &str) -> bool {
+    let mut parts = v.split(';');
+    let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    json && parts.all(|p| match p.split_once('=') {
+        Some((k, v)) if k.trim().eq_ignore_ascii_case("charset") => {
+            let v = v.trim().trim_matches('"');
+            v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8")
+        }
+        _ => true,
+    })
+}
+
+/// Parses a JSON document like `serde_json::from_slice`, but refuses an object that names
+/// a key twice (serde_json would keep the last value silently): 400 naming the key's path.
+fn parse_strict(bytes: &[u8]) -> Result<Value, AppError> {
+    let dup = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = Strict {
+        path: String::new(),
+        dup: &dup,
+    }
+    .deserialize(&mut de)
+    .and_then(|v| de.end().map(|()| v));
+    parsed.map_err(|e| match dup.into_inner() {
+        Some(field) => AppError::invalid(field, "is given more than once"),
+        None => AppError::MalformedJson(e.to_string()),
+    })
+}
+
+/// Builds a `Value` at `path`, recording the path of the first key given twice in `dup`.
+struct Strict<'a> {
+    path: String,
+    dup: &'a RefCell<Option<String>>,
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        loop {
+            let seed = Strict {
+                path: format!("{}[{}]", self.path, out.len()),
+                dup: self.dup,
+            };
+            match seq.next_element_seed(seed)? {
+                Some(v) => out.push(v),
+                None => return Ok(Value::Array(out)),
+            }
+        }
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                k.clone()
+            } else {
+                format!("{}.{k}", self.path)
+            };
+            if out.contains_key(&k) {
+                *self.dup.borrow_mut() = Some(path);
+                return Err(de::Error::custom("a key is given more than once"));
+            }
+            let v = map.next_value_seed(Strict {
+                path,
+                dup: self.dup,
+            })?;
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// `axum::extract::Path` for the admin API: a parameter that is not UTF-8 once
+/// percent-decoded is a 400 naming it, in the JSON error shape.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        use axum::extract::path::ErrorKind;
+        use axum::extract::rejection::PathRejection;
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(PathRejection::FailedToDeserializePathParams(e))
+                if e.status().is_client_error() =>
+            {
+                let err = match e.kind() {
+                    ErrorKind::InvalidUtf8InPathParam { key } => {
+                        AppError::invalid(key.as_str(), "must be UTF-8 once percent-decoded")
+                    }
+                    ErrorKind::ParseErrorAtKey { key, .. }
+                    | ErrorKind::DeserializeError { key, .. } => {
+                        AppError::invalid(key.as_str(), e.body_text())
+                    }
+                    _ => AppError::invalid("path", e.body_text()),
+                };
+                Err(err.into_response())
+            }
+            // Route/extractor mismatches are server bugs: axum's own 500.
+            Err(e) => Err(e.into_response()),
+        }
+    }
+}
+
+/// `axum::extract::Query` for the admin API: a query string that does not deserialize
+/// (a parameter given twice, a number that is not one) is a 400 naming `query`.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(e) => Err(AppError::invalid("query", e.body_text())),
         }
     }
 }
@@ -89,7 +265,8 @@ impl Fields {
 
     /// Removes and returns a raw value.
     pub fn take(&mut self, key: &str) -> Patch<Value> {
-        match self.map.remove(key) {
+        // shift_remove keeps the body order, so `finish` names unknown fields in that order.
+        match self.map.shift_remove(key) {
             None => Patch::Absent,
             Some(Value::Null) => Patch::Null,
             Some(v) => Patch::Set(v),
@@ -179,12 +356,20 @@ impl Fields {
         }
     }
 
-    /// Fails on the first field nobody read.
+    /// Fails on the fields nobody read: the first is the error's field, the message names
+    /// the others.
     pub fn finish(self) -> Result<(), AppError> {
-        match self.map.keys().next() {
-            Some(k) => Err(AppError::invalid(self.path(k), "unknown field")),
-            None => Ok(()),
-        }
+        let mut unknown = self.map.keys();
+        let Some(first) = unknown.next() else {
+            return Ok(());
+        };
+        let others: Vec<String> = unknown.map(|k| self.path(k)).collect();
+        let message = if others.is_empty() {
+            "unknown field".to_string()
+        } else {
+            format!("unknown field; also unknown: {}", others.join(", "))
+        };
+        Err(AppError::invalid(self.path(first), message))
     }
 }
 
@@ -227,5 +412,94 @@ pub fn merge_patch(
             field,
             "must be an object of key → string value",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dup_field(body: &str) -> Option<String> {
+        match parse_strict(body.as_bytes()) {
+            Err(AppError::Invalid { field, .. }) => Some(field),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn keys_given_twice_are_named() {
+        assert_eq!(dup_field(r#"{"a":1,"a":2}"#).as_deref(), Some("a"));
+        assert_eq!(
+            dup_field(r#"{"m":[{"x":1},{"p":1,"p":1}]}"#).as_deref(),
+            Some("m[1].p")
+        );
+        assert_eq!(
+            dup_field(r#"{"o":{"k":{"a":1,"a":1}}}"#).as_deref(),
+            Some("o.k.a")
+        );
+        let v = parse_strict(br#"{"a":[1,-2,3.5,"s",true,null],"b":{"a":1}}"#).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"a":[1,-2,3.5,"s",true,null],"b":{"a":1}})
+        );
+    }
+
+    #[test]
+    fn malformed_and_deep_documents_are_malformed_json() {
+        for bad in [
+            &b"{"[..],
+            b"{} {}",
+            b"",
+            b"{\"a\":\"\xff\"}",
+            b"{\"a\":1e400}",
+        ] {
+            assert!(
+                matches!(parse_strict(bad), Err(AppError::MalformedJson(_))),
+                "{bad:?}"
+            );
+        }
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(matches!(
+            parse_strict(deep.as_bytes()),
+            Err(AppError::MalformedJson(_))
+        ));
+    }
+
+    #[test]
+    fn every_unknown_field_is_named() {
+        let Value::Object(m) = serde_json::json!({"port": 1, "zz": 1, "aa": 2}) else {
+            unreachable!()
+        };
+        let mut f = Fields::new(m, "members[0].");
+        assert!(matches!(f.int("port", 1, 9), Ok(Patch::Set(1))));
+        match f.finish() {
+            Err(AppError::Invalid { field, message }) => {
+                assert_eq!(field, "members[0].zz");
+                assert_eq!(message, "unknown field; also unknown: members[0].aa");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_content_types() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+            "application/merge-patch+json",
+        ] {
+            assert!(is_json_type(ok), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "application/jsonx",
+            "application/json; charset=utf-16",
+            "application/json; charset=latin1",
+            "",
+        ] {
+            assert!(!is_json_type(bad), "{bad}");
+        }
     }
 }

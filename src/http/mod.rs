@@ -8,7 +8,8 @@ mod tokens;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::timeout::TimeoutLayer;
 
@@ -18,8 +19,38 @@ use crate::error::AppError;
 /// Largest admin request body.
 pub const ADMIN_BODY_LIMIT: usize = 1 << 20;
 
+/// Longest request target (path and query) answered: no file name or API path comes near
+/// it. 8 KiB, like nginx's and Apache's default request-line limits.
+pub const URI_LIMIT: usize = 8 << 10;
+
+/// Screens every request before routing: a request target over [`URI_LIMIT`] is a 414; a
+/// second `Authorization` header is a 400 (which one counts would be a guess, and a proxy
+/// may have checked the other). Answers in the admin or the phone error shape.
+async fn screen(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let e = if len > URI_LIMIT {
+        AppError::UriTooLong(URI_LIMIT)
+    } else if req
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        AppError::invalid("Authorization", "is given more than once")
+    } else {
+        return next.run(req).await;
+    };
+    if req.uri().path().starts_with("/api/") {
+        e.into_response()
+    } else {
+        e.into_phone_response()
+    }
+}
+
 /// Builds the whole app. Layer order, outermost first: request log → timeout (408 after
-/// `limits.request_timeout`, body read included) → the admin router's body limit (1 MiB).
+/// `limits.request_timeout`, body read included) → screening (request target ≤ 8 KiB, one
+/// `Authorization`) → the admin router's body limit (1 MiB).
 pub fn router(state: AppState) -> Router {
     // The body limit is enforced by the JSON extractor (DefaultBodyLimit), so a too-large
     // body gets the JSON error shape like every other admin error.
@@ -39,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", admin)
         .merge(phone)
         .fallback(|| async { AppError::NotFound("not found".into()).into_phone_response() })
+        .layer(axum::middleware::from_fn(screen))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             state.limits.request_timeout,

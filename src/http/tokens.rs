@@ -13,13 +13,13 @@
 //!   token → 404. The revoked token gets 401 from its next request on.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::admin::Admin;
-use super::body::{Fields, JsonBody, Patch};
+use super::body::{Fields, JsonBody, Patch, Path};
 use crate::AppState;
 use crate::error::AppError;
 use crate::tokens::{self, token_json};
