@@ -119,7 +119,11 @@ fn count_failure(
     ip: Option<IpAddr>,
     mac: Option<Mac>,
 ) {
-    if matches!(e, AppError::PhoneUnauthorized) && auth.raw.is_some() {
+    // A right Digest answer to a stale nonce (or a replayed count) is not a guess.
+    if matches!(e, AppError::PhoneUnauthorized)
+        && auth.raw.is_some()
+        && !auth.stale.load(Ordering::Relaxed)
+    {
         st.throttle.failed(ip.unwrap_or(UNSPECIFIED), mac);
     }
 }
