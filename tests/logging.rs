@@ -65,6 +65,51 @@ async fn logs_carry_no_secrets() {
         )
         .await;
     assert_eq!(st, 400);
+
+    // Domain tokens: the token is shown once, in the response body only.
+    let (st, t) = s
+        .post("/tokens", json!({"domain": "example.com"}))
+        .await;
+    assert_eq!(st, 201, "{t}");
+    let domain_token = t["token"].as_str().unwrap().to_string();
+    let r = s
+        .client
+        .get(format!("{}/api/v1/domains/example.com", s.url))
+        .bearer_auth(&domain_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A bootstrap exchange: neither the bootstrap password nor the generated one is logged.
+    let (st, _) = s
+        .put(
+            "/domains/example.com",
+            json!({"device-provisioning-bootstrap-username": "boot",
+                   "device-provisioning-bootstrap-password": "BOOT-SECRET-321",
+                   "device-provisioning-auth-scheme": "basic"}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    s.put(
+        "/domains/example.com/users/1005/devices/1005a",
+        json!({"device-sip-registration-password": "SIP-SECRET-654", "device-models-model": "yealink-t46s",
+               "device-provisioning-mac-address": "001565aabbcd"}),
+    )
+    .await;
+    let r = s
+        .fetch_as("001565aabbcd.cfg", Some(("boot", "BOOT-SECRET-321")), None)
+        .await;
+    assert_eq!(r.status(), 200);
+    let issued = r
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("static.auto_provision.server.password = "))
+        .unwrap()
+        .to_string();
+
     let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     assert!(
         logs.contains("status=200"),
@@ -76,6 +121,10 @@ async fn logs_carry_no_secrets() {
         "WRONG-SECRET-789",
         s.token.as_str(),
         s.prov.1.as_str(),
+        domain_token.as_str(),
+        "BOOT-SECRET-321",
+        "SIP-SECRET-654",
+        issued.as_str(),
         "account.1.password",
         "Authorization",
         "authorization",
