@@ -243,3 +243,51 @@ async fn server_default_credentials_through_digest() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn digest_chosen_per_model() {
+    // A copy of the shipped models where the T46S asks for Digest (as a Gigaset model would).
+    let models = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(common::repo("models")).unwrap() {
+        let p = e.unwrap().path();
+        let mut text = std::fs::read_to_string(&p).unwrap();
+        if p.file_name().unwrap() == "yealink-t46s.toml" {
+            text = text.replace("ports = 16", "ports = 16\nauth_scheme = \"digest\"");
+        }
+        std::fs::write(models.path().join(p.file_name().unwrap()), text).unwrap();
+    }
+    let dir = models.path().to_path_buf();
+    let s = TestServer::start_with(move |c| c.models = dir).await;
+    s.seed_domain("example.com").await;
+    s.seed_account("example.com", "1004", "1004a", MAC, "yealink-t46s")
+        .await;
+    s.seed_account(
+        "example.com",
+        "1005",
+        "1005a",
+        "001565aabbcd",
+        "yealink-t48s",
+    )
+    .await;
+    let file = format!("{MAC}.cfg");
+    // Digest is offered from the start, and Basic no longer opens the T46S; the T48S of the
+    // same domain keeps Basic.
+    let r = get(&s, &file, None).await;
+    assert!(
+        challenges(&r)[0].starts_with("Digest "),
+        "{:?}",
+        challenges(&r)
+    );
+    assert_eq!(s.fetch(&file).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(s.fetch("001565aabbcd.cfg").await.status(), StatusCode::OK);
+    let nonce = fresh_nonce(&s, &file).await;
+    let a = answer(
+        "SHA-256",
+        &s.prov.0,
+        &s.prov.1,
+        &nonce,
+        &format!("/{file}"),
+        1,
+    );
+    assert_eq!(get(&s, &file, Some(&a)).await.status(), StatusCode::OK);
+}

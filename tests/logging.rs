@@ -67,9 +67,7 @@ async fn logs_carry_no_secrets() {
     assert_eq!(st, 400);
 
     // Domain tokens: the token is shown once, in the response body only.
-    let (st, t) = s
-        .post("/tokens", json!({"domain": "example.com"}))
-        .await;
+    let (st, t) = s.post("/tokens", json!({"domain": "example.com"})).await;
     assert_eq!(st, 201, "{t}");
     let domain_token = t["token"].as_str().unwrap().to_string();
     let r = s

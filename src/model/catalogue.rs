@@ -426,6 +426,14 @@ format = "key-value"
         let e = Catalogue::parse_model(Path::new("m.toml"), "yealink-t46s", &bad, &|_| true)
             .unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
+        let digest = T46S.replace("ports = 16", "ports = 16\nauth_scheme = \"digest\"");
+        let m = Catalogue::parse_model(Path::new("m.toml"), "yealink-t46s", &digest, &|_| true)
+            .unwrap();
+        assert_eq!(m.auth_scheme, AuthScheme::Digest);
+        let bad = T46S.replace("ports = 16", "ports = 16\nauth_scheme = \"ntlm\"");
+        let e = Catalogue::parse_model(Path::new("m.toml"), "yealink-t46s", &bad, &|_| true)
+            .unwrap_err();
+        assert!(e.to_string().contains("ntlm"), "{e}");
         let bad = T46S.replace("\"pool.ntp.org\"", "\"a\\nb\"");
         let e = Catalogue::parse_model(Path::new("m.toml"), "yealink-t46s", &bad, &|_| true)
             .unwrap_err();
