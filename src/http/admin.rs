@@ -182,7 +182,7 @@ async fn put_domain(
     JsonBody(body): JsonBody,
 ) -> Result<Response, AppError> {
     let name = resolve_domain(&a, &domain)?;
-    let (change, d, created) = {
+    let (_, d, created) = {
         let _w = st.store.writer();
         let existing = st.store.domain(&name)?;
         let created = existing.is_none();
@@ -213,9 +213,9 @@ async fn put_domain(
         }
         (change, d, created)
     };
-    if !change.is_empty() {
-        st.store.flush().await?;
-    }
+    // Even when nothing changed: the state this 2xx reports may be another request's
+    // commit that is not on disk yet (flush returns at once when it is).
+    st.store.flush().await?;
     Ok(created_or_ok(created, domain_json(&d)))
 }
 
@@ -712,16 +712,16 @@ async fn write_account(
         },
     };
     check_name("device", &device, 64)?;
-    let (change, acc, created) = {
+    let (_, acc, created) = {
         let _w = st.store.writer();
         let (change, acc, created) =
             account_change(&st, &domain, &user, &device, body, create_only)?;
         st.store.commit(&change)?;
         (change, acc, created)
     };
-    if !change.is_empty() {
-        st.store.flush().await?;
-    }
+    // Even when nothing changed: the state this 2xx reports may be another request's
+    // commit that is not on disk yet (flush returns at once when it is).
+    st.store.flush().await?;
     Ok(created_or_ok(created, account_json(&st, &acc)?))
 }
 
@@ -897,7 +897,7 @@ async fn put_phone(
     JsonBody(body): JsonBody,
 ) -> Result<Response, AppError> {
     let mac = parse_mac("mac", &mac)?;
-    let (change, phone, created) = {
+    let (_, phone, created) = {
         let _w = st.store.writer();
         let existing = st.store.phone(mac)?;
         let created = existing.is_none();
@@ -1008,9 +1008,9 @@ async fn put_phone(
         }
         (change, phone, created)
     };
-    if !change.is_empty() {
-        st.store.flush().await?;
-    }
+    // Even when nothing changed: the state this 2xx reports may be another request's
+    // commit that is not on disk yet (flush returns at once when it is).
+    st.store.flush().await?;
     let phone = st.store.phone(mac)?.unwrap_or(phone);
     Ok(created_or_ok(created, phone_json(&phone)))
 }
@@ -1211,7 +1211,7 @@ async fn put_members(
     Query(q): Query<OrgQuery>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, AppError> {
-    let (change, members) = {
+    let (_, members) = {
         let _w = st.store.writer();
         let mut phone = phone_for_org(&st, &mac, &q.org_id)?;
         let mut f = Fields::new(body, "");
@@ -1248,9 +1248,9 @@ async fn put_members(
         }
         (change, members)
     };
-    if !change.is_empty() {
-        st.store.flush().await?;
-    }
+    // Even when nothing changed: the state this 2xx reports may be another request's
+    // commit that is not on disk yet (flush returns at once when it is).
+    st.store.flush().await?;
     Ok(Json(json!({ "members": members })))
 }
 
