@@ -223,10 +223,14 @@ fn parse_entry(tree: &str, e: &Value) -> Result<(Vec<u8>, Vec<u8>), (String, Str
 
 /// Parses and validates an export completely; nothing is written.
 pub fn parse(bytes: &[u8]) -> Result<Dump, ImportError> {
-    let doc: Value = serde_json::from_slice(bytes).map_err(|e| ImportError::Json {
-        line: e.line(),
-        column: e.column(),
-        message: e.to_string(),
+    let doc: Value = serde_json::from_slice(bytes).map_err(|e| {
+        let full = e.to_string();
+        let at = format!(" at line {} column {}", e.line(), e.column());
+        ImportError::Json {
+            line: e.line(),
+            column: e.column(),
+            message: full.strip_suffix(&at).unwrap_or(&full).to_string(),
+        }
     })?;
     let header = |field: &str, message: String| ImportError::Header {
         field: field.into(),
