@@ -18,7 +18,8 @@
 //! ```
 //!
 //! Trees are found with `tree_names()` (so trees added later are exported without a change
-//! here), sorted by name; entries come in sled's key order. A key is `"key"` (text) when it
+//! here; this code only ever names trees in UTF-8, and a tree with another name would be
+//! left out), sorted by name; entries come in sled's key order. A key is `"key"` (text) when it
 //! is UTF-8 without control characters, else `"key-hex"`. A value is the first of:
 //! `"record"` (a store record: the schema byte then JSON, embedded as JSON), `"json"`
 //! (plain JSON), `"text"` (UTF-8 without control characters), `"hex"`. `record` and `json`

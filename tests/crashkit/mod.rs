@@ -445,15 +445,15 @@ pub async fn cycle(
     let srv = start(setup)
         .await
         .map_err(|e| format!("cycle {n}: restart after SIGKILL: {e}"))?;
-    let (checked, lost) = {
-        let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
-        let snapshot = Ledger {
-            expect: l.expect.clone(),
-            ..Default::default()
-        };
-        drop(l);
-        verify(&srv, &snapshot).await
+    let snapshot = Ledger {
+        expect: ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .expect
+            .clone(),
+        ..Default::default()
     };
+    let (checked, lost) = verify(&srv, &snapshot).await;
     srv.kill().await;
     Ok((
         Cycle {
