@@ -57,6 +57,20 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default).
     Serve,
+    /// Write all data in the store (not the render cache) as one JSON document.
+    Export {
+        /// Write to this file (created 0600, replaced atomically) instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Load an export into the store of the data folder (server stopped).
+    Import {
+        /// Replace everything the store holds (else a store with data is refused).
+        #[arg(long)]
+        replace: bool,
+        /// The export file; `-` reads stdin.
+        file: PathBuf,
+    },
     /// Domain-scoped admin tokens, on the data folder of a stopped server (a running one
     /// holds the store: use its `/api/v1/tokens` routes instead).
     #[command(subcommand)]

@@ -250,7 +250,15 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
         path: config.data.clone(),
         source,
     })?;
-    let store = Store::open(&config.data.join("store"), config.store_cache_bytes)?;
+    let store_path = config.data.join("store");
+    let store = Store::open(&store_path, config.store_cache_bytes)?;
+    // sled starts empty on a log it cannot read; a token file says there was data.
+    if store.meta("admin_token_sha256")?.is_none() && config.data.join("admin-token").exists() {
+        return Err(store::StoreError::Emptied {
+            path: store_path.display().to_string(),
+        }
+        .into());
+    }
     store.set_credential_grace(config.security.credential_grace.as_secs());
 
     let mut h = Sha256::new();

@@ -285,7 +285,7 @@ async fn put_domain(
     JsonBody(body): JsonBody,
 ) -> Result<Response, AppError> {
     let name = resolve_domain(&a, &domain)?;
-    let (change, d, created) = {
+    let (_, d, created) = {
         let _w = st.store.writer();
         let existing = st.store.domain(&name)?;
         let created = existing.is_none();
@@ -351,9 +351,9 @@ async fn put_domain(
         }
         (change, d, created)
     };
-    if !change.is_empty() {
-        st.store.flush().await?;
-    }
+    // Even when nothing changed: the state this 2xx reports may be another request's
+    // commit that is not on disk yet (flush returns at once when it is).
+    st.store.flush().await?;
     Ok(created_or_ok(created, domain_json(&d)))
 }
 
@@ -858,16 +858,16 @@ async fn write_account(
         },
     };
     check_name("device", &device, 64)?;
-    let (change, acc, created) = {
+    let (_, acc, created) = {
         let _w = st.store.writer();
         let (change, acc, created) =
             account_change(&st, &a, &domain, &user, &device, body, create_only)?;
         st.store.commit(&change)?;
         (change, acc, created)
     };
-    if !change.is_empty() {
-        st.store.flush().await?;
-    }
+    // Even when nothing changed: the state this 2xx reports may be another request's
+    // commit that is not on disk yet (flush returns at once when it is).
+    st.store.flush().await?;
     Ok(created_or_ok(created, account_json(&st, &acc)?))
 }
 
@@ -1046,7 +1046,7 @@ async fn put_phone(
     JsonBody(body): JsonBody,
 ) -> Result<Response, AppError> {
     let mac = parse_mac("mac", &mac)?;
-    let (change, phone, created) = {
+    let (_, phone, created) = {
         let _w = st.store.writer();
         let existing = st.store.phone(mac)?;
         if existing.as_ref().is_some_and(|p| !a.sees_phone(p)) {
@@ -1169,9 +1169,9 @@ async fn put_phone(
         }
         (change, phone, created)
     };
-    if !change.is_empty() {
-        st.store.flush().await?;
-    }
+    // Even when nothing changed: the state this 2xx reports may be another request's
+    // commit that is not on disk yet (flush returns at once when it is).
+    st.store.flush().await?;
     let phone = st.store.phone(mac)?.unwrap_or(phone);
     Ok(created_or_ok(created, phone_json(&phone)))
 }
@@ -1375,7 +1375,7 @@ async fn put_members(
     Query(q): Query<OrgQuery>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, AppError> {
-    let (change, members) = {
+    let (_, members) = {
         let _w = st.store.writer();
         let mut phone = phone_for_org(&st, &a, &mac, &q.org_id)?;
         let mut f = Fields::new(body, "");
@@ -1412,9 +1412,9 @@ async fn put_members(
         }
         (change, members)
     };
-    if !change.is_empty() {
-        st.store.flush().await?;
-    }
+    // Even when nothing changed: the state this 2xx reports may be another request's
+    // commit that is not on disk yet (flush returns at once when it is).
+    st.store.flush().await?;
     Ok(Json(json!({ "members": members })))
 }
 

@@ -2,6 +2,7 @@
 //! one multi-tree transaction every admin write goes through, which also gives each
 //! affected phone a new revision. sled types never leave this module.
 
+mod export;
 mod keys;
 
 use std::collections::BTreeSet;
@@ -17,6 +18,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use crate::model::records::rotate;
 use crate::model::{Account, Domain, Mac, Phone, Token};
 
+pub use export::{Dump, FORMAT, FORMAT_VERSION, ImportError, parse as parse_export};
 pub use keys::render_key;
 
 /// Current on-disk schema version.
@@ -30,7 +32,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     /// The store could not be opened.
     #[error(
-        "cannot open the store at {path}; if it is corrupt, move it aside and restore from a backup (`autoprov import` of an export, or a copy of the data folder)"
+        "cannot open the store at {path}. If it is corrupt: move it aside (`mv {path} {path}.broken`), then restore your last export with `autoprov import --data {data} EXPORT.json` (or put back a copy of the data folder)",
+        data = data_dir(path)
     )]
     Open {
         /// The data folder.
@@ -39,9 +42,19 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
-    /// Another process (a running server) holds the store's lock.
-    #[error("the store at {path} is in use by another process (is the server running?)")]
+    /// Another process (a running autoprov) holds the store's lock.
+    #[error("the store at {path} is locked: is autoprov running on this data dir? stop it first")]
     Locked {
+        /// The store folder.
+        path: String,
+    },
+    /// The store opened without the records its data folder says it had: sled discards a
+    /// log it cannot read and starts empty.
+    #[error(
+        "the store at {path} opened empty, but {data}/admin-token exists: the store was lost or is corrupt. Move it aside (`mv {path} {path}.broken`), then restore your last export with `autoprov import --data {data} EXPORT.json`; to start from scratch on purpose, delete {data}/admin-token too",
+        data = data_dir(path)
+    )]
+    Emptied {
         /// The store folder.
         path: String,
     },
@@ -63,6 +76,13 @@ pub enum StoreError {
         /// The version found.
         found: u8,
     },
+}
+
+/// The data folder of a store folder (`<data>/store`), for messages.
+fn data_dir(store: &str) -> String {
+    Path::new(store)
+        .parent()
+        .map_or_else(|| ".".into(), |p| p.display().to_string())
 }
 
 /// The sled-backed store.
@@ -174,22 +194,27 @@ fn phone_weight(p: &Phone) -> u32 {
 impl Store {
     /// Opens (or creates) the store in `path`, bounding sled's page cache to `cache_bytes`.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .open()
-            .map_err(|source| match source {
-                // sled reports a held lock only through the message of an `Other` I/O error.
-                sled::Error::Io(e) if e.to_string().contains("could not acquire lock") => {
-                    StoreError::Locked {
-                        path: path.display().to_string(),
-                    }
-                }
-                source => StoreError::Open {
-                    path: path.display().to_string(),
+        let shown = path.display().to_string();
+        let config = sled::Config::new().path(path).cache_capacity(cache_bytes);
+        // sled 0.34 can panic on some damaged files instead of returning an error.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+            .unwrap_or_else(|_| {
+                Err(sled::Error::Unsupported(
+                    "sled panicked while reading the store".into(),
+                ))
+            });
+        let db = match opened {
+            Ok(db) => db,
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                return Err(StoreError::Locked { path: shown });
+            }
+            Err(source) => {
+                return Err(StoreError::Open {
+                    path: shown,
                     source,
-                },
-            })?;
+                });
+            }
+        };
         Self::from_db(db)
     }
 
