@@ -34,24 +34,7 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut rb = s
-        .client
-        .request(method, format!("{}/api/v1{path}", s.url))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        rb = rb
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
-    let r = rb.send().await.expect("send");
-    let status = r.status();
-    let text = r.text().await.expect("body");
-    let v = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
-    };
-    (status, v)
+    s.send_as(token, method, path, body).await
 }
 
 /// Creates a token for `domain` with the server-wide token; returns (id, secret).

@@ -71,7 +71,21 @@ impl TestServer {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut rb = self.admin(method, path);
+        self.send_as(&self.token, method, path, body).await
+    }
+
+    /// Like [`send`](Self::send) with another bearer token.
+    pub async fn send_as(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut rb = self
+            .client
+            .request(method, format!("{}/api/v1{path}", self.url))
+            .bearer_auth(token);
         if let Some(b) = body {
             rb = rb
                 .header("content-type", "application/json")
