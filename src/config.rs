@@ -50,6 +50,9 @@ pub struct Cli {
     /// Open connections at most; past it a new one gets a 503 [default: 4096].
     #[arg(long, env = "AUTOPROV_MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<u64>,
+    /// Bearer token `GET /metrics` requires [default: none, metrics open].
+    #[arg(long, env = "AUTOPROV_METRICS_TOKEN", global = true, hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 /// Subcommands.
@@ -121,6 +124,8 @@ pub struct FileConfig {
     pub defaults: Option<toml::Table>,
     /// Phone-path security: allow-lists, bootstrap credential, rotation, throttling.
     pub security: Option<crate::guard::SecurityFile>,
+    /// Bearer token for `GET /metrics`.
+    pub metrics_token: Option<String>,
 }
 
 /// Log output format.
@@ -153,6 +158,8 @@ pub struct Config {
     pub security: crate::guard::Security,
     /// Connection and request limits.
     pub limits: Limits,
+    /// Bearer token `GET /metrics` requires (open when `None`).
+    pub metrics_token: Option<String>,
 }
 
 /// Connection and request limits (enforced in [`crate::server`] and the router).
@@ -260,6 +267,7 @@ impl Config {
             defaults: Settings::new(),
             security: crate::guard::Security::default(),
             limits: Limits::default(),
+            metrics_token: None,
         }
     }
 
@@ -356,6 +364,15 @@ impl Config {
             defaults,
             security,
             limits,
+            metrics_token: match cli.metrics_token.clone().or(fc.metrics_token) {
+                Some(t) if t.trim().is_empty() => {
+                    return Err(ConfigError::Value {
+                        key: "metrics-token".into(),
+                        message: "is empty; leave it out for open metrics".into(),
+                    });
+                }
+                t => t,
+            },
         })
     }
 
