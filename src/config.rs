@@ -51,7 +51,12 @@ pub struct Cli {
     #[arg(long, env = "AUTOPROV_MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<u64>,
     /// Bearer token `GET /metrics` requires [default: none, metrics open].
-    #[arg(long, env = "AUTOPROV_METRICS_TOKEN", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "AUTOPROV_METRICS_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
     pub metrics_token: Option<String>,
 }
 

@@ -174,10 +174,8 @@ impl Metrics {
             .unwrap_or(RENDER_BUCKETS.len());
         c.render_buckets[b].fetch_add(1, Relaxed);
         c.render_count.fetch_add(1, Relaxed);
-        c.render_nanos.fetch_add(
-            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
-            Relaxed,
-        );
+        c.render_nanos
+            .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
     /// A request naming a MAC that no phone has (with the server-default credentials).
@@ -285,7 +283,10 @@ impl Collector for Snapshot {
                 .zip(&c.render_buckets)
                 .map(|(le, n)| (*le, n.load(Relaxed)))
                 .collect();
-            buckets.push((f64::MAX, c.render_buckets[RENDER_BUCKETS.len()].load(Relaxed)));
+            buckets.push((
+                f64::MAX,
+                c.render_buckets[RENDER_BUCKETS.len()].load(Relaxed),
+            ));
             // The count is the buckets' sum, so the two always agree within one scrape.
             let count = buckets.iter().map(|(_, n)| n).sum();
             let sum = c.render_nanos.load(Relaxed) as f64 / 1e9;
@@ -313,7 +314,10 @@ impl Collector for Snapshot {
                 None,
                 MetricType::Counter,
             )?;
-            for (kind, n) in [("phone", &c.auth_failures[0]), ("admin", &c.auth_failures[1])] {
+            for (kind, n) in [
+                ("phone", &c.auth_failures[0]),
+                ("admin", &c.auth_failures[1]),
+            ] {
                 ConstCounter::new(n.load(Relaxed)).encode(m.encode_family(&[("kind", kind)])?)?;
             }
         }
@@ -347,7 +351,11 @@ pub async fn count_requests(State(st): State<AppState>, req: Request, next: Next
     let kind = kind_of(req.uri().path());
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
-    let vendor = vendor_index(resp.extensions().get::<RequestFacts>().and_then(|f| f.vendor));
+    let vendor = vendor_index(
+        resp.extensions()
+            .get::<RequestFacts>()
+            .and_then(|f| f.vendor),
+    );
     st.metrics.request(kind, vendor, status);
     if kind == Kind::Admin && status == 401 {
         st.metrics.auth_failure(Kind::Admin);
@@ -362,11 +370,10 @@ pub async fn scrape(State(st): State<AppState>, headers: HeaderMap) -> Response 
         return AppError::Unauthorized.into_response();
     }
     let s = st.clone();
-    let sizes = tokio::task::spawn_blocking(move || {
-        (s.store.size_on_disk(), s.store.phone_count() as u64)
-    })
-    .await
-    .unwrap_or((0, 0));
+    let sizes =
+        tokio::task::spawn_blocking(move || (s.store.size_on_disk(), s.store.phone_count() as u64))
+            .await
+            .unwrap_or((0, 0));
     match st.metrics.encode(sizes.0, sizes.1) {
         Ok(text) => (
             [(

@@ -1041,13 +1041,11 @@ async fn list_phones(
                 .as_ref()
                 .is_none_or(|d| p.domain.as_ref() == Some(d))
             && q.model.as_ref().is_none_or(|m| &p.model == m)
-            && since.is_none_or(|since| {
-                match st.fleet.last_fetch_unix(&st.store, p.mac) {
-                    Ok(last) => last.is_none_or(|t| t < since),
-                    Err(e) => {
-                        failed.borrow_mut().get_or_insert(e);
-                        false
-                    }
+            && since.is_none_or(|since| match st.fleet.last_fetch_unix(&st.store, p.mac) {
+                Ok(last) => last.is_none_or(|t| t < since),
+                Err(e) => {
+                    failed.borrow_mut().get_or_insert(e);
+                    false
                 }
             })
     })?;
