@@ -525,4 +525,16 @@ mod tests {
             Some(Command::Serve)
         ));
     }
+
+    #[test]
+    fn metrics_token_flag_beats_file() {
+        let file = || Some(("a.toml".into(), "metrics-token = \"from-file\"".to_string()));
+        let c = Config::resolve(&cli(&[]), file()).unwrap();
+        assert_eq!(c.metrics_token.as_deref(), Some("from-file"));
+        let c = Config::resolve(&cli(&["--metrics-token", "from-flag"]), file()).unwrap();
+        assert_eq!(c.metrics_token.as_deref(), Some("from-flag"));
+        let blank = Some(("a.toml".into(), "metrics-token = \" \"".to_string()));
+        let e = Config::resolve(&cli(&[]), blank).unwrap_err();
+        assert!(e.to_string().contains("metrics-token"), "{e}");
+    }
 }

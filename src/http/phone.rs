@@ -176,7 +176,14 @@ pub async fn upload(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let mut facts = RequestFacts::default();
+    let mut facts = RequestFacts {
+        vendor: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(agent::parse)
+            .map(|a| a.vendor),
+        ..RequestFacts::default()
+    };
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
     let creds = Presented::new(&st, &headers, "PUT", target);
     let ip = peer.map(|Extension(ConnectInfo(a))| {
