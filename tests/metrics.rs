@@ -116,6 +116,9 @@ async fn counters_after_a_known_sequence() {
     // A MAC no phone has, with the server-default credentials.
     let r = s.fetch_as("001565ffffff.cfg", prov, Some(UA)).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // No credentials: the challenge every phone asks for first, not a failure.
+    let r = s.fetch_as(&file, None, Some(UA)).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // A wrong password, then (one failure per MAC allowed) the throttle.
     let r = s.fetch_as(&file, Some(("x", "wrong")), Some(UA)).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -140,7 +143,7 @@ async fn counters_after_a_known_sequence() {
     let m = parse(&text);
     assert_eq!(get(&m, &requests("phone", 200, "yealink")), 2.0);
     assert_eq!(get(&m, &requests("phone", 404, "yealink")), 1.0);
-    assert_eq!(get(&m, &requests("phone", 401, "yealink")), 1.0);
+    assert_eq!(get(&m, &requests("phone", 401, "yealink")), 2.0);
     assert_eq!(get(&m, &requests("phone", 429, "yealink")), 1.0);
     assert_eq!(get(&m, &requests("phone", 404, "unknown")), 1.0);
     assert_eq!(get(&m, &requests("admin", 401, "unknown")), 1.0);
@@ -151,7 +154,7 @@ async fn counters_after_a_known_sequence() {
         .filter(|(k, _)| k.starts_with("autoprov_requests_total"))
         .map(|(_, v)| v)
         .sum();
-    assert_eq!(total, 9.0, "{text}");
+    assert_eq!(total, 10.0, "{text}");
     assert_eq!(get(&m, "autoprov_cache_hits_total"), 1.0);
     assert_eq!(get(&m, "autoprov_cache_misses_total"), 1.0);
     assert_eq!(get(&m, "autoprov_render_seconds_count"), 1.0);
