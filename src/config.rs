@@ -50,6 +50,14 @@ pub struct Cli {
     /// Open connections at most; past it a new one gets a 503 [default: 4096].
     #[arg(long, env = "AUTOPROV_MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<u64>,
+    /// Bearer token `GET /metrics` requires [default: none, metrics open].
+    #[arg(
+        long,
+        env = "AUTOPROV_METRICS_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub metrics_token: Option<String>,
 }
 
 /// Subcommands.
@@ -121,6 +129,8 @@ pub struct FileConfig {
     pub defaults: Option<toml::Table>,
     /// Phone-path security: allow-lists, bootstrap credential, rotation, throttling.
     pub security: Option<crate::guard::SecurityFile>,
+    /// Bearer token for `GET /metrics`.
+    pub metrics_token: Option<String>,
 }
 
 /// Log output format.
@@ -153,6 +163,8 @@ pub struct Config {
     pub security: crate::guard::Security,
     /// Connection and request limits.
     pub limits: Limits,
+    /// Bearer token `GET /metrics` requires (open when `None`).
+    pub metrics_token: Option<String>,
 }
 
 /// Connection and request limits (enforced in [`crate::server`] and the router).
@@ -260,6 +272,7 @@ impl Config {
             defaults: Settings::new(),
             security: crate::guard::Security::default(),
             limits: Limits::default(),
+            metrics_token: None,
         }
     }
 
@@ -356,6 +369,15 @@ impl Config {
             defaults,
             security,
             limits,
+            metrics_token: match cli.metrics_token.clone().or(fc.metrics_token) {
+                Some(t) if t.trim().is_empty() => {
+                    return Err(ConfigError::Value {
+                        key: "metrics-token".into(),
+                        message: "is empty; leave it out for open metrics".into(),
+                    });
+                }
+                t => t,
+            },
         })
     }
 
@@ -502,5 +524,17 @@ mod tests {
             cli(&["serve", "--listen", "127.0.0.1:1"]).command,
             Some(Command::Serve)
         ));
+    }
+
+    #[test]
+    fn metrics_token_flag_beats_file() {
+        let file = || Some(("a.toml".into(), "metrics-token = \"from-file\"".to_string()));
+        let c = Config::resolve(&cli(&[]), file()).unwrap();
+        assert_eq!(c.metrics_token.as_deref(), Some("from-file"));
+        let c = Config::resolve(&cli(&["--metrics-token", "from-flag"]), file()).unwrap();
+        assert_eq!(c.metrics_token.as_deref(), Some("from-flag"));
+        let blank = Some(("a.toml".into(), "metrics-token = \" \"".to_string()));
+        let e = Config::resolve(&cli(&[]), blank).unwrap_err();
+        assert!(e.to_string().contains("metrics-token"), "{e}");
     }
 }

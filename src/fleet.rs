@@ -117,6 +117,47 @@ fn rfc3339(unix: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
 }
 
+/// Unix seconds of a stored RFC 3339 time.
+fn unix_of(time: &str) -> Option<u64> {
+    humantime::parse_rfc3339(time)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+}
+
+/// Unix seconds of an RFC 3339 time (`2026-01-31T08:00:00Z`, `…+02:00`, fractional seconds
+/// dropped); a space where the offset's `+` should be is read as `+` (an unencoded `+` in a
+/// query string arrives as a space).
+pub fn parse_time(s: &str) -> Option<u64> {
+    let (base, offset) = if let Some(b) = s.strip_suffix(['Z', 'z']) {
+        (b, 0i64)
+    } else {
+        let cut = s.len().checked_sub(6).filter(|c| s.is_char_boundary(*c))?;
+        let (base, tail) = s.split_at(cut);
+        let t = tail.as_bytes();
+        let sign = match t[0] {
+            b'+' | b' ' => 1,
+            b'-' => -1,
+            _ => return None,
+        };
+        if t[3] != b':' || !t[1..3].iter().chain(&t[4..]).all(u8::is_ascii_digit) {
+            return None;
+        }
+        let h = i64::from((t[1] - b'0') * 10 + (t[2] - b'0'));
+        let m = i64::from((t[4] - b'0') * 10 + (t[5] - b'0'));
+        if h > 23 || m > 59 {
+            return None;
+        }
+        (base, sign * (h * 3600 + m * 60))
+    };
+    if base.len() < 19 || !base.is_ascii() {
+        return None;
+    }
+    let t = humantime::parse_rfc3339(&format!("{}Z", base.to_ascii_uppercase())).ok()?;
+    let local = i64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()?;
+    u64::try_from(local - offset).ok()
+}
+
 /// Signature of a fetch without its time.
 fn signature(ip: &std::net::IpAddr, user_agent: &str, file: &str, status: u16) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -261,6 +302,27 @@ impl Fleet {
         }))
     }
 
+    /// When a phone last fetched (unix seconds): pending first, else stored. Reads no more
+    /// than [`Fleet::last_fetch`] does, for list filters.
+    pub fn last_fetch_unix(&self, store: &Store, mac: Mac) -> Result<Option<u64>, StoreError> {
+        {
+            let p = self
+                .pending_fetches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(f) = p.full.get(&mac) {
+                return Ok(unix_of(&f.time));
+            }
+            if let Some(t) = p.touched.get(&mac) {
+                return Ok(Some(*t));
+            }
+        }
+        Ok(store
+            .last_fetch(mac)?
+            .and_then(|v| serde_json::from_slice::<Fetch>(&v).ok())
+            .and_then(|f| unix_of(&f.time)))
+    }
+
     /// Unprovisioned MACs, most recently seen first, leaving out those linked since.
     pub fn unprovisioned(&self, store: &Store) -> Result<Vec<Unprovisioned>, StoreError> {
         let mut list: Vec<Unprovisioned> = self.lock_unprovisioned().values().cloned().collect();
@@ -360,6 +422,32 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("1970-01-01T00:01:00Z"), Some(60));
+        assert_eq!(parse_time("1970-01-01t00:01:00.75z"), Some(60));
+        assert_eq!(parse_time("1970-01-01T02:01:00+02:00"), Some(60));
+        assert_eq!(parse_time("1970-01-01T02:01:00 02:00"), Some(60));
+        assert_eq!(parse_time("1970-01-01T00:00:00-01:30"), Some(5400));
+        for bad in [
+            "",
+            "yesterday",
+            "1970-01-01",
+            "1970-01-01T00:00:00",
+            "1970-01-01T00:00:00+2:00",
+            "1970-01-01T00:00:00+24:00",
+            "1970-01-01T00:00:00Z+01:00",
+            "1970-01-01T00:00:00+01:00Z",
+            "1970-01-01T00:00:00+01:00+01:00",
+            "1970-01-01T00:00:00+0é:00",
+            "1970-01-01T00:00:00+01:00",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+        let t = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        assert_eq!(parse_time(&t), unix_of(&t));
+    }
 
     #[test]
     fn bounded_and_flushed() {

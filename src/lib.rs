@@ -14,6 +14,7 @@ pub mod error;
 pub mod fleet;
 pub mod guard;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod render;
 pub mod server;
@@ -79,6 +80,8 @@ pub struct Inner {
     pub throttle: guard::Throttle,
     /// Connection and request limits.
     pub limits: config::Limits,
+    /// Prometheus counters (`GET /metrics`).
+    pub metrics: metrics::Metrics,
 }
 
 impl std::ops::Deref for AppState {
@@ -382,6 +385,7 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
         prov_ha1,
         throttle: guard::Throttle::new(&config.security),
         limits: config.limits,
+        metrics: metrics::Metrics::new(config.metrics_token.as_deref()),
     }));
     Ok((
         state,

@@ -36,6 +36,8 @@ pub struct RequestFacts {
     pub mac: Option<String>,
     /// `hit` or `miss`.
     pub cache: Option<&'static str>,
+    /// The vendor the User-Agent names (phone requests), for the metrics.
+    pub vendor: Option<&'static str>,
 }
 
 /// Logs one line per request when the response is ready: method, path, status, latency,

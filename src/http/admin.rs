@@ -1002,6 +1002,9 @@ struct PhoneQuery {
     model: Option<String>,
     cursor: Option<String>,
     limit: Option<usize>,
+    /// Only phones whose last fetch is older than this RFC 3339 time, or that never fetched.
+    #[serde(rename = "not-fetched-since")]
+    not_fetched_since: Option<String>,
 }
 
 async fn list_phones(
@@ -1018,13 +1021,37 @@ async fn list_phones(
     if limit == 0 || limit > 1000 {
         return Err(AppError::invalid("limit", "must be from 1 to 1000"));
     }
+    let since = q
+        .not_fetched_since
+        .as_deref()
+        .map(|t| {
+            crate::fleet::parse_time(t).ok_or_else(|| {
+                AppError::invalid(
+                    "not-fetched-since",
+                    "must be an RFC 3339 time like 2026-01-31T08:00:00Z",
+                )
+            })
+        })
+        .transpose()?;
+    // The filter cannot return an error: the first one is kept and answered after the scan.
+    let failed = std::cell::RefCell::new(None);
     let phones = st.store.phones(after, limit, &|p| {
         a.sees_phone(p)
             && q.domain
                 .as_ref()
                 .is_none_or(|d| p.domain.as_ref() == Some(d))
             && q.model.as_ref().is_none_or(|m| &p.model == m)
+            && since.is_none_or(|since| match st.fleet.last_fetch_unix(&st.store, p.mac) {
+                Ok(last) => last.is_none_or(|t| t < since),
+                Err(e) => {
+                    failed.borrow_mut().get_or_insert(e);
+                    false
+                }
+            })
     })?;
+    if let Some(e) = failed.into_inner() {
+        return Err(e.into());
+    }
     let next = if phones.len() == limit {
         phones.last().map(|p| p.mac.lower())
     } else {

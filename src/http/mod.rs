@@ -48,7 +48,7 @@ async fn screen(req: axum::extract::Request, next: axum::middleware::Next) -> Re
     }
 }
 
-/// Builds the whole app. Layer order, outermost first: request log → timeout (408 after
+/// Builds the whole app. Layer order, outermost first: request log → metrics → timeout (408 after
 /// `limits.request_timeout`, body read included) → screening (request target ≤ 8 KiB, one
 /// `Authorization`) → the admin router's body limit (1 MiB).
 pub fn router(state: AppState) -> Router {
@@ -68,12 +68,18 @@ pub fn router(state: AppState) -> Router {
     );
     Router::new()
         .nest("/api/v1", admin)
+        // Before the phone route's `/{file}`: a static path always wins over a parameter.
+        .route("/metrics", get(crate::metrics::scrape))
         .merge(phone)
         .fallback(|| async { AppError::NotFound("not found".into()).into_phone_response() })
         .layer(axum::middleware::from_fn(screen))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             state.limits.request_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::count_requests,
         ))
         .layer(axum::middleware::from_fn(crate::telemetry::log_requests))
         .with_state(state)

@@ -53,7 +53,10 @@ pub async fn fetch(
         ua,
         ip: peer_ip,
         agent: agent.as_ref(),
-        facts: RequestFacts::default(),
+        facts: RequestFacts {
+            vendor: agent.as_ref().map(|a| a.vendor),
+            ..RequestFacts::default()
+        },
         known: None,
     };
     let result = match admit(&st, peer_ip, || path_mac(&st, &file)) {
@@ -125,6 +128,10 @@ fn count_failure(
         && !auth.stale.load(Ordering::Relaxed)
     {
         st.throttle.failed(ip.unwrap_or(UNSPECIFIED), mac);
+        st.metrics.auth_failure(crate::metrics::Kind::Phone);
+    }
+    if matches!(e, AppError::TooManyRequests { .. }) {
+        st.metrics.throttled();
     }
 }
 
@@ -169,7 +176,14 @@ pub async fn upload(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let mut facts = RequestFacts::default();
+    let mut facts = RequestFacts {
+        vendor: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(agent::parse)
+            .map(|a| a.vendor),
+        ..RequestFacts::default()
+    };
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
     let creds = Presented::new(&st, &headers, "PUT", target);
     let ip = peer.map(|Extension(ConnectInfo(a))| {
@@ -223,6 +237,7 @@ async fn store_upload(
     facts.mac = Some(mac.lower());
     let Some(phone) = st.store.phone(mac)? else {
         if server_default_ok(st, creds) {
+            st.metrics.unknown_mac();
             return Err(AppError::NotFound("unknown MAC".into()));
         }
         return Err(AppError::PhoneUnauthorized);
@@ -582,6 +597,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
             let Some(phone) = st.store.phone_shared(mac)? else {
                 // Same challenge for unknown and known MACs: no enumeration.
                 if server_default_ok(st, creds) {
+                    st.metrics.unknown_mac();
                     st.fleet
                         .unprovisioned_seen(mac, &ip_text(req.ip), req.agent, req.file);
                     return Err(AppError::NotFound("unknown MAC".into()));
@@ -603,7 +619,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
             let key = render_key(Some(mac), &model.id, &pattern);
             st.cache
                 .get_or_render(&st.store, &key, phone.revision, st.digest, || {
-                    render_phone(st, model, spec, &phone)
+                    timed(st, || render_phone(st, model, spec, &phone))
                 })
                 .await?
         }
@@ -629,6 +645,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                 None => return Err(AppError::PhoneUnauthorized),
             }
             if let (None, Some(m)) = (&phone, mac) {
+                st.metrics.unknown_mac();
                 st.fleet
                     .unprovisioned_seen(m, &ip_text(req.ip), req.agent, req.file);
             }
@@ -645,14 +662,20 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
             let key = render_key(None, &id, &name);
             st.cache
                 .get_or_render(&st.store, &key, 0, st.digest, || {
-                    render_common(st, model, spec)
+                    timed(st, || render_common(st, model, spec))
                 })
                 .await?
         }
     };
     req.facts.cache = Some(match outcome {
-        Outcome::Hit => "hit",
-        Outcome::Miss => "miss",
+        Outcome::Hit => {
+            st.metrics.cache_hit();
+            "hit"
+        }
+        Outcome::Miss => {
+            st.metrics.cache_miss();
+            "miss"
+        }
     });
     if !rendered.allowed_user_agents.is_empty() && {
         let ua_lower = req.ua.to_ascii_lowercase();
@@ -664,6 +687,14 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
         return Err(AppError::Forbidden("User-Agent not allowed".into()));
     }
     Ok(respond(rendered, req.headers))
+}
+
+/// Runs a cache-miss render, recording its time.
+fn timed<T>(st: &AppState, render: impl FnOnce() -> T) -> T {
+    let start = std::time::Instant::now();
+    let r = render();
+    st.metrics.rendered(start.elapsed());
+    r
 }
 
 /// Which of the models sharing a common file answers: the linked phone's model, else the
