@@ -52,6 +52,7 @@ pub fn routes() -> Router<AppState> {
             get(super::tokens::list).post(super::tokens::create),
         )
         .route("/tokens/{id}", delete(super::tokens::revoke))
+        .route("/reload", axum::routing::post(super::reload::reload))
 }
 
 /// Proof that the request carries a valid admin token: the server-wide one (`domain` is
