@@ -26,7 +26,6 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::model::{Account, Catalogue, Member, Phone, Settings};

@@ -76,7 +76,9 @@ impl Templates {
                 if !deps.insert(t) {
                     continue;
                 }
-                let Some(src) = engine.source(t) else { continue };
+                let Some(src) = engine.source(t) else {
+                    continue;
+                };
                 for n in &names {
                     if !deps.contains(n)
                         && (src.contains(&format!("\"{n}\"")) || src.contains(&format!("'{n}'")))
@@ -307,14 +309,18 @@ fn toml_position(message: &str) -> (Option<usize>, Option<usize>) {
 /// the first `[[files]]`-less `files`, so only plain keys and `defaults.x` are found).
 fn field_line(path: &Path, field: &str) -> Option<usize> {
     let text = std::fs::read_to_string(path).ok()?;
-    let key = field.split(['.', '[']).next_back().filter(|_| !field.contains('['));
+    let key = field
+        .split(['.', '['])
+        .next_back()
+        .filter(|_| !field.contains('['));
     let key = key?;
-    text.lines().position(|l| {
-        let l = l.trim_start();
-        l.strip_prefix(key)
-            .is_some_and(|r| r.trim_start().starts_with('='))
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 /// What a successful reload changed.
@@ -391,7 +397,9 @@ pub fn reload(st: &AppState) -> Result<Reloaded, ReloadError> {
     st.templates.store(Arc::new(new));
     // Only so a restart with these files keeps the cached renders; failure costs re-renders.
     let mut change = crate::store::Change::default();
-    change.meta.push(("render_digest".into(), set_digest.to_vec()));
+    change
+        .meta
+        .push(("render_digest".into(), set_digest.to_vec()));
     if let Err(e) = st.store.commit(&change) {
         tracing::warn!(error = %crate::render::error_chain(&e), "recording the set digest failed");
     }

@@ -256,9 +256,15 @@ async fn a_template_that_fails_to_render_is_refused_naming_file_and_line() {
     let (st, b) = reload(&s).await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
     let e = &b["error"];
-    assert!(e["file"].as_str().unwrap().ends_with("snom/phone.xml"), "{b}");
+    assert!(
+        e["file"].as_str().unwrap().ends_with("snom/phone.xml"),
+        "{b}"
+    );
     assert_eq!(e["line"], json!(2), "{b}");
-    assert!(e["message"].as_str().unwrap().contains("snom-"), "names the model: {b}");
+    assert!(
+        e["message"].as_str().unwrap().contains("snom-"),
+        "names the model: {b}"
+    );
     assert_old_set(&s, (&y, &sn), n, models).await;
 }
 
@@ -272,7 +278,10 @@ async fn a_model_with_a_bad_field_is_refused_naming_file_and_field() {
     let (st, b) = reload(&s).await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
     let e = &b["error"];
-    assert!(e["file"].as_str().unwrap().ends_with("snom-d735.toml"), "{b}");
+    assert!(
+        e["file"].as_str().unwrap().ends_with("snom-d735.toml"),
+        "{b}"
+    );
     assert_eq!(e["field"], "ports", "{b}");
     let text = std::fs::read_to_string(files.models.join("snom-d735.toml")).unwrap();
     let line = text.lines().position(|l| l.starts_with("ports")).unwrap() + 1;
@@ -393,7 +402,12 @@ fn sighup_reloads_through_the_binary() {
                 .json(&body)
                 .send()
         };
-        let r = put("/domains/a.example".into(), json!({"defaults": {"device-provisioning-registration-core-server": "sip.a.example"}})).await.unwrap();
+        let r = put(
+            "/domains/a.example".into(),
+            json!({"defaults": {"device-provisioning-registration-core-server": "sip.a.example"}}),
+        )
+        .await
+        .unwrap();
         assert!(r.status().is_success());
         let r = put(
             "/domains/a.example/users/100/devices/100a".into(),
@@ -430,9 +444,6 @@ fn sighup_reloads_through_the_binary() {
     });
     assert!(served, "the template change took effect after SIGHUP");
     // Still alive and still shuts down cleanly.
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(child.wait().unwrap().success());
 }

@@ -11,7 +11,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
-use crate::reload::Templates;
 use crate::auth::{self, BasicCredentials};
 use crate::cache::{Outcome, Rendered};
 use crate::digest::{self, DigestResponse, NonceState};
@@ -20,6 +19,7 @@ use crate::guard;
 use crate::model::agent::{self, Agent};
 use crate::model::{Account, Domain, FileRef, FileSpec, Mac, Member, Model, Phone};
 use crate::model::{AuthScheme, PreviousCredentials};
+use crate::reload::Templates;
 use crate::render::{LineInput, PhoneInput, RenderContext};
 use crate::store::Change;
 use crate::store::render_key;
