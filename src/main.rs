@@ -167,10 +167,10 @@ fn reload_on_hangup(state: autoprov::AppState) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading models and templates");
             let s = state.clone();
             // The outcome is logged by `reload`; a failure keeps the old set.
-            let _ = tokio::task::spawn_blocking(move || autoprov::reload::reload(&s)).await;
+            let _ =
+                tokio::task::spawn_blocking(move || autoprov::reload::reload(&s, "SIGHUP")).await;
         }
     });
     Ok(())

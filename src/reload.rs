@@ -347,8 +347,9 @@ pub struct Sources {
 
 /// Loads and validates a new set from the configured folders and swaps it in; on failure
 /// the old set stays. Reloads run one at a time. Blocking (file reads, renders): call it on
-/// a blocking thread.
-pub fn reload(st: &AppState) -> Result<Reloaded, ReloadError> {
+/// a blocking thread. `trigger` (`SIGHUP`, `POST /api/v1/reload`) goes into the one log
+/// line each reload writes.
+pub fn reload(st: &AppState, trigger: &'static str) -> Result<Reloaded, ReloadError> {
     let _one = st.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
     let started = std::time::Instant::now();
     let new = match Templates::load(
@@ -360,7 +361,9 @@ pub fn reload(st: &AppState) -> Result<Reloaded, ReloadError> {
         Err(e) => {
             let e = ReloadError::locate(&e, &st.sources.templates);
             tracing::warn!(
+                trigger,
                 error = %e,
+                ms = started.elapsed().as_millis() as u64,
                 "reload failed; the previous models and templates stay in use"
             );
             return Err(e);
@@ -404,6 +407,7 @@ pub fn reload(st: &AppState) -> Result<Reloaded, ReloadError> {
         tracing::warn!(error = %crate::render::error_chain(&e), "recording the set digest failed");
     }
     tracing::info!(
+        trigger,
         models = summary.models,
         changed = ?summary.changed,
         removed = ?summary.removed,

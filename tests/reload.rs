@@ -124,6 +124,7 @@ async fn template_edit_rerenders_only_that_models_phones() {
     let s = server(&files).await;
     let (y_etag, y_body) = fetch_yealink(&s).await;
     let (s_etag, s_body) = fetch_snom(&s).await;
+    let (common_etag, _) = fetch_ok(&s, "snomD785.htm").await;
     assert!(y_body.contains("## autoprov: Yealink SIP-T46S"), "{y_body}");
     let models = model_ids(&s).await.len();
 
@@ -153,6 +154,8 @@ async fn template_edit_rerenders_only_that_models_phones() {
     assert_eq!(s2_etag, s_etag);
     assert_eq!(s2_body, s_body);
     assert_eq!(s.renders(), n + 1, "the Snom phone was not re-rendered");
+    assert_eq!(fetch_ok(&s, "snomD785.htm").await.0, common_etag);
+    assert_eq!(s.renders(), n + 1, "nor the Snom common file");
     // Its conditional fetch still answers 304.
     let r = s
         .client
@@ -362,9 +365,17 @@ fn sighup_reloads_through_the_binary() {
         .arg("--templates")
         .arg(&files.templates)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The log (stderr), line by line, for the reload line.
+    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = log_tx.send(l);
+        }
+    });
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     let url = first
@@ -443,6 +454,20 @@ fn sighup_reloads_through_the_binary() {
         false
     });
     assert!(served, "the template change took effect after SIGHUP");
+    // One log line for the reload, naming the trigger and the changed models.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut reload_lines = Vec::new();
+    while let Ok(l) =
+        log_rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        if l.contains("reloaded") || l.contains("reload failed") {
+            reload_lines.push(l);
+            break;
+        }
+    }
+    assert_eq!(reload_lines.len(), 1, "{reload_lines:?}");
+    assert!(reload_lines[0].contains("SIGHUP"), "{reload_lines:?}");
+    assert!(reload_lines[0].contains("yealink-t46s"), "{reload_lines:?}");
     // Still alive and still shuts down cleanly.
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(child.wait().unwrap().success());

@@ -28,11 +28,12 @@ pub async fn reload(a: Admin, State(st): State<AppState>) -> Result<Json<Value>,
         ));
     }
     let s = st.clone();
-    let summary = tokio::task::spawn_blocking(move || crate::reload::reload(&s))
-        .await
-        .map_err(|e| AppError::Io {
-            what: "reload task",
-            source: std::io::Error::other(e.to_string()),
-        })??;
+    let summary =
+        tokio::task::spawn_blocking(move || crate::reload::reload(&s, "POST /api/v1/reload"))
+            .await
+            .map_err(|e| AppError::Io {
+                what: "reload task",
+                source: std::io::Error::other(e.to_string()),
+            })??;
     Ok(Json(json!(summary)))
 }
