@@ -472,3 +472,122 @@ fn sighup_reloads_through_the_binary() {
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// A server on `config` (in-process, like `TestServer`), for tests that restart on one data
+/// folder: url, admin token, provisioning credentials, state, shutdown.
+async fn start_on(
+    config: &autoprov::config::Config,
+) -> (
+    String,
+    String,
+    (String, String),
+    autoprov::AppState,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    // The previous server's last handles may still be dropping: retry the open briefly.
+    let mut tries = 0;
+    let (state, _) = loop {
+        match autoprov::init(config) {
+            Ok(s) => break s,
+            Err(_) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{}", autoprov::render::error_chain(&e)),
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(autoprov::serve(listener, state.clone(), async move {
+        let _ = rx.await;
+    }));
+    let token = std::fs::read_to_string(config.data.join("admin-token")).unwrap();
+    let creds = std::fs::read_to_string(config.data.join("provisioning-credentials")).unwrap();
+    let (u, p) = creds.trim().split_once(':').unwrap();
+    (
+        url,
+        token.trim().to_string(),
+        (u.to_string(), p.to_string()),
+        state,
+        tx,
+        task,
+    )
+}
+
+#[tokio::test]
+async fn restarts_keep_valid_renders_and_never_serve_stale_ones() {
+    let files = Files::new();
+    let data = tempfile::tempdir().unwrap();
+    let config = autoprov::config::Config::for_test(
+        data.path().join("data"),
+        files.models.clone(),
+        files.templates.clone(),
+    );
+    let c = reqwest::Client::new();
+    let fetch = |url: &str, creds: &(String, String)| {
+        c.get(format!("{url}/{YEALINK}.cfg"))
+            .basic_auth(&creds.0, Some(&creds.1))
+            .send()
+    };
+
+    // First run: a phone, fetched once; then a reload of an edited template.
+    let (url, token, creds, state, stop, task) = start_on(&config).await;
+    for (path, body) in [
+        ("/domains/a.example", json!({})),
+        (
+            "/domains/a.example/users/100/devices/100a",
+            json!({"device-sip-registration-password": "pw-100a",
+                   "device-models-model": "yealink-t46s",
+                   "device-provisioning-mac-address": YEALINK}),
+        ),
+    ] {
+        let r = c
+            .put(format!("{url}/api/v1{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}");
+    }
+    assert_eq!(fetch(&url, &creds).await.unwrap().status(), StatusCode::OK);
+    files.edit_template("yealink/mac.cfg", "## autoprov:", "## autoprov (v2):");
+    let r = c
+        .post(format!("{url}/api/v1/reload"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = fetch(&url, &creds).await.unwrap();
+    let v2_etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert!(r.text().await.unwrap().contains("## autoprov (v2):"));
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    drop(state);
+
+    // Restart with the same files: the render made after the reload is still valid.
+    let (url, _, creds, state, stop, task) = start_on(&config).await;
+    let r = fetch(&url, &creds).await.unwrap();
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), v2_etag);
+    assert_eq!(
+        state.cache.render_count(),
+        0,
+        "served from the stored render"
+    );
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    drop(state);
+
+    // Restart with a template changed while stopped: the stored render is not served.
+    files.edit_template("yealink/mac.cfg", "## autoprov (v2):", "## autoprov (v3):");
+    let (url, _, creds, state, stop, task) = start_on(&config).await;
+    let r = fetch(&url, &creds).await.unwrap();
+    assert_ne!(r.headers()["etag"].to_str().unwrap(), v2_etag);
+    assert!(r.text().await.unwrap().contains("## autoprov (v3):"));
+    assert_eq!(state.cache.render_count(), 1);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
