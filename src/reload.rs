@@ -305,8 +305,8 @@ fn toml_position(message: &str) -> (Option<usize>, Option<usize>) {
     (num("line "), num("column "))
 }
 
-/// The line where a model file sets the top-level key of `field` (`files[1].template` →
-/// the first `[[files]]`-less `files`, so only plain keys and `defaults.x` are found).
+/// The line where a model file sets `field`: plain keys (`ports`) and `defaults.<key>` are
+/// found; fields inside `[[files]]` (`files[1].template`) are not located (None).
 fn field_line(path: &Path, field: &str) -> Option<usize> {
     let text = std::fs::read_to_string(path).ok()?;
     let key = field
