@@ -67,6 +67,9 @@ pub enum AppError {
     /// A template failed (500).
     #[error("render")]
     Render(#[from] RenderError),
+    /// A reload found the new model/template set invalid (422); the old set stays.
+    #[error(transparent)]
+    Reload(#[from] crate::reload::ReloadError),
     /// A file in the data folder could not be written (500).
     #[error("{what}")]
     Io {
@@ -121,6 +124,11 @@ impl AppError {
             AppError::TooManyRequests { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", None)
             }
+            AppError::Reload(e) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_set",
+                e.field.as_deref(),
+            ),
             AppError::Store(_) | AppError::Render(_) | AppError::Io { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
             }
@@ -203,6 +211,11 @@ impl IntoResponse for AppError {
         let mut err = json!({ "code": code, "message": self.client_message() });
         if let Some(f) = field {
             err["field"] = json!(f);
+        }
+        if let AppError::Reload(e) = &self {
+            // Where the operator's own file is wrong (server-wide admin only).
+            err["file"] = json!(e.file);
+            err["line"] = json!(e.line);
         }
         let mut r = (status, axum::Json(json!({ "error": err }))).into_response();
         if !matches!(self, AppError::MethodNotAllowed) {

@@ -16,6 +16,7 @@ pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod reload;
 pub mod render;
 pub mod server;
 pub mod store;
@@ -25,8 +26,6 @@ pub mod tokens;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use sha2::{Digest, Sha256};
 
 use crate::cache::Cache;
 use crate::config::Config;
@@ -43,14 +42,15 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     /// The store.
     pub store: Store,
-    /// Models.
-    pub catalogue: Catalogue,
-    /// Templates.
-    pub engine: Engine,
+    /// Models and templates with a digest per model (part of every cache entry's
+    /// validity); swapped whole by a reload. Read it through [`AppState::templates`].
+    pub templates: arc_swap::ArcSwap<reload::Templates>,
+    /// The folders a reload reads.
+    pub sources: reload::Sources,
+    /// Held while a reload runs (one at a time).
+    pub reload_lock: std::sync::Mutex<()>,
     /// Server-wide defaults.
     pub server_defaults: Settings,
-    /// Digest of models + templates + server defaults; part of every cache entry's validity.
-    pub digest: u64,
     /// Render cache.
     pub cache: Cache,
     /// Server-default provisioning username.
@@ -82,6 +82,14 @@ pub struct Inner {
     pub limits: config::Limits,
     /// Prometheus counters (`GET /metrics`).
     pub metrics: metrics::Metrics,
+}
+
+impl AppState {
+    /// The current model + template set: load it once per request and use that snapshot
+    /// throughout (one atomic load).
+    pub fn templates(&self) -> arc_swap::Guard<Arc<reload::Templates>> {
+        self.0.templates.load()
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -245,9 +253,7 @@ pub fn check_samples(
 /// Loads models and templates, opens the store, creates the admin token and server
 /// provisioning credentials on first start.
 pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
-    let engine = Engine::load(&config.templates)?;
-    let catalogue = Catalogue::load(&config.models, &|t| engine.has(t))?;
-    check_samples(&catalogue, &engine, &config.defaults)?;
+    let templates = reload::Templates::load(&config.templates, &config.models, &config.defaults)?;
 
     std::fs::create_dir_all(&config.data).map_err(|source| StartupError::Io {
         path: config.data.clone(),
@@ -264,19 +270,10 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
     }
     store.set_credential_grace(config.security.credential_grace.as_secs());
 
-    let mut h = Sha256::new();
-    h.update(engine.digest());
-    for m in catalogue.models() {
-        h.update(serde_json::to_vec(m).unwrap_or_default());
-    }
-    h.update(serde_json::to_vec(&config.defaults).unwrap_or_default());
-    let full: [u8; 32] = h.finalize().into();
-    let mut d8 = [0u8; 8];
-    d8.copy_from_slice(&full[..8]);
-    let digest = u64::from_be_bytes(d8);
+    let d8 = templates.set_digest();
     if store.meta("render_digest")?.as_deref() != Some(&d8[..]) {
-        // A changed template/model set invalidates every render (entries also carry the
-        // digest, so this only reclaims space).
+        // A changed template/model set drops every render (entries also carry their
+        // model's digest, so this only reclaims space).
         store.render_clear()?;
     }
 
@@ -358,19 +355,23 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
     };
     store.commit(&change)?;
     store.flush_sync()?;
-    let digest_in_use = catalogue
+    let digest_in_use = templates
+        .catalogue
         .models()
         .any(|m| m.auth_scheme == model::AuthScheme::Digest)
         || store.any_domain(|d| d.auth_scheme == Some(model::AuthScheme::Digest))?;
 
-    let models = catalogue.models().count();
+    let models = templates.catalogue.models().count();
     let fleet = fleet::Fleet::load(&store)?;
     let state = AppState(Arc::new(Inner {
         store,
-        catalogue,
-        engine,
+        templates: arc_swap::ArcSwap::from_pointee(templates),
+        sources: reload::Sources {
+            templates: config.templates.clone(),
+            models: config.models.clone(),
+        },
+        reload_lock: std::sync::Mutex::new(()),
         server_defaults: config.defaults.clone(),
-        digest,
         cache: Cache::default(),
         prov_user,
         prov_pass_hash,

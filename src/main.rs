@@ -1,4 +1,5 @@
-//! Process entry: parse argv, install the subscriber, bind, serve until SIGINT/SIGTERM,
+//! Process entry: parse argv, install the subscriber, bind, serve until SIGINT/SIGTERM
+//! (SIGHUP reloads models and templates),
 //! and turn a startup error into a printed cause chain and a non-zero exit.
 
 use clap::Parser;
@@ -127,6 +128,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
+    // Installed before the address is printed, so a SIGHUP sent after it is never lost.
+    #[cfg(unix)]
+    reload_on_hangup(state.clone())?;
     println!(
         "autoprov listening on http://{addr} ({} models loaded, data in {})",
         startup.models,
@@ -152,6 +156,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(%addr, "listening");
     autoprov::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped; store flushed");
+    Ok(())
+}
+
+/// SIGHUP reloads the models and templates (see `autoprov::reload`): on a blocking thread,
+/// one at a time; the outcome (changed models or the error with file and line) is logged.
+#[cfg(unix)]
+fn reload_on_hangup(state: autoprov::AppState) -> anyhow::Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let s = state.clone();
+            // The outcome is logged by `reload`; a failure keeps the old set.
+            let _ =
+                tokio::task::spawn_blocking(move || autoprov::reload::reload(&s, "SIGHUP")).await;
+        }
+    });
     Ok(())
 }
 

@@ -52,6 +52,7 @@ pub fn routes() -> Router<AppState> {
             get(super::tokens::list).post(super::tokens::create),
         )
         .route("/tokens/{id}", delete(super::tokens::revoke))
+        .route("/reload", axum::routing::post(super::reload::reload))
 }
 
 /// Proof that the request carries a valid admin token: the server-wide one (`domain` is
@@ -196,6 +197,7 @@ fn created_or_ok(created: bool, body: Value) -> Response {
 
 async fn list_models(_: Admin, State(st): State<AppState>) -> Json<Value> {
     let models: Vec<Value> = st
+        .templates()
         .catalogue
         .models()
         .map(|m| {
@@ -569,6 +571,7 @@ fn account_change(
     body: Map<String, Value>,
     create_only: bool,
 ) -> Result<(Change, Account, bool), AppError> {
+    let t = st.templates();
     if st.store.domain(domain)?.is_none() {
         return Err(AppError::NotFound(format!("no domain {domain}")));
     }
@@ -731,7 +734,7 @@ fn account_change(
                         "is required to link a MAC that is not provisioned yet",
                     ));
                 };
-                if st.catalogue.get(model).is_none() {
+                if t.catalogue.get(model).is_none() {
                     return Err(AppError::invalid(
                         "device-models-model",
                         format!("unknown model {model:?}; see GET /api/v1/models"),
@@ -741,14 +744,14 @@ fn account_change(
             }
         };
         if let Patch::Set(m) = &link.model
-            && st.catalogue.get(m).is_none()
+            && t.catalogue.get(m).is_none()
         {
             return Err(AppError::invalid(
                 "device-models-model",
                 format!("unknown model {m:?}; see GET /api/v1/models"),
             ));
         }
-        let model = st.catalogue.get(&phone.model).ok_or_else(|| {
+        let model = t.catalogue.get(&phone.model).ok_or_else(|| {
             AppError::conflict(
                 "device-models-model",
                 format!("model {} is not loaded", phone.model),
@@ -1073,6 +1076,7 @@ async fn put_phone(
     JsonBody(body): JsonBody,
 ) -> Result<Response, AppError> {
     let mac = parse_mac("mac", &mac)?;
+    let t = st.templates();
     let (_, phone, created) = {
         let _w = st.store.writer();
         let existing = st.store.phone(mac)?;
@@ -1095,7 +1099,7 @@ async fn put_phone(
         };
         match model_patch {
             Patch::Set(m) => {
-                if st.catalogue.get(&m).is_none() {
+                if t.catalogue.get(&m).is_none() {
                     return Err(AppError::invalid(
                         "device-models-model",
                         format!("unknown model {m:?}; see GET /api/v1/models"),
@@ -1146,7 +1150,7 @@ async fn put_phone(
             }
         }
         let ov = f.take("device-provisioning-overrides");
-        let model = st.catalogue.get(&phone.model).ok_or_else(|| {
+        let model = t.catalogue.get(&phone.model).ok_or_else(|| {
             AppError::invalid(
                 "device-models-model",
                 format!("model {} is not loaded", phone.model),
@@ -1402,6 +1406,7 @@ async fn put_members(
     Query(q): Query<OrgQuery>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, AppError> {
+    let t = st.templates();
     let (_, members) = {
         let _w = st.store.writer();
         let mut phone = phone_for_org(&st, &a, &mac, &q.org_id)?;
@@ -1422,7 +1427,7 @@ async fn put_members(
                 .collect(),
         };
         f.finish()?;
-        let model = st.catalogue.get(&phone.model).ok_or_else(|| {
+        let model = t.catalogue.get(&phone.model).ok_or_else(|| {
             AppError::conflict(
                 "device-models-model",
                 format!("model {} is not loaded", phone.model),
@@ -1454,13 +1459,14 @@ async fn preview(
 ) -> Result<Response, AppError> {
     let mac = parse_mac("mac", &mac)?;
     let phone = phone_or_404(&st, &a, mac)?;
-    let model = st
+    let t = st.templates();
+    let model = t
         .catalogue
         .get(&phone.model)
         .ok_or_else(|| AppError::NotFound("model not loaded".into()))?;
-    let found = match st.catalogue.match_path(&file) {
+    let found = match t.catalogue.match_path(&file) {
         Some(FileRef::Phone { mac: m, pattern }) if m == mac => {
-            st.catalogue.file_spec(&model.id, &pattern).map(|s| {
+            t.catalogue.file_spec(&model.id, &pattern).map(|s| {
                 (
                     s,
                     render_key(Some(mac), &model.id, &pattern),
@@ -1468,7 +1474,7 @@ async fn preview(
                 )
             })
         }
-        Some(FileRef::Common { name, .. }) => st
+        Some(FileRef::Common { name, .. }) => t
             .catalogue
             .file_spec(&model.id, &name)
             .map(|s| (s, render_key(None, &model.id, &name), 0)),
@@ -1478,11 +1484,11 @@ async fn preview(
         found.ok_or_else(|| AppError::NotFound(format!("{} does not request {file}", model.id)))?;
     let (rendered, _) = st
         .cache
-        .get_or_render(&st.store, &key, revision, st.digest, || {
+        .get_or_render(&st.store, &key, revision, t.digest(&model.id), || {
             if spec.per_phone() {
-                super::phone::render_phone(&st, model, spec, &phone)
+                super::phone::render_phone(&st, &t, model, spec, &phone)
             } else {
-                super::phone::render_common(&st, model, spec)
+                super::phone::render_common(&st, &t, model, spec)
             }
         })
         .await?;
@@ -1504,7 +1510,8 @@ async fn explain(
 ) -> Result<Json<Value>, AppError> {
     let mac = parse_mac("mac", &mac)?;
     let phone = phone_or_404(&st, &a, mac)?;
-    let model = st
+    let t = st.templates();
+    let model = t
         .catalogue
         .get(&phone.model)
         .ok_or_else(|| AppError::NotFound("model not loaded".into()))?;
@@ -1516,7 +1523,7 @@ async fn explain(
         phone: &phone,
         lines: accounts.iter().map(|(m, a)| (*m, a)).collect(),
     };
-    let e = crate::render::explain::explain(&st.engine, &inputs)?;
+    let e = crate::render::explain::explain(&t.engine, &inputs)?;
     Ok(Json(json!({
         "mac": mac.lower(),
         "device-models-model": phone.model,

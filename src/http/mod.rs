@@ -3,6 +3,7 @@
 pub mod admin;
 mod body;
 pub mod phone;
+mod reload;
 mod tokens;
 
 use axum::Router;

@@ -19,6 +19,7 @@ use crate::guard;
 use crate::model::agent::{self, Agent};
 use crate::model::{Account, Domain, FileRef, FileSpec, Mac, Member, Model, Phone};
 use crate::model::{AuthScheme, PreviousCredentials};
+use crate::reload::Templates;
 use crate::render::{LineInput, PhoneInput, RenderContext};
 use crate::store::Change;
 use crate::store::render_key;
@@ -46,7 +47,9 @@ pub async fn fetch(
         .unwrap_or("");
     let agent = agent::parse(ua);
     let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let t = st.templates();
     let mut req = PhoneRequest {
+        templates: &t,
         file: &file,
         headers,
         auth: Presented::new(&st, headers, request.method().as_str(), target),
@@ -59,7 +62,7 @@ pub async fn fetch(
         },
         known: None,
     };
-    let result = match admit(&st, peer_ip, || path_mac(&st, &file)) {
+    let result = match admit(&st, peer_ip, || path_mac(&t, &file)) {
         Ok(()) => serve_file(&st, &mut req).await,
         Err(e) => Err(e),
     };
@@ -88,8 +91,8 @@ pub async fn fetch(
 
 /// The MAC a phone path names, for the per-MAC throttle (any MAC, linked or not, so the
 /// answer never tells whether it exists).
-fn path_mac(st: &AppState, file: &str) -> Option<Mac> {
-    match st.catalogue.match_path(file) {
+fn path_mac(t: &Templates, file: &str) -> Option<Mac> {
+    match t.catalogue.match_path(file) {
         Some(FileRef::Phone { mac, .. }) => Some(mac),
         _ => upload_mac(file),
     }
@@ -143,6 +146,8 @@ fn ip_text(ip: Option<std::net::IpAddr>) -> String {
 
 /// One phone request and what the handler learnt about it.
 struct PhoneRequest<'r> {
+    /// The model + template set this request uses throughout.
+    templates: &'r Templates,
     file: &'r str,
     headers: &'r HeaderMap,
     auth: Presented<'r>,
@@ -242,7 +247,7 @@ async fn store_upload(
         }
         return Err(AppError::PhoneUnauthorized);
     };
-    authenticate(st, &phone, creds, ip, false).await?;
+    authenticate(st, &st.templates(), &phone, creds, ip, false).await?;
     let dir = st.uploads.join(mac.lower());
     let name = file.to_ascii_lowercase();
     let path = dir.join(&name);
@@ -476,6 +481,7 @@ fn phone_auth(
 /// is returned.
 async fn authenticate(
     st: &AppState,
+    t: &Templates,
     phone: &Phone,
     c: &Presented<'_>,
     ip: Option<IpAddr>,
@@ -489,7 +495,7 @@ async fn authenticate(
     let scheme = domain
         .as_ref()
         .and_then(|d| d.auth_scheme)
-        .or_else(|| st.catalogue.get(&phone.model).map(|m| m.auth_scheme))
+        .or_else(|| t.catalogue.get(&phone.model).map(|m| m.auth_scheme))
         .unwrap_or_default();
     if scheme == AuthScheme::Digest && c.creds().is_some() {
         // Digest was chosen for this phone: a password sent in the clear is not accepted.
@@ -581,7 +587,8 @@ pub fn mac_in_user_agent(ua: &str) -> Option<Mac> {
 }
 
 async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Response, AppError> {
-    let Some(fref) = st.catalogue.match_path(req.file) else {
+    let t = req.templates;
+    let Some(fref) = t.catalogue.match_path(req.file) else {
         return Err(AppError::NotFound("no model requests this file".into()));
     };
     let creds = &req.auth;
@@ -605,21 +612,21 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                 return Err(AppError::PhoneUnauthorized);
             };
             req.known = Some(mac);
-            let phone = match authenticate(st, &phone, creds, req.ip, true).await? {
+            let phone = match authenticate(st, t, &phone, creds, req.ip, true).await? {
                 Some(updated) => updated,
                 None => phone,
             };
-            let model = st
+            let model = t
                 .catalogue
                 .get(&phone.model)
                 .ok_or_else(|| AppError::NotFound("model not loaded".into()))?;
-            let spec = st.catalogue.file_spec(&model.id, &pattern).ok_or_else(|| {
+            let spec = t.catalogue.file_spec(&model.id, &pattern).ok_or_else(|| {
                 AppError::NotFound("this model does not request that file".into())
             })?;
             let key = render_key(Some(mac), &model.id, &pattern);
             st.cache
-                .get_or_render(&st.store, &key, phone.revision, st.digest, || {
-                    timed(st, || render_phone(st, model, spec, &phone))
+                .get_or_render(&st.store, &key, phone.revision, t.digest(&model.id), || {
+                    timed(st, || render_phone(st, t, model, spec, &phone))
                 })
                 .await?
         }
@@ -639,7 +646,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                 // Common files carry no secrets: a bootstrap credential reads them without
                 // being exchanged.
                 Some(p) => {
-                    authenticate(st, p, creds, req.ip, false).await?;
+                    authenticate(st, t, p, creds, req.ip, false).await?;
                 }
                 None if server_default_ok(st, creds) => {}
                 None => return Err(AppError::PhoneUnauthorized),
@@ -649,20 +656,20 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                 st.fleet
                     .unprovisioned_seen(m, &ip_text(req.ip), req.agent, req.file);
             }
-            let id = common_model(st, &models, phone.as_deref(), req.agent)
+            let id = common_model(t, &models, phone.as_deref(), req.agent)
                 .ok_or_else(|| AppError::NotFound("no model".into()))?;
-            let model = st
+            let model = t
                 .catalogue
                 .get(&id)
                 .ok_or_else(|| AppError::NotFound("no model".into()))?;
-            let spec = st
+            let spec = t
                 .catalogue
                 .file_spec(&id, &name)
                 .ok_or_else(|| AppError::NotFound("no file".into()))?;
             let key = render_key(None, &id, &name);
             st.cache
-                .get_or_render(&st.store, &key, 0, st.digest, || {
-                    timed(st, || render_common(st, model, spec))
+                .get_or_render(&st.store, &key, 0, t.digest(&id), || {
+                    timed(st, || render_common(st, t, model, spec))
                 })
                 .await?
         }
@@ -700,7 +707,7 @@ fn timed<T>(st: &AppState, render: impl FnOnce() -> T) -> T {
 /// Which of the models sharing a common file answers: the linked phone's model, else the
 /// model the User-Agent names, else the first.
 fn common_model(
-    st: &AppState,
+    t: &Templates,
     models: &[String],
     phone: Option<&Phone>,
     agent: Option<&Agent>,
@@ -712,7 +719,7 @@ fn common_model(
     }
     if let Some(a) = agent
         && let Some(id) = models.iter().find(|id| {
-            st.catalogue.get(id).is_some_and(|m| {
+            t.catalogue.get(id).is_some_and(|m| {
                 m.user_agent_model
                     .as_deref()
                     .is_some_and(|t| t.eq_ignore_ascii_case(&a.model))
@@ -745,6 +752,7 @@ pub fn phone_records<'p>(st: &AppState, phone: &'p Phone) -> Result<PhoneRecords
 /// Renders a phone's file from the store (the cache-miss path).
 pub fn render_phone(
     st: &AppState,
+    t: &Templates,
     model: &Model,
     spec: &FileSpec,
     phone: &Phone,
@@ -762,7 +770,7 @@ pub fn render_phone(
         lines,
     };
     let ctx = RenderContext::build(&input);
-    let body = st.engine.render(spec, &ctx, &phone.overrides)?;
+    let body = t.engine.render(spec, &ctx, &phone.overrides)?;
     Ok(Rendered::new(
         body,
         spec.content_type.clone(),
@@ -771,7 +779,12 @@ pub fn render_phone(
 }
 
 /// Renders a model's common file (model and server defaults only).
-pub fn render_common(st: &AppState, model: &Model, spec: &FileSpec) -> Result<Rendered, AppError> {
+pub fn render_common(
+    st: &AppState,
+    t: &Templates,
+    model: &Model,
+    spec: &FileSpec,
+) -> Result<Rendered, AppError> {
     let input = PhoneInput {
         model,
         server: &st.server_defaults,
@@ -779,7 +792,7 @@ pub fn render_common(st: &AppState, model: &Model, spec: &FileSpec) -> Result<Re
         phone: None,
         lines: vec![],
     };
-    let body = st
+    let body = t
         .engine
         .render(spec, &RenderContext::build(&input), &Default::default())?;
     Ok(Rendered::new(body, spec.content_type.clone(), vec![]))

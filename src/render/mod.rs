@@ -130,6 +130,13 @@ impl Engine {
         self.sources.get(name).map(String::as_str)
     }
 
+    /// Every template name, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        let mut v: Vec<&str> = self.sources.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v.into_iter()
+    }
+
     /// Digest of every template's name and text.
     pub fn digest(&self) -> [u8; 32] {
         self.digest
