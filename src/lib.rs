@@ -79,6 +79,8 @@ pub struct Inner {
     pub throttle: guard::Throttle,
     /// Connection and request limits.
     pub limits: config::Limits,
+    /// The firmware folder (`/firmware/{*path}`).
+    pub firmware: PathBuf,
 }
 
 impl std::ops::Deref for AppState {
@@ -382,6 +384,7 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
         prov_ha1,
         throttle: guard::Throttle::new(&config.security),
         limits: config.limits,
+        firmware: config.firmware.clone(),
     }));
     Ok((
         state,
