@@ -19,6 +19,7 @@ pub mod render;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;
 
 use std::future::Future;
@@ -137,6 +138,9 @@ pub enum StartupError {
     /// The store.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// HTTPS certificate or key.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// A file in the data folder.
     #[error("{path}")]
     Io {
@@ -405,6 +409,28 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listeners = Listeners {
+        http: Some(listener),
+        https: None,
+    };
+    serve_listeners(listeners, state, shutdown).await
+}
+
+/// Where [`serve_listeners`] accepts connections: plain HTTP, HTTPS, or both.
+#[derive(Default)]
+pub struct Listeners {
+    /// The plain-HTTP listener.
+    pub http: Option<tokio::net::TcpListener>,
+    /// The HTTPS listener and its TLS acceptor (see [`tls::acceptor`]).
+    pub https: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+}
+
+/// [`serve`] on the given listeners (one connection cap over both).
+pub async fn serve_listeners(
+    listeners: Listeners,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = http::router(state.clone());
     let audit = state.clone();
     let flusher = tokio::spawn(async move {
@@ -420,7 +446,14 @@ pub async fn serve(
             }
         }
     });
-    let result = server::run(listener, app, state.limits, shutdown).await;
+    let result = server::run_listeners(
+        listeners.http,
+        listeners.https,
+        app,
+        state.limits,
+        shutdown,
+    )
+    .await;
     flusher.abort();
     if let Err(e) = state.fleet.flush(&state.store) {
         tracing::warn!(error = %render::error_chain(&e), "writing the fetch audit failed");
