@@ -481,12 +481,10 @@ fn resolve_tls(cli: &Cli, fc: &FileConfig, http: bool) -> Result<Option<TlsConfi
         }
     };
     let raw = https_listen.unwrap_or_else(|| "0.0.0.0:8443".into());
-    let listen = raw
-        .parse::<SocketAddr>()
-        .map_err(|_| ConfigError::Value {
-            key: "https-listen".into(),
-            message: format!("{raw:?} is not an address like 0.0.0.0:8443"),
-        })?;
+    let listen = raw.parse::<SocketAddr>().map_err(|_| ConfigError::Value {
+        key: "https-listen".into(),
+        message: format!("{raw:?} is not an address like 0.0.0.0:8443"),
+    })?;
     Ok(Some(TlsConfig { cert, key, listen }))
 }
 
@@ -640,7 +638,10 @@ mod tests {
         ));
         let c = Config::resolve(&cli(&["--firmware", "/x/fw"]), file).unwrap();
         assert_eq!(c.firmware, PathBuf::from("/x/fw"));
-        assert_eq!(c.public_url.as_deref(), Some("http://prov.example.com:8080"));
+        assert_eq!(
+            c.public_url.as_deref(),
+            Some("http://prov.example.com:8080")
+        );
         assert_eq!(
             c.defaults[FIRMWARE_URL_SETTING],
             "http://prov.example.com:8080/firmware"

@@ -446,14 +446,8 @@ pub async fn serve_listeners(
             }
         }
     });
-    let result = server::run_listeners(
-        listeners.http,
-        listeners.https,
-        app,
-        state.limits,
-        shutdown,
-    )
-    .await;
+    let result =
+        server::run_listeners(listeners.http, listeners.https, app, state.limits, shutdown).await;
     flusher.abort();
     if let Err(e) = state.fleet.flush(&state.store) {
         tracing::warn!(error = %render::error_chain(&e), "writing the fetch audit failed");

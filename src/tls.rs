@@ -73,7 +73,9 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let bytes = read(path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => pem_error(path, "no PRIVATE KEY in the file"),
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            pem_error(path, "no PRIVATE KEY in the file")
+        }
         other => pem_error(path, format!("not a PEM private key ({other})")),
     })
 }

@@ -54,7 +54,8 @@ async fn raw(s: &TestServer, path: &str, auth: bool) -> String {
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
     if auth {
         use base64::Engine;
-        let b = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", s.prov.0, s.prov.1));
+        let b =
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", s.prov.0, s.prov.1));
         req.push_str(&format!("Authorization: Basic {b}\r\n"));
     }
     req.push_str("\r\n");
@@ -70,7 +71,12 @@ async fn authentication_is_the_common_file_rule() {
     let url = format!("{}/firmware/T46S.rom", s.url);
     // No credentials: the phone challenge, and the file's existence is not told.
     for path in ["/firmware/T46S.rom", "/firmware/missing.rom"] {
-        let r = s.client.get(format!("{}{path}", s.url)).send().await.unwrap();
+        let r = s
+            .client
+            .get(format!("{}{path}", s.url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
         assert_eq!(header(&r, "www-authenticate"), "Basic realm=\"autoprov\"");
     }
@@ -89,7 +95,10 @@ async fn authentication_is_the_common_file_rule() {
     assert_eq!(header(&r, "accept-ranges"), "bytes");
     assert_eq!(header(&r, "content-length"), "1000");
     let etag = header(&r, "etag");
-    assert!(etag.starts_with('"') && etag.ends_with('"'), "strong: {etag}");
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"'),
+        "strong: {etag}"
+    );
     assert!(!header(&r, "last-modified").is_empty());
     assert_eq!(r.bytes().await.unwrap(), data);
 
@@ -213,7 +222,11 @@ async fn conditional_requests() {
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(header(&r, "etag"), etag);
     assert!(r.bytes().await.unwrap().is_empty());
-    for inm in [format!("W/{etag}"), format!("\"other\", {etag}"), "*".into()] {
+    for inm in [
+        format!("W/{etag}"),
+        format!("\"other\", {etag}"),
+        "*".into(),
+    ] {
         let r = get(&s, "/firmware/T46S.rom")
             .header("if-none-match", &inm)
             .send()
@@ -246,7 +259,11 @@ async fn conditional_requests() {
     assert_eq!(r.bytes().await.unwrap(), &data[..10]);
     let r = if_range(&modified).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
-    for stale in ["\"0-0.0\"", &format!("W/{etag}"), "Thu, 01 Jan 1970 00:00:00 GMT"] {
+    for stale in [
+        "\"0-0.0\"",
+        &format!("W/{etag}"),
+        "Thu, 01 Jan 1970 00:00:00 GMT",
+    ] {
         let r = if_range(stale).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{stale}");
         assert_eq!(r.bytes().await.unwrap(), data, "{stale}");
@@ -346,7 +363,10 @@ async fn paths_stay_inside_the_folder() {
     ] {
         let resp = raw(&s, path, true).await;
         assert!(resp.starts_with("HTTP/1.1 404 "), "{path}: {resp}");
-        assert!(!resp.contains("outside") && !resp.contains("root:"), "{path}");
+        assert!(
+            !resp.contains("outside") && !resp.contains("root:"),
+            "{path}"
+        );
         // Unauthenticated: the challenge, never a hint about the path.
         let resp = raw(&s, path, false).await;
         assert!(resp.starts_with("HTTP/1.1 401 "), "{path}: {resp}");

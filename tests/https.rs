@@ -28,8 +28,8 @@ struct Cert {
 }
 
 fn make_cert(dir: &Path) -> Cert {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     std::fs::write(&cert, ck.cert.pem()).unwrap();
@@ -192,9 +192,15 @@ async fn https_alone_serves_phones_and_admins() {
 async fn a_client_that_does_not_trust_the_certificate_is_refused() {
     let s = start(false, |_| {}).await;
     let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let e = https_get(s.https, other.cert.der(), "localhost", "/api/v1/models", None)
-        .await
-        .unwrap_err();
+    let e = https_get(
+        s.https,
+        other.cert.der(),
+        "localhost",
+        "/api/v1/models",
+        None,
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_lowercase().contains("certificate"), "{e}");
     // The server is fine afterwards.
     let (status, _, _) = https_get(s.https, &s.cert, "localhost", "/api/v1/models", None)
@@ -245,7 +251,10 @@ async fn a_silent_client_is_dropped_at_the_handshake_timeout() {
     // Generous bound: the server closes after about 1 s.
     let t0 = std::time::Instant::now();
     let read = tokio::time::timeout(Duration::from_secs(15), tcp.read(&mut buf)).await;
-    assert!(t0.elapsed() >= Duration::from_millis(500), "not closed before the timeout");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "not closed before the timeout"
+    );
     assert!(
         matches!(read, Ok(Ok(0)) | Ok(Err(_))),
         "closed by the server: {read:?}"
@@ -396,7 +405,10 @@ fn binary_refuses_a_bad_certificate_path_and_names_it() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&missing.display().to_string()), "{err}");
-    assert!(!data.exists(), "nothing created before the certificate is checked");
+    assert!(
+        !data.exists(),
+        "nothing created before the certificate is checked"
+    );
     // Only a certificate, no key: a config error naming the key.
     let out = Command::new(env!("CARGO_BIN_EXE_autoprov"))
         .arg("--tls-cert")

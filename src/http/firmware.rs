@@ -118,11 +118,7 @@ struct Access<'r> {
 
 /// The common-file rule: a known phone (MAC in the User-Agent) with its own credentials
 /// (its domain's allow-list applies), else the server-default (or bootstrap) credentials.
-async fn authorise(
-    st: &AppState,
-    a: &Access<'_>,
-    known: &mut Option<Mac>,
-) -> Result<(), AppError> {
+async fn authorise(st: &AppState, a: &Access<'_>, known: &mut Option<Mac>) -> Result<(), AppError> {
     let mac = a
         .agent
         .and_then(|ag| ag.mac)
@@ -169,9 +165,9 @@ pub async fn resolve(root: &FsPath, rel: &str) -> Result<PathBuf, AppError> {
         .await
         .map_err(|_| not_found())?;
     let inside = file.strip_prefix(&root).map_err(|_| not_found())?;
-    let plain = inside
-        .components()
-        .all(|c| matches!(c, std::path::Component::Normal(n) if n.to_str().is_some_and(plain_segment)));
+    let plain = inside.components().all(
+        |c| matches!(c, std::path::Component::Normal(n) if n.to_str().is_some_and(plain_segment)),
+    );
     if !plain || inside.as_os_str().is_empty() {
         return Err(not_found());
     }
@@ -321,7 +317,10 @@ async fn serve(
     };
     b = b
         .status(status)
-        .header(header::CONTENT_TYPE, HeaderValue::from_static(content_type(rel)))
+        .header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(content_type(rel)),
+        )
         .header(header::CONTENT_LENGTH, len);
     let body = if method == Method::HEAD {
         Body::empty()

@@ -264,7 +264,12 @@ pub(crate) struct Presented<'h> {
 }
 
 impl<'h> Presented<'h> {
-    pub(crate) fn new(st: &'h AppState, headers: &'h HeaderMap, method: &'h str, uri: &'h str) -> Self {
+    pub(crate) fn new(
+        st: &'h AppState,
+        headers: &'h HeaderMap,
+        method: &'h str,
+        uri: &'h str,
+    ) -> Self {
         Presented {
             st,
             raw: headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
