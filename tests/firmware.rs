@@ -438,6 +438,14 @@ async fn yealink_template_points_at_the_firmware_folder() {
         ),
         "{body}"
     );
+    // Explain counts both settings as read by the Yealink templates.
+    let (st, e) = s.get(&format!("/phones/{MAC}/explain")).await;
+    assert_eq!(st, StatusCode::OK, "{e}");
+    let unused = e["unused"].to_string();
+    assert!(
+        !unused.contains("firmware-url") && !unused.contains("firmware-file"),
+        "{unused}"
+    );
     // A whole URL is written as it is.
     s.put(
         "/domains/example.com",
