@@ -23,23 +23,35 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
-    /// The file holds no usable PEM item of the expected kind.
-    #[error("{path}: {message}")]
+    /// The file is not valid PEM.
+    #[error("{path}: not a PEM {expected}")]
     Pem {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
-        message: String,
+        /// `certificate chain` or `private key`.
+        expected: &'static str,
+        /// The parser's reason.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The file holds no PEM item of the expected kind.
+    #[error("{path}: no {expected} in the file")]
+    Missing {
+        /// The file.
+        path: PathBuf,
+        /// `CERTIFICATE` or `PRIVATE KEY`.
+        expected: &'static str,
     },
     /// rustls refused the pair (the key does not match the certificate, unsupported key).
-    #[error("certificate {cert} with key {key}: {message}")]
+    #[error("certificate {cert} with key {key}")]
     Pair {
         /// Certificate file.
         cert: PathBuf,
         /// Key file.
         key: PathBuf,
         /// rustls's reason.
-        message: String,
+        #[source]
+        source: rustls::Error,
     },
 }
 
@@ -50,10 +62,10 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn pem_error(path: &Path, message: impl Into<String>) -> TlsError {
-    TlsError::Pem {
+fn missing(path: &Path, expected: &'static str) -> TlsError {
+    TlsError::Missing {
         path: path.to_path_buf(),
-        message: message.into(),
+        expected,
     }
 }
 
@@ -62,9 +74,13 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     let bytes = read(path)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(path, format!("not a PEM certificate chain ({e})")))?;
+        .map_err(|source| TlsError::Pem {
+            path: path.to_path_buf(),
+            expected: "certificate chain",
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(pem_error(path, "no CERTIFICATE in the file"));
+        return Err(missing(path, "CERTIFICATE"));
     }
     Ok(certs)
 }
@@ -73,10 +89,12 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let bytes = read(path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => {
-            pem_error(path, "no PRIVATE KEY in the file")
-        }
-        other => pem_error(path, format!("not a PEM private key ({other})")),
+        rustls::pki_types::pem::Error::NoItemsFound => missing(path, "PRIVATE KEY"),
+        source => TlsError::Pem {
+            path: path.to_path_buf(),
+            expected: "private key",
+            source,
+        },
     })
 }
 
@@ -84,10 +102,10 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
     let certs = load_certs(&cfg.cert)?;
     let key = load_key(&cfg.key)?;
-    let pair = |e: rustls::Error| TlsError::Pair {
+    let pair = |source| TlsError::Pair {
         cert: cfg.cert.clone(),
         key: cfg.key.clone(),
-        message: e.to_string(),
+        source,
     };
     // The provider is chosen here, not process-wide, so nothing else in the process (a
     // dependency enabling aws-lc-rs) can make this ambiguous.
