@@ -58,6 +58,22 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub metrics_token: Option<String>,
+    /// Firmware folder, served at `/firmware/…` to authenticated phones [default: ./firmware].
+    #[arg(long, env = "AUTOPROV_FIRMWARE", global = true)]
+    pub firmware: Option<PathBuf>,
+    /// The server's base URL as phones reach it (`http://prov.example.com:8080`); templates
+    /// get `firmware_url` = this + `/firmware` [default: none, `firmware_url` is `/firmware`].
+    #[arg(long, env = "AUTOPROV_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+    /// TLS certificate chain (PEM); with `--tls-key` turns HTTPS on.
+    #[arg(long, env = "AUTOPROV_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "AUTOPROV_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+    /// HTTPS listen address [default: 0.0.0.0:8443 when a certificate is set].
+    #[arg(long, env = "AUTOPROV_HTTPS_LISTEN", global = true)]
+    pub https_listen: Option<String>,
 }
 
 /// Subcommands.
@@ -131,6 +147,16 @@ pub struct FileConfig {
     pub security: Option<crate::guard::SecurityFile>,
     /// Bearer token for `GET /metrics`.
     pub metrics_token: Option<String>,
+    /// Firmware folder.
+    pub firmware: Option<PathBuf>,
+    /// Base URL phones reach the server at.
+    pub public_url: Option<String>,
+    /// TLS certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// HTTPS listen address.
+    pub https_listen: Option<String>,
 }
 
 /// Log output format.
@@ -165,7 +191,29 @@ pub struct Config {
     pub limits: Limits,
     /// Bearer token `GET /metrics` requires (open when `None`).
     pub metrics_token: Option<String>,
+    /// Firmware folder (served at `/firmware/{*path}`).
+    pub firmware: PathBuf,
+    /// Base URL phones reach the server at, without a trailing `/`.
+    pub public_url: Option<String>,
+    /// Whether the plain-HTTP listener runs (`listen = "off"` turns it off: HTTPS alone).
+    pub listen_http: bool,
+    /// HTTPS, when a certificate and key are configured.
+    pub tls: Option<TlsConfig>,
 }
+
+/// HTTPS settings (the files are read by [`crate::tls::acceptor`] at startup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM, leaf first.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+    /// HTTPS listen address.
+    pub listen: SocketAddr,
+}
+
+/// The server-layer setting `public-url` fills: the firmware folder's base URL.
+pub const FIRMWARE_URL_SETTING: &str = "firmware-url";
 
 /// Connection and request limits (enforced in [`crate::server`] and the router).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +310,7 @@ pub enum ConfigError {
 impl Config {
     /// Defaults for tests: listen on 127.0.0.1:0, folders as given.
     pub fn for_test(data: PathBuf, models: PathBuf, templates: PathBuf) -> Self {
+        let firmware = data.with_file_name("firmware");
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data,
@@ -273,6 +322,10 @@ impl Config {
             security: crate::guard::Security::default(),
             limits: Limits::default(),
             metrics_token: None,
+            firmware,
+            public_url: None,
+            listen_http: true,
+            tls: None,
         }
     }
 
@@ -292,14 +345,20 @@ impl Config {
         let listen_raw = cli
             .listen
             .clone()
-            .or(fc.listen)
+            .or(fc.listen.clone())
             .unwrap_or_else(|| "0.0.0.0:8080".into());
-        let listen = listen_raw
-            .parse::<SocketAddr>()
-            .map_err(|_| ConfigError::Value {
-                key: "listen".into(),
-                message: format!("{listen_raw:?} is not an address like 0.0.0.0:8080"),
-            })?;
+        let listen_http = listen_raw != "off";
+        let listen = if listen_http {
+            listen_raw.parse::<SocketAddr>()
+        } else {
+            "0.0.0.0:8080".parse::<SocketAddr>()
+        }
+        .map_err(|_| ConfigError::Value {
+            key: "listen".into(),
+            message: format!("{listen_raw:?} is not an address like 0.0.0.0:8080, or off"),
+        })?;
+        let tls = resolve_tls(cli, &fc, listen_http)?;
+        let public_url = resolve_public_url(cli, &fc)?;
         let log_format = match cli.log_format.clone().or(fc.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -331,6 +390,11 @@ impl Config {
             };
             settings::check_value(&k, &s).map_err(|message| ConfigError::Value { key, message })?;
             defaults.insert(k, s);
+        }
+        if let Some(u) = &public_url
+            && !defaults.contains_key(FIRMWARE_URL_SETTING)
+        {
+            defaults.insert(FIRMWARE_URL_SETTING.into(), format!("{u}/firmware"));
         }
         let security = fc
             .security
@@ -378,6 +442,14 @@ impl Config {
                 }
                 t => t,
             },
+            firmware: cli
+                .firmware
+                .clone()
+                .or(fc.firmware)
+                .unwrap_or_else(|| "./firmware".into()),
+            public_url,
+            listen_http,
+            tls,
         })
     }
 
@@ -402,6 +474,62 @@ impl Config {
         };
         Self::resolve(cli, file)
     }
+}
+
+/// `tls-cert` + `tls-key` (both or neither) and `https-listen`; `listen = "off"` needs TLS.
+fn resolve_tls(cli: &Cli, fc: &FileConfig, http: bool) -> Result<Option<TlsConfig>, ConfigError> {
+    let cert = cli.tls_cert.clone().or(fc.tls_cert.clone());
+    let key = cli.tls_key.clone().or(fc.tls_key.clone());
+    let https_listen = cli.https_listen.clone().or(fc.https_listen.clone());
+    let value = |key: &str, message: &str| ConfigError::Value {
+        key: key.into(),
+        message: message.into(),
+    };
+    let (cert, key) = match (cert, key) {
+        (Some(c), Some(k)) => (c, k),
+        (Some(_), None) => return Err(value("tls-key", "is needed with tls-cert")),
+        (None, Some(_)) => return Err(value("tls-cert", "is needed with tls-key")),
+        (None, None) => {
+            if https_listen.is_some() {
+                return Err(value("https-listen", "needs tls-cert and tls-key"));
+            }
+            if !http {
+                return Err(value(
+                    "listen",
+                    "is off, but no HTTPS is configured (tls-cert, tls-key)",
+                ));
+            }
+            return Ok(None);
+        }
+    };
+    let raw = https_listen.unwrap_or_else(|| "0.0.0.0:8443".into());
+    let listen = raw.parse::<SocketAddr>().map_err(|_| ConfigError::Value {
+        key: "https-listen".into(),
+        message: format!("{raw:?} is not an address like 0.0.0.0:8443"),
+    })?;
+    Ok(Some(TlsConfig { cert, key, listen }))
+}
+
+/// `public-url`: `http(s)://host[:port][/prefix]`, kept without a trailing `/`.
+fn resolve_public_url(cli: &Cli, fc: &FileConfig) -> Result<Option<String>, ConfigError> {
+    let Some(raw) = cli.public_url.clone().or(fc.public_url.clone()) else {
+        return Ok(None);
+    };
+    let url = raw.trim_end_matches('/');
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    let ok = rest.is_some_and(|r| {
+        !r.is_empty() && !r.starts_with('/') && !r.contains(['?', '#', '"', '<', '>', '\\'])
+    }) && url.len() <= 512
+        && !url.chars().any(|c| c.is_control() || c.is_whitespace());
+    if !ok {
+        return Err(ConfigError::Value {
+            key: "public-url".into(),
+            message: format!("{raw:?} is not a URL like http://prov.example.com:8080"),
+        });
+    }
+    Ok(Some(url.to_string()))
 }
 
 #[cfg(test)]
@@ -516,6 +644,57 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("header-read-timeout-secs"), "{e}");
+    }
+
+    #[test]
+    fn firmware_public_url_and_tls() {
+        let c = Config::resolve(&cli(&[]), None).unwrap();
+        assert_eq!(c.firmware, PathBuf::from("./firmware"));
+        assert!(c.listen_http && c.tls.is_none() && c.public_url.is_none());
+        assert!(!c.defaults.contains_key(FIRMWARE_URL_SETTING));
+        let file = Some((
+            "a.toml".into(),
+            "firmware = \"/srv/fw\"\npublic-url = \"http://prov.example.com:8080/\"\n\
+             tls-cert = \"/c.pem\"\ntls-key = \"/k.pem\"\nlisten = \"off\""
+                .to_string(),
+        ));
+        let c = Config::resolve(&cli(&["--firmware", "/x/fw"]), file).unwrap();
+        assert_eq!(c.firmware, PathBuf::from("/x/fw"));
+        assert_eq!(
+            c.public_url.as_deref(),
+            Some("http://prov.example.com:8080")
+        );
+        assert_eq!(
+            c.defaults[FIRMWARE_URL_SETTING],
+            "http://prov.example.com:8080/firmware"
+        );
+        assert!(!c.listen_http);
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(tls.cert, PathBuf::from("/c.pem"));
+        // An explicit [defaults] firmware-url wins over public-url.
+        let file = Some((
+            "a.toml".into(),
+            "public-url = \"https://p.example\"\n[defaults]\nfirmware-url = \"http://cdn.example/fw\""
+                .to_string(),
+        ));
+        let c = Config::resolve(&cli(&[]), file).unwrap();
+        assert_eq!(c.defaults[FIRMWARE_URL_SETTING], "http://cdn.example/fw");
+        for (args, key) in [
+            (&["--tls-cert", "/c.pem"][..], "tls-key"),
+            (&["--tls-key", "/k.pem"][..], "tls-cert"),
+            (&["--https-listen", "0.0.0.0:1"][..], "https-listen"),
+            (&["--listen", "off"][..], "listen"),
+            (&["--public-url", "ftp://x"][..], "public-url"),
+            (&["--public-url", "http://a b"][..], "public-url"),
+            (
+                &["--tls-cert", "/c", "--tls-key", "/k", "--https-listen", "x"][..],
+                "https-listen",
+            ),
+        ] {
+            let e = Config::resolve(&cli(args), None).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{args:?}: {e}");
+        }
     }
 
     #[test]

@@ -61,6 +61,12 @@ pub enum AppError {
     /// Method not allowed on this path (405).
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// No byte of the requested `Range` lies in the file (416 with `Content-Range: bytes */size`).
+    #[error("range not satisfiable")]
+    RangeNotSatisfiable {
+        /// The file's size in bytes.
+        size: u64,
+    },
     /// The store failed (500).
     #[error("store")]
     Store(#[from] StoreError),
@@ -129,6 +135,11 @@ impl AppError {
                 "invalid_set",
                 e.field.as_deref(),
             ),
+            AppError::RangeNotSatisfiable { .. } => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                None,
+            ),
             AppError::Store(_) | AppError::Render(_) | AppError::Io { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
             }
@@ -164,6 +175,7 @@ impl AppError {
             StatusCode::METHOD_NOT_ALLOWED => "method not allowed\n",
             StatusCode::TOO_MANY_REQUESTS => "too many failed authentications\n",
             StatusCode::URI_TOO_LONG => "request target too long\n",
+            StatusCode::RANGE_NOT_SATISFIABLE => "range not satisfiable\n",
             _ if status.is_server_error() => "internal error\n",
             _ => "bad request\n",
         };
@@ -199,6 +211,11 @@ fn add_challenge(e: &AppError, r: &mut Response) {
         AppError::TooManyRequests { retry_after } => {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        AppError::RangeNotSatisfiable { size } => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
         }
         _ => {}
     }

@@ -2,7 +2,8 @@
 //!
 //! The public surface that `main` and the tests share: [`init`] builds an [`AppState`] from
 //! a [`config::Config`], [`http::router`] builds the axum app, [`serve`] runs it on a bound
-//! listener until a shutdown future completes, then flushes the store.
+//! listener until a shutdown future completes, then flushes the store; [`serve_listeners`]
+//! does the same on an HTTP listener, an HTTPS one ([`tls::acceptor`]), or both.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
@@ -21,6 +22,7 @@ pub mod render;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;
 
 use std::future::Future;
@@ -80,6 +82,8 @@ pub struct Inner {
     pub throttle: guard::Throttle,
     /// Connection and request limits.
     pub limits: config::Limits,
+    /// The firmware folder (`/firmware/{*path}`).
+    pub firmware: PathBuf,
     /// Prometheus counters (`GET /metrics`).
     pub metrics: metrics::Metrics,
 }
@@ -146,6 +150,9 @@ pub enum StartupError {
     /// The store.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// HTTPS certificate or key.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// A file in the data folder.
     #[error("{path}")]
     Io {
@@ -387,6 +394,7 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
         throttle: guard::Throttle::new(&config.security),
         limits: config.limits,
         metrics: metrics::Metrics::new(config.metrics_token.as_deref()),
+        firmware: config.firmware.clone(),
     }));
     Ok((
         state,
@@ -407,6 +415,28 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listeners = Listeners {
+        http: Some(listener),
+        https: None,
+    };
+    serve_listeners(listeners, state, shutdown).await
+}
+
+/// Where [`serve_listeners`] accepts connections: plain HTTP, HTTPS, or both.
+#[derive(Default)]
+pub struct Listeners {
+    /// The plain-HTTP listener.
+    pub http: Option<tokio::net::TcpListener>,
+    /// The HTTPS listener and its TLS acceptor (see [`tls::acceptor`]).
+    pub https: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+}
+
+/// [`serve`] on the given listeners (one connection cap over both).
+pub async fn serve_listeners(
+    listeners: Listeners,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = http::router(state.clone());
     let audit = state.clone();
     let flusher = tokio::spawn(async move {
@@ -422,7 +452,8 @@ pub async fn serve(
             }
         }
     });
-    let result = server::run(listener, app, state.limits, shutdown).await;
+    let result =
+        server::run_listeners(listeners.http, listeners.https, app, state.limits, shutdown).await;
     flusher.abort();
     if let Err(e) = state.fleet.flush(&state.store) {
         tracing::warn!(error = %render::error_chain(&e), "writing the fetch audit failed");

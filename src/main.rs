@@ -123,16 +123,35 @@ fn import(config: &Config, file: &std::path::Path, replace: bool) -> anyhow::Res
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // The certificate and key are checked before anything is opened or created.
+    let acceptor = match &config.tls {
+        Some(t) => Some(autoprov::tls::acceptor(t)?),
+        None => None,
+    };
     let (state, startup) = autoprov::init(&config)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let addr = listener.local_addr()?;
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+    };
+    let mut listeners = autoprov::Listeners::default();
+    let mut urls = Vec::new();
+    if config.listen_http {
+        let l = bind(config.listen).await?;
+        urls.push(format!("http://{}", l.local_addr()?));
+        listeners.http = Some(l);
+    }
+    if let (Some(t), Some(acceptor)) = (&config.tls, acceptor) {
+        let l = bind(t.listen).await?;
+        urls.push(format!("https://{}", l.local_addr()?));
+        listeners.https = Some((l, acceptor));
+    }
+    let addr = urls.join(" and ");
     // Installed before the address is printed, so a SIGHUP sent after it is never lost.
     #[cfg(unix)]
     reload_on_hangup(state.clone())?;
     println!(
-        "autoprov listening on http://{addr} ({} models loaded, data in {})",
+        "autoprov listening on {addr} ({} models loaded, data in {})",
         startup.models,
         config.data.display()
     );
@@ -154,7 +173,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ),
     }
     tracing::info!(%addr, "listening");
-    autoprov::serve(listener, state, shutdown_signal()).await?;
+    autoprov::serve_listeners(listeners, state, shutdown_signal()).await?;
     tracing::info!("stopped; store flushed");
     Ok(())
 }

@@ -12,8 +12,15 @@
 //!   `503 Service Unavailable` with `Retry-After: 1` and is closed, written by a small task
 //!   of its own, never by the accept loop and without reading the request;
 //! - the request timeout (408) and body limits (413) are layers in [`crate::http::router`].
+//!
+//! With HTTPS ([`run_listeners`]) both listeners share the one accept loop and the one
+//! connection cap. A TLS handshake runs in the connection's own task (never in the accept
+//! loop) and must finish within `header-read-timeout-secs`, else the connection is closed;
+//! a TLS connection past the cap is closed at once (a plain-text 503 would be noise to a
+//! TLS client, and a handshake to send it is the work the cap exists to refuse).
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +34,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tower::Layer;
 
 use crate::config::Limits;
@@ -62,6 +70,25 @@ pub async fn run(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    run_listeners(Some(listener), None, app, limits, shutdown).await
+}
+
+/// Waits for a connection on `listener`, or forever when there is none.
+async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// [`run`] on a plain-HTTP listener, an HTTPS one, or both (one loop, one connection cap).
+pub async fn run_listeners(
+    listener: Option<TcpListener>,
+    https: Option<(TcpListener, TlsAcceptor)>,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -73,15 +100,17 @@ pub async fn run(
     let mut turned_away: u64 = 0;
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    accept_error(e).await;
-                    continue;
-                }
-            },
+        let (accepted, tls) = tokio::select! {
+            a = accept(listener.as_ref()) => (a, None),
+            a = accept(https.as_ref().map(|(l, _)| l)) => (a, https.as_ref().map(|(_, t)| t)),
             () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                accept_error(e).await;
+                continue;
+            }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             if turned_away == 0 {
@@ -91,6 +120,10 @@ pub async fn run(
                 );
             }
             turned_away += 1;
+            if tls.is_some() {
+                drop(stream);
+                continue;
+            }
             if let Ok(task) = busy_tasks.clone().try_acquire_owned() {
                 tokio::spawn(async move {
                     busy(stream).await;
@@ -108,6 +141,24 @@ pub async fn run(
         // What `into_make_service_with_connect_info` did: the peer address as a request
         // extension, for `ConnectInfo<SocketAddr>` extractors.
         let svc = TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(app.clone()));
+        if let Some(tls) = tls {
+            let (tls, http, watcher) = (tls.clone(), http.clone(), graceful.watcher());
+            let handshake = limits.header_read_timeout;
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake, tls.accept(stream)).await {
+                    Ok(Ok(s)) => {
+                        let conn = watcher.watch(http.serve_connection(TokioIo::new(s), svc));
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+                drop(slot);
+            });
+            continue;
+        }
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -117,6 +168,7 @@ pub async fn run(
         });
     }
     drop(listener);
+    drop(https);
     if tokio::time::timeout(limits.request_timeout, graceful.shutdown())
         .await
         .is_err()

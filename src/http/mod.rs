@@ -2,6 +2,7 @@
 
 pub mod admin;
 mod body;
+pub mod firmware;
 pub mod phone;
 mod reload;
 mod tokens;
@@ -67,11 +68,17 @@ pub fn router(state: AppState) -> Router {
             .put(phone::upload.layer(DefaultBodyLimit::max(phone::UPLOAD_LIMIT)))
             .fallback(|| async { AppError::MethodNotAllowed.into_phone_response() }),
     );
+    let firmware = Router::new().route(
+        "/firmware/{*path}",
+        get(firmware::fetch)
+            .fallback(|| async { AppError::MethodNotAllowed.into_phone_response() }),
+    );
     Router::new()
         .nest("/api/v1", admin)
         // Before the phone route's `/{file}`: a static path always wins over a parameter.
         .route("/metrics", get(crate::metrics::scrape))
         .merge(phone)
+        .merge(firmware)
         .fallback(|| async { AppError::NotFound("not found".into()).into_phone_response() })
         .layer(axum::middleware::from_fn(screen))
         .layer(TimeoutLayer::with_status_code(

@@ -100,7 +100,7 @@ fn path_mac(t: &Templates, file: &str) -> Option<Mac> {
 
 /// Before anything else: the server-wide allow-list (403), then the failure throttle for
 /// this address and MAC (429 with `Retry-After`).
-fn admit(
+pub(crate) fn admit(
     st: &AppState,
     ip: Option<IpAddr>,
     mac: impl FnOnce() -> Option<Mac>,
@@ -118,7 +118,7 @@ fn admit(
 /// A presented-but-wrong credential counts against the address and the MAC. A request with
 /// no `Authorization` header is the normal first step of every phone (it waits for the
 /// challenge) and does not count.
-fn count_failure(
+pub(crate) fn count_failure(
     st: &AppState,
     e: &AppError,
     auth: &Presented<'_>,
@@ -140,7 +140,7 @@ fn count_failure(
 
 const UNSPECIFIED: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 
-fn ip_text(ip: Option<std::net::IpAddr>) -> String {
+pub(crate) fn ip_text(ip: Option<std::net::IpAddr>) -> String {
     ip.map(|a| a.to_string()).unwrap_or_default()
 }
 
@@ -273,7 +273,7 @@ async fn store_upload(
 /// The request's `Authorization` header (Basic or Digest), decoded only when a check needs
 /// it. Remembers whether a Digest answer was right but for a stale nonce, so the challenge
 /// says `stale=true` and the phone retries without asking anyone.
-struct Presented<'h> {
+pub(crate) struct Presented<'h> {
     st: &'h AppState,
     raw: Option<&'h [u8]>,
     method: &'h str,
@@ -284,7 +284,12 @@ struct Presented<'h> {
 }
 
 impl<'h> Presented<'h> {
-    fn new(st: &'h AppState, headers: &'h HeaderMap, method: &'h str, uri: &'h str) -> Self {
+    pub(crate) fn new(
+        st: &'h AppState,
+        headers: &'h HeaderMap,
+        method: &'h str,
+        uri: &'h str,
+    ) -> Self {
         Presented {
             st,
             raw: headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
@@ -354,7 +359,7 @@ impl<'h> Presented<'h> {
 /// Puts the challenges on a 401: Basic always, and Digest (SHA-256, then MD5, with a fresh
 /// nonce) whenever any model or domain uses it, the same for every path and MAC so the
 /// challenge never tells whether a MAC exists.
-fn challenge(st: &AppState, resp: &mut Response, auth: &Presented<'_>) {
+pub(crate) fn challenge(st: &AppState, resp: &mut Response, auth: &Presented<'_>) {
     if resp.status() != StatusCode::UNAUTHORIZED || !st.digest_in_use.load(Ordering::Relaxed) {
         return;
     }
@@ -377,7 +382,7 @@ fn challenge(st: &AppState, resp: &mut Response, auth: &Presented<'_>) {
 
 /// The server-default credentials. The Basic header that last passed is remembered, so the
 /// usual case (every factory phone sending the same header) is one constant-time compare.
-fn server_default_ok(st: &AppState, p: &Presented<'_>) -> bool {
+pub(crate) fn server_default_ok(st: &AppState, p: &Presented<'_>) -> bool {
     if p.raw.is_some_and(|raw| st.prov_memo.hit(raw)) {
         return true;
     }
@@ -479,7 +484,7 @@ fn phone_auth(
 /// `exchange`, a bootstrap credential is exchanged for a generated per-device one, committed
 /// and flushed before the phone gets the file that carries it; the phone as it now stands
 /// is returned.
-async fn authenticate(
+pub(crate) async fn authenticate(
     st: &AppState,
     t: &Templates,
     phone: &Phone,

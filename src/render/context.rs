@@ -160,6 +160,10 @@ pub struct RenderContext {
     pub idle_ports: Vec<u32>,
     /// Line keys among the managed ones (1..=min(ports, line keys)) that no line uses.
     pub idle_line_keys: Vec<u32>,
+    /// Base URL of the firmware folder, no trailing `/`: the merged setting `firmware-url`
+    /// (config `public-url` puts `<public-url>/firmware` in the server layer), else the
+    /// relative `/firmware` (which most phones cannot use: set `public-url`).
+    pub firmware_url: String,
     /// Phone-level merge with origins.
     #[serde(skip)]
     pub merged: Merged,
@@ -240,7 +244,12 @@ impl RenderContext {
         let idle_line_keys = (1..=m.ports.min(m.line_keys))
             .filter(|k| !lines.iter().any(|l| l.line_keys.contains(k)))
             .collect();
+        let firmware_url = match merged.get(crate::config::FIRMWARE_URL_SETTING) {
+            Some(u) if !u.is_empty() => u.trim_end_matches('/').to_string(),
+            _ => "/firmware".to_string(),
+        };
         RenderContext {
+            firmware_url,
             idle_ports,
             idle_line_keys,
             mac: phone.map(|p| p.mac.lower()).unwrap_or_default(),
