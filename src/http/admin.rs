@@ -7,13 +7,13 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::schema;
 use super::body::{Fields, JsonBody, Patch, Path, Query, merge_patch};
+use super::schema;
 use crate::AppState;
 use crate::auth;
 use crate::error::AppError;

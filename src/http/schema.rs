@@ -584,8 +584,8 @@ pub struct PhoneOut {
     pub members: Vec<MemberOut>,
     /// Changes whenever the rendered files may have changed.
     pub revision: u64,
-    /// The last request, or null.
-    #[schema(required = true)]
+    /// The last request, or null. In `GET` responses (one phone and the list) only, not
+    /// in the answer to a `PUT`.
     pub last_fetch: Option<FetchOut>,
 }
 

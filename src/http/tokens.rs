@@ -19,8 +19,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::admin::Admin;
-use super::schema;
 use super::body::{Fields, JsonBody, Patch, Path};
+use super::schema;
 use crate::AppState;
 use crate::error::AppError;
 use crate::tokens::{self, token_json};
