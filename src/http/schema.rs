@@ -747,6 +747,7 @@ pub struct UnprovisionedOut {
 #[serde(deny_unknown_fields)]
 pub struct TokenIn {
     /// An existing domain.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub domain: String,
 }
 
