@@ -265,7 +265,7 @@ fn read_cidrs(f: &mut Fields, target: &mut Vec<String>) -> Result<(), AppError> 
 
 /// Reads a domain.
 #[utoipa::path(
-    get, path = "/domains/{domain}", tag = "domains", params(("domain" = String, Path, pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own")),
+    get, path = "/domains/{domain}", tag = "domains", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own")),
     responses((status = 200, description = "The domain", body = schema::DomainOut), schema::ReadErrors)
 )]
 async fn get_domain(
@@ -283,7 +283,7 @@ async fn get_domain(
 
 /// Creates or updates a domain (partial update).
 #[utoipa::path(
-    put, path = "/domains/{domain}", tag = "domains", params(("domain" = String, Path, pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own")),
+    put, path = "/domains/{domain}", tag = "domains", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own")),
     request_body = schema::DomainIn,
     responses(
         (status = 200, description = "Updated", body = schema::DomainOut),
@@ -397,7 +397,7 @@ fn set_opt(target: &mut Option<String>, p: Patch<String>) {
 
 /// Deletes a domain (409 while it has phones or accounts).
 #[utoipa::path(
-    delete, path = "/domains/{domain}", tag = "domains", params(("domain" = String, Path, pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own")),
+    delete, path = "/domains/{domain}", tag = "domains", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own")),
     responses((status = 204, description = "Deleted"), schema::DeleteErrors)
 )]
 async fn delete_domain(
@@ -891,7 +891,7 @@ async fn write_account(
 
 /// Creates an account (the body names `device`; 409 if it exists).
 #[utoipa::path(
-    post, path = "/domains/{domain}/users/{user}/devices", tag = "accounts", params(("domain" = String, Path, pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`")),
+    post, path = "/domains/{domain}/users/{user}/devices", tag = "accounts", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, example = "100", pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`")),
     request_body = schema::AccountIn,
     responses((status = 201, description = "Created", body = schema::AccountOut), schema::WriteErrors)
 )]
@@ -906,7 +906,7 @@ async fn post_account(
 
 /// Creates or updates an account (partial update).
 #[utoipa::path(
-    put, path = "/domains/{domain}/users/{user}/devices/{device}", tag = "accounts", params(("domain" = String, Path, pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`"), ("device" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "Device name")),
+    put, path = "/domains/{domain}/users/{user}/devices/{device}", tag = "accounts", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, example = "100", pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`"), ("device" = String, Path, example = "d100", pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "Device name")),
     request_body = schema::AccountIn,
     responses(
         (status = 200, description = "Updated", body = schema::AccountOut),
@@ -943,7 +943,7 @@ fn find_account(
 
 /// Reads an account.
 #[utoipa::path(
-    get, path = "/domains/{domain}/users/{user}/devices/{device}", tag = "accounts", params(("domain" = String, Path, pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`"), ("device" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "Device name")),
+    get, path = "/domains/{domain}/users/{user}/devices/{device}", tag = "accounts", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, example = "100", pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`"), ("device" = String, Path, example = "d100", pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "Device name")),
     responses((status = 200, description = "The account", body = schema::AccountOut), schema::ReadErrors)
 )]
 async fn get_account(
@@ -957,7 +957,7 @@ async fn get_account(
 
 /// Lists a user's accounts.
 #[utoipa::path(
-    get, path = "/domains/{domain}/users/{user}/devices", tag = "accounts", params(("domain" = String, Path, pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`")),
+    get, path = "/domains/{domain}/users/{user}/devices", tag = "accounts", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, example = "100", pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`")),
     responses((status = 200, description = "The user's accounts", body = Vec<schema::AccountOut>), schema::ReadErrors)
 )]
 async fn list_accounts(
@@ -981,7 +981,7 @@ async fn list_accounts(
 
 /// Deletes an account and its lines on every phone.
 #[utoipa::path(
-    delete, path = "/domains/{domain}/users/{user}/devices/{device}", tag = "accounts", params(("domain" = String, Path, pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`"), ("device" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "Device name")),
+    delete, path = "/domains/{domain}/users/{user}/devices/{device}", tag = "accounts", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, example = "100", pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`"), ("device" = String, Path, example = "d100", pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "Device name")),
     responses((status = 204, description = "Deleted"), schema::DeleteErrors)
 )]
 async fn delete_account(
@@ -1035,7 +1035,7 @@ fn phone_or_404(st: &AppState, a: &Admin, mac: Mac) -> Result<Phone, AppError> {
 
 /// Reads a phone.
 #[utoipa::path(
-    get, path = "/phones/{mac}", tag = "phones", params(("mac" = String, Path, pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`")),
+    get, path = "/phones/{mac}", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`")),
     responses((status = 200, description = "The phone", body = schema::PhoneOut), schema::ReadErrors)
 )]
 async fn get_phone(
@@ -1106,7 +1106,7 @@ async fn list_phones(
 
 /// Creates or updates a phone (partial update).
 #[utoipa::path(
-    put, path = "/phones/{mac}", tag = "phones", params(("mac" = String, Path, pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`")),
+    put, path = "/phones/{mac}", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`")),
     request_body = schema::PhoneIn,
     responses(
         (status = 200, description = "Updated", body = schema::PhoneOut),
@@ -1253,7 +1253,7 @@ async fn put_phone(
 
 /// Deletes a phone.
 #[utoipa::path(
-    delete, path = "/phones/{mac}", tag = "phones", params(("mac" = String, Path, pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`")),
+    delete, path = "/phones/{mac}", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`")),
     responses((status = 204, description = "Deleted"), schema::DeleteErrors)
 )]
 async fn delete_phone(
@@ -1303,7 +1303,7 @@ fn phone_for_org(
 
 /// Lists a phone's members.
 #[utoipa::path(
-    get, path = "/phones/{mac}/members", tag = "phones", params(("mac" = String, Path, pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`"), ("orgId" = Option<String>, Query, description = "The phone's domain; another gives 404")),
+    get, path = "/phones/{mac}/members", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`"), ("orgId" = Option<String>, Query, description = "The phone's domain; another gives 404")),
     responses((status = 200, description = "The members", body = schema::MembersOut), schema::ReadErrors)
 )]
 async fn get_members(
@@ -1455,7 +1455,7 @@ fn check_members(
 
 /// Replaces a phone's members.
 #[utoipa::path(
-    put, path = "/phones/{mac}/members", tag = "phones", params(("mac" = String, Path, pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`"), ("orgId" = Option<String>, Query, description = "The phone's domain; another gives 404")),
+    put, path = "/phones/{mac}/members", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`"), ("orgId" = Option<String>, Query, description = "The phone's domain; another gives 404")),
     request_body = schema::MembersIn,
     responses((status = 200, description = "The new members", body = schema::MembersOut), schema::WriteErrors)
 )]
@@ -1514,7 +1514,7 @@ async fn put_members(
 /// Returns the bytes the phone would get for a file.
 #[utoipa::path(
     get, path = "/phones/{mac}/files/{file}", tag = "phones",
-    params(("mac" = String, Path, pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`"), ("file" = String, Path, description = "A file name the model requests (`001565aabbcc.cfg`)")),
+    params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`"), ("file" = String, Path, example = "001565aabbcc.cfg", description = "A file name the model requests (`001565aabbcc.cfg`)")),
     responses(
         (status = 200, description = "The file, with its Content-Type and ETag", content(
             (String = "text/plain"),
@@ -1575,7 +1575,7 @@ async fn preview(
 /// overrides (added or replacing), and the settings this model has no key for.
 /// Explains where each value of the phone's files comes from.
 #[utoipa::path(
-    get, path = "/phones/{mac}/explain", tag = "phones", params(("mac" = String, Path, pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`")),
+    get, path = "/phones/{mac}/explain", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`")),
     responses((status = 200, description = "Values by layer, overrides, unused settings", body = schema::ExplainOut), schema::ReadErrors)
 )]
 async fn explain(

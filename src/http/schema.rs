@@ -190,6 +190,31 @@ impl utoipa::PartialSchema for SettingPatch {
 
 impl ToSchema for SettingPatch {}
 
+/// Registration expiry: 1–604800, as an integer or its decimal text.
+#[derive(Deserialize)]
+pub struct Expiry(serde_json::Value);
+
+impl utoipa::PartialSchema for Expiry {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1))
+                    .maximum(Some(604_800)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^[1-9][0-9]{0,5}$")),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for Expiry {}
+
 /// `yes` or `no`.
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -210,6 +235,46 @@ pub enum Transport {
     Tcp,
     /// TLS.
     Tls,
+}
+
+/// SRTP mode.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Srtp {
+    /// Off.
+    No,
+    /// Required.
+    Yes,
+    /// When offered.
+    Opportunistic,
+}
+
+/// Call recording mode.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recording {
+    /// Off.
+    No,
+    /// On.
+    Yes,
+    /// With transcription.
+    YesWithTranscription,
+    /// With transcription and sentiment.
+    YesWithTranscriptionAndSentiment,
+}
+
+/// NAT traversal mode.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Nat {
+    /// Automatic.
+    Automatic,
+    /// None.
+    None,
+    /// Never.
+    Never,
+    /// Fixed.
+    Fixed,
 }
 
 /// How a domain's phones authenticate.
@@ -293,12 +358,16 @@ pub struct DomainIn {
     /// Merge patch of domain defaults (a key given `null` is removed; `null` clears all).
     pub defaults: Option<BTreeMap<String, SettingPatch>>,
     /// Provisioning user name (set together with the password).
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$", max_length = 1024)]
     pub device_provisioning_username: Option<String>,
     /// Provisioning password (write-only).
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$", max_length = 1024)]
     pub device_provisioning_password: Option<String>,
     /// Bootstrap user name (set together with the password).
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$", max_length = 1024)]
     pub device_provisioning_bootstrap_username: Option<String>,
     /// Bootstrap password (write-only).
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$", max_length = 1024)]
     pub device_provisioning_bootstrap_password: Option<String>,
     /// CIDR blocks or addresses (at most 256); `[]` or `null`: any.
     pub device_provisioning_allowed_cidrs: Option<Vec<String>>,
@@ -390,6 +459,7 @@ pub enum OverridesIn {
 pub struct AccountIn {
     /// Read-only on `PUT` (must equal the path's); required on `POST`.
     #[schema(nullable = false)]
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "d100")]
     pub device: Option<String>,
     /// Read-only: must equal the path's if given.
     #[schema(nullable = false)]
@@ -401,8 +471,10 @@ pub struct AccountIn {
     #[schema(nullable = false)]
     pub id: Option<String>,
     /// Write-only; `null` generates a new one.
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$", max_length = 1024)]
     pub device_sip_registration_password: Option<String>,
     /// Emergency caller id.
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$", max_length = 1024)]
     pub caller_id_number_emergency: Option<String>,
     /// Flag.
     pub device_force_notify_new_voicemails_enabled: Option<YesNo>,
@@ -418,31 +490,45 @@ pub struct AccountIn {
     pub device_sip_no_to_tag_in_cancel: Option<YesNo>,
     /// Flag.
     pub auto_answer_enabled: Option<YesNo>,
-    /// 1–604800 (integer or its text).
-    pub device_sip_registration_expiry_seconds: Option<SettingValue>,
+    /// Seconds, 1–604800 (an integer or its decimal text).
+    pub device_sip_registration_expiry_seconds: Option<Expiry>,
     /// `no`/`yes`/`opportunistic`.
-    pub device_srtp_enabled: Option<String>,
-    /// `no`/`yes`/`yes-with-transcription`/`yes-with-transcription-and-sentiment`.
-    pub recording_configuration: Option<String>,
+    pub device_srtp_enabled: Option<Srtp>,
+    /// Recording mode.
+    pub recording_configuration: Option<Recording>,
     /// Required User-Agent substring.
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$", max_length = 1024)]
     pub device_sip_allowed_user_agent: Option<String>,
-    /// `automatic`/`none`/`never`/`fixed`.
-    pub device_sip_nat_traversal_enabled: Option<String>,
+    /// NAT traversal mode.
+    pub device_sip_nat_traversal_enabled: Option<Nat>,
     /// Emergency address id.
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$", max_length = 1024)]
     pub emergency_address_id: Option<String>,
     /// Model of the phone to link (with the MAC).
+    #[schema(example = "yealink-t46s")]
     pub device_models_model: Option<String>,
     /// MAC to link (creating the phone if needed); `null` unlinks.
+    #[schema(
+        pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$",
+        example = "001565aabbcc"
+    )]
     pub device_provisioning_mac_address: Option<String>,
     /// Registrar (`host[:port]`).
+    #[schema(
+        pattern = r"^[A-Za-z0-9.-]{1,253}(:[1-9][0-9]{0,3})?$",
+        example = "sip.example.com"
+    )]
     pub device_provisioning_registration_core_server: Option<String>,
     /// Transport.
     pub device_provisioning_sip_transport_protocol: Option<Transport>,
     /// Provisioning user name pushed to the phone.
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$", max_length = 1024)]
     pub device_provisioning_username: Option<String>,
     /// Provisioning password pushed to the phone (write-only).
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$", max_length = 1024)]
     pub device_provisioning_password: Option<String>,
     /// Port on the linked phone (1–64).
+    #[schema(minimum = 1, maximum = 64)]
     pub device_provisioning_line: Option<i64>,
     /// Overrides pushed to the linked phone.
     pub device_provisioning_overrides: Option<OverridesIn>,
@@ -494,18 +580,22 @@ pub struct MemberIn {
     #[schema(minimum = 1, maximum = 1024)]
     pub port: u32,
     /// Account id (`device@domain`) of the phone's domain.
+    #[schema(example = "d100@example.com")]
     pub id: String,
     /// Default `PRIMARY`.
     pub line_type: Option<LineType>,
     /// 1–64, default 1.
+    #[schema(minimum = 1, maximum = 64)]
     pub line_weight: Option<i64>,
     /// Default: the account's user.
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$", max_length = 1024)]
     pub line_label: Option<String>,
     /// Default false.
     pub primary_owner: Option<bool>,
     /// Default false.
     pub hotline_enabled: Option<bool>,
     /// Default "".
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$", max_length = 1024)]
     pub hotline_destination: Option<String>,
     /// Default true.
     pub allow_call_decline_enabled: Option<bool>,
@@ -609,15 +699,23 @@ pub struct PhoneIn {
     #[schema(nullable = false)]
     pub mac: Option<String>,
     /// Domain (must exist).
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "example.com")]
     pub domain: Option<String>,
     /// Model id (cannot be null).
     #[schema(nullable = false)]
+    #[schema(example = "yealink-t46s")]
     pub device_models_model: Option<String>,
     /// The phone's own provisioning user name (set together with the password).
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$", max_length = 1024)]
     pub device_provisioning_username: Option<String>,
     /// Write-only.
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$", max_length = 1024)]
     pub device_provisioning_password: Option<String>,
     /// Phone-level registrar.
+    #[schema(
+        pattern = r"^[A-Za-z0-9.-]{1,253}(:[1-9][0-9]{0,3})?$",
+        example = "sip.example.com"
+    )]
     pub device_provisioning_registration_core_server: Option<String>,
     /// Phone-level transport.
     pub device_provisioning_sip_transport_protocol: Option<Transport>,
