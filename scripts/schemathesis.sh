@@ -76,6 +76,8 @@ fi
 echo "schemathesis $("$VENV/bin/schemathesis" --version | awk '{print $NF}') against $BASE, max examples $MAX_EXAMPLES" >&2
 START=$(date +%s)
 set +e
+# From the work folder: schemathesis keeps its cache (.schemathesis/) in the current one.
+cd "$WORK"
 "$VENV/bin/schemathesis" run "$BASE/api/v1/openapi.json" \
     --header "Authorization: Bearer $TOKEN" \
     --checks "$CHECKS" \
