@@ -3,16 +3,17 @@
 //! before the 2xx. Status codes as DESIGN.md §3 lists them.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::body::{Fields, JsonBody, Patch, Path, Query, merge_patch};
+use super::schema;
 use crate::AppState;
 use crate::auth;
 use crate::error::AppError;
@@ -22,37 +23,29 @@ use crate::model::{Account, Domain, FileRef, LineType, Mac, Member, Model, Phone
 use crate::render::overlay;
 use crate::store::{Change, render_key};
 
-/// The admin routes (mounted under `/api/v1`).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/models", get(list_models))
-        .route(
-            "/domains/{domain}",
-            get(get_domain).put(put_domain).delete(delete_domain),
-        )
-        .route(
-            "/domains/{domain}/users/{user}/devices",
-            get(list_accounts).post(post_account),
-        )
-        .route(
-            "/domains/{domain}/users/{user}/devices/{device}",
-            get(get_account).put(put_account).delete(delete_account),
-        )
-        .route("/phones", get(list_phones))
-        .route(
-            "/phones/{mac}",
-            get(get_phone).put(put_phone).delete(delete_phone),
-        )
-        .route("/phones/{mac}/members", get(get_members).put(put_members))
-        .route("/phones/{mac}/files/{file}", get(preview))
-        .route("/phones/{mac}/explain", get(explain))
-        .route("/unprovisioned", get(unprovisioned))
-        .route(
-            "/tokens",
-            get(super::tokens::list).post(super::tokens::create),
-        )
-        .route("/tokens/{id}", delete(super::tokens::revoke))
-        .route("/reload", axum::routing::post(super::reload::reload))
+/// The admin routes (mounted under `/api/v1`), each with its OpenAPI description.
+///
+/// To add a route: give the handler a `#[utoipa::path(method, path = "...", ...)]`
+/// (path relative to `/api/v1`, request body and every response with its schema from
+/// `http::schema`) and list it here in `routes!` (one `routes!` per path; handlers for
+/// other methods of the same path go in the same `routes!`). `routes!` takes the method
+/// and path from the attribute, so the router and `/api/v1/openapi.json` cannot disagree.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_models))
+        .routes(routes!(get_domain, put_domain, delete_domain))
+        .routes(routes!(list_accounts, post_account))
+        .routes(routes!(get_account, put_account, delete_account))
+        .routes(routes!(list_phones))
+        .routes(routes!(get_phone, put_phone, delete_phone))
+        .routes(routes!(get_members, put_members))
+        .routes(routes!(preview))
+        .routes(routes!(explain))
+        .routes(routes!(unprovisioned))
+        .routes(routes!(super::tokens::list, super::tokens::create))
+        .routes(routes!(super::tokens::revoke))
+        .routes(routes!(super::openapi::openapi_json))
+        .routes(routes!(super::reload::reload))
 }
 
 /// Proof that the request carries a valid admin token: the server-wide one (`domain` is
@@ -195,6 +188,11 @@ fn created_or_ok(created: bool, body: Value) -> Response {
 
 // ---------------------------------------------------------------- models
 
+/// Lists the model catalogue.
+#[utoipa::path(
+    get, path = "/models", tag = "models",
+    responses((status = 200, description = "Every model", body = schema::ModelList), schema::ListErrors)
+)]
 async fn list_models(_: Admin, State(st): State<AppState>) -> Json<Value> {
     let models: Vec<Value> = st
         .templates()
@@ -267,6 +265,11 @@ fn read_cidrs(f: &mut Fields, target: &mut Vec<String>) -> Result<(), AppError> 
     Ok(())
 }
 
+/// Reads a domain.
+#[utoipa::path(
+    get, path = "/domains/{domain}", tag = "domains", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own")),
+    responses((status = 200, description = "The domain", body = schema::DomainOut), schema::ReadErrors)
+)]
 async fn get_domain(
     a: Admin,
     State(st): State<AppState>,
@@ -280,6 +283,16 @@ async fn get_domain(
     Ok(Json(domain_json(&d)))
 }
 
+/// Creates or updates a domain (partial update).
+#[utoipa::path(
+    put, path = "/domains/{domain}", tag = "domains", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own")),
+    request_body = schema::DomainIn,
+    responses(
+        (status = 200, description = "Updated", body = schema::DomainOut),
+        (status = 201, description = "Created", body = schema::DomainOut),
+        schema::WriteErrors
+    )
+)]
 async fn put_domain(
     a: Admin,
     State(st): State<AppState>,
@@ -384,6 +397,11 @@ fn set_opt(target: &mut Option<String>, p: Patch<String>) {
     }
 }
 
+/// Deletes a domain (409 while it has phones or accounts).
+#[utoipa::path(
+    delete, path = "/domains/{domain}", tag = "domains", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own")),
+    responses((status = 204, description = "Deleted"), schema::DeleteErrors)
+)]
 async fn delete_domain(
     a: Admin,
     State(st): State<AppState>,
@@ -874,6 +892,12 @@ async fn write_account(
     Ok(created_or_ok(created, account_json(&st, &acc)?))
 }
 
+/// Creates an account (the body names `device`; 409 if it exists).
+#[utoipa::path(
+    post, path = "/domains/{domain}/users/{user}/devices", tag = "accounts", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, example = "100", pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`")),
+    request_body = schema::AccountIn,
+    responses((status = 201, description = "Created", body = schema::AccountOut), schema::WriteErrors)
+)]
 async fn post_account(
     a: Admin,
     State(st): State<AppState>,
@@ -883,6 +907,16 @@ async fn post_account(
     write_account(a, st, domain, user, None, body).await
 }
 
+/// Creates or updates an account (partial update).
+#[utoipa::path(
+    put, path = "/domains/{domain}/users/{user}/devices/{device}", tag = "accounts", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, example = "100", pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`"), ("device" = String, Path, example = "d100", pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "Device name")),
+    request_body = schema::AccountIn,
+    responses(
+        (status = 200, description = "Updated", body = schema::AccountOut),
+        (status = 201, description = "Created", body = schema::AccountOut),
+        schema::WriteErrors
+    )
+)]
 async fn put_account(
     a: Admin,
     State(st): State<AppState>,
@@ -910,6 +944,11 @@ fn find_account(
     }
 }
 
+/// Reads an account.
+#[utoipa::path(
+    get, path = "/domains/{domain}/users/{user}/devices/{device}", tag = "accounts", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, example = "100", pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`"), ("device" = String, Path, example = "d100", pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "Device name")),
+    responses((status = 200, description = "The account", body = schema::AccountOut), schema::ReadErrors)
+)]
 async fn get_account(
     a: Admin,
     State(st): State<AppState>,
@@ -919,6 +958,11 @@ async fn get_account(
     Ok(Json(account_json(&st, &acc)?))
 }
 
+/// Lists a user's accounts.
+#[utoipa::path(
+    get, path = "/domains/{domain}/users/{user}/devices", tag = "accounts", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, example = "100", pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`")),
+    responses((status = 200, description = "The user's accounts", body = Vec<schema::AccountOut>), schema::ReadErrors)
+)]
 async fn list_accounts(
     a: Admin,
     State(st): State<AppState>,
@@ -938,6 +982,11 @@ async fn list_accounts(
     Ok(Json(Value::Array(list?)))
 }
 
+/// Deletes an account and its lines on every phone.
+#[utoipa::path(
+    delete, path = "/domains/{domain}/users/{user}/devices/{device}", tag = "accounts", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, example = "100", pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`"), ("device" = String, Path, example = "d100", pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "Device name")),
+    responses((status = 204, description = "Deleted"), schema::DeleteErrors)
+)]
 async fn delete_account(
     a: Admin,
     State(st): State<AppState>,
@@ -987,6 +1036,11 @@ fn phone_or_404(st: &AppState, a: &Admin, mac: Mac) -> Result<Phone, AppError> {
         .ok_or_else(|| AppError::NotFound(format!("no phone {}", mac.lower())))
 }
 
+/// Reads a phone.
+#[utoipa::path(
+    get, path = "/phones/{mac}", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`")),
+    responses((status = 200, description = "The phone", body = schema::PhoneOut), schema::ReadErrors)
+)]
 async fn get_phone(
     a: Admin,
     State(st): State<AppState>,
@@ -1010,6 +1064,18 @@ struct PhoneQuery {
     not_fetched_since: Option<String>,
 }
 
+/// Lists phones in MAC order, a page at a time.
+#[utoipa::path(
+    get, path = "/phones", tag = "phones",
+    params(
+        ("domain" = Option<String>, Query, description = "Only this domain's phones"),
+        ("model" = Option<String>, Query, description = "Only this model"),
+        ("cursor" = Option<String>, Query, description = "`next` of the previous page (a MAC)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, default 100"),
+        ("not-fetched-since" = Option<String>, Query, format = DateTime, description = "Only phones whose last fetch is older than this RFC 3339 time, or that never fetched")
+    ),
+    responses((status = 200, description = "A page of phones", body = schema::PhoneList), schema::ListErrors)
+)]
 async fn list_phones(
     a: Admin,
     State(st): State<AppState>,
@@ -1069,6 +1135,16 @@ async fn list_phones(
     Ok(Json(json!({ "phones": list, "next": next })))
 }
 
+/// Creates or updates a phone (partial update).
+#[utoipa::path(
+    put, path = "/phones/{mac}", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`")),
+    request_body = schema::PhoneIn,
+    responses(
+        (status = 200, description = "Updated", body = schema::PhoneOut),
+        (status = 201, description = "Created", body = schema::PhoneOut),
+        schema::WriteErrors
+    )
+)]
 async fn put_phone(
     a: Admin,
     State(st): State<AppState>,
@@ -1207,6 +1283,11 @@ async fn put_phone(
     Ok(created_or_ok(created, phone_json(&phone)))
 }
 
+/// Deletes a phone.
+#[utoipa::path(
+    delete, path = "/phones/{mac}", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`")),
+    responses((status = 204, description = "Deleted"), schema::DeleteErrors)
+)]
 async fn delete_phone(
     a: Admin,
     State(st): State<AppState>,
@@ -1252,6 +1333,11 @@ fn phone_for_org(
     Ok(p)
 }
 
+/// Lists a phone's members.
+#[utoipa::path(
+    get, path = "/phones/{mac}/members", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`"), ("orgId" = Option<String>, Query, description = "The phone's domain; another gives 404")),
+    responses((status = 200, description = "The members", body = schema::MembersOut), schema::ReadErrors)
+)]
 async fn get_members(
     a: Admin,
     State(st): State<AppState>,
@@ -1399,6 +1485,12 @@ fn check_members(
     Ok(())
 }
 
+/// Replaces a phone's members.
+#[utoipa::path(
+    put, path = "/phones/{mac}/members", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`"), ("orgId" = Option<String>, Query, description = "The phone's domain; another gives 404")),
+    request_body = schema::MembersIn,
+    responses((status = 200, description = "The new members", body = schema::MembersOut), schema::WriteErrors)
+)]
 async fn put_members(
     a: Admin,
     State(st): State<AppState>,
@@ -1452,6 +1544,18 @@ async fn put_members(
 
 // ---------------------------------------------------------------- preview
 
+/// Returns the bytes the phone would get for a file.
+#[utoipa::path(
+    get, path = "/phones/{mac}/files/{file}", tag = "phones",
+    params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`"), ("file" = String, Path, example = "001565aabbcc.cfg", description = "A file name the model requests (`001565aabbcc.cfg`)")),
+    responses(
+        (status = 200, description = "The file, with its Content-Type and ETag", content(
+            (String = "text/plain"),
+            (String = "application/xml")
+        )),
+        schema::ReadErrors
+    )
+)]
 async fn preview(
     a: Admin,
     State(st): State<AppState>,
@@ -1503,6 +1607,11 @@ async fn preview(
 
 /// `GET /phones/{mac}/explain`: every value of the phone's files with its layer, the
 /// overrides (added or replacing), and the settings this model has no key for.
+/// Explains where each value of the phone's files comes from.
+#[utoipa::path(
+    get, path = "/phones/{mac}/explain", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`")),
+    responses((status = 200, description = "Values by layer, overrides, unused settings", body = schema::ExplainOut), schema::ReadErrors)
+)]
 async fn explain(
     a: Admin,
     State(st): State<AppState>,
@@ -1534,6 +1643,15 @@ async fn explain(
 
 /// `GET /unprovisioned`: MACs that asked with the server-default credentials but are not
 /// linked, most recently seen first.
+/// Lists MACs that asked with the server-default credentials but are not linked.
+#[utoipa::path(
+    get, path = "/unprovisioned", tag = "phones",
+    responses(
+        (status = 200, description = "Most recently seen first", body = schema::UnprovisionedList),
+        schema::ListErrors,
+        schema::ForbiddenError
+    )
+)]
 async fn unprovisioned(a: Admin, State(st): State<AppState>) -> Result<Json<Value>, AppError> {
     if a.domain.is_some() {
         return Err(AppError::Forbidden(

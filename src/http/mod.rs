@@ -3,8 +3,10 @@
 pub mod admin;
 mod body;
 pub mod firmware;
+pub mod openapi;
 pub mod phone;
 mod reload;
+mod schema;
 mod tokens;
 
 use axum::Router;
@@ -56,7 +58,8 @@ async fn screen(req: axum::extract::Request, next: axum::middleware::Next) -> Re
 pub fn router(state: AppState) -> Router {
     // The body limit is enforced by the JSON extractor (DefaultBodyLimit), so a too-large
     // body gets the JSON error shape like every other admin error.
-    let admin = admin::routes()
+    let (admin, _) = admin::routes().split_for_parts();
+    let admin = admin
         .fallback(|| async { AppError::NotFound("no such API path".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT));

@@ -21,6 +21,15 @@ use crate::AppState;
 use crate::error::AppError;
 
 /// `POST /reload`.
+#[utoipa::path(
+    post, path = "/reload", tag = "reload",
+    responses(
+        (status = 200, description = "Swapped in: what changed", body = super::schema::ReloadOut),
+        (status = 422, description = "The new set does not load or render; the old one stays", body = super::schema::ReloadErrorBody),
+        super::schema::ForbiddenError,
+        super::schema::ListErrors,
+    )
+)]
 pub async fn reload(a: Admin, State(st): State<AppState>) -> Result<Json<Value>, AppError> {
     if a.domain.is_some() {
         return Err(AppError::Forbidden(

@@ -20,11 +20,16 @@ use serde_json::{Value, json};
 
 use super::admin::Admin;
 use super::body::{Fields, JsonBody, Patch, Path};
+use super::schema;
 use crate::AppState;
 use crate::error::AppError;
 use crate::tokens::{self, token_json};
 
-/// `POST /tokens`.
+/// Creates a domain token (`POST /tokens`).
+#[utoipa::path(
+    post, path = "/tokens", tag = "tokens", request_body = schema::TokenIn,
+    responses((status = 201, description = "Created: the only response holding the token", body = schema::TokenCreated), schema::WriteErrors)
+)]
 pub async fn create(
     a: Admin,
     State(st): State<AppState>,
@@ -43,7 +48,11 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-/// `GET /tokens`.
+/// Lists tokens (`GET /tokens`).
+#[utoipa::path(
+    get, path = "/tokens", tag = "tokens",
+    responses((status = 200, description = "Oldest first", body = schema::TokenList), schema::ListErrors)
+)]
 pub async fn list(a: Admin, State(st): State<AppState>) -> Result<Json<Value>, AppError> {
     let list: Vec<Value> = tokens::list(&st.store, a.domain.as_deref())?
         .iter()
@@ -52,7 +61,11 @@ pub async fn list(a: Admin, State(st): State<AppState>) -> Result<Json<Value>, A
     Ok(Json(json!({ "tokens": list })))
 }
 
-/// `DELETE /tokens/{id}`.
+/// Revokes a token (`DELETE /tokens/{id}`).
+#[utoipa::path(
+    delete, path = "/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "Token id (`tok_…`)")),
+    responses((status = 204, description = "Revoked"), schema::DeleteErrors)
+)]
 pub async fn revoke(
     a: Admin,
     State(st): State<AppState>,
