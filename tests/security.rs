@@ -257,11 +257,16 @@ async fn rotated_credentials_work_for_the_grace_window_then_stop() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    s.put(
-        "/domains/example.com",
-        json!({"device-provisioning-password": "Dom-2"}),
-    )
-    .await;
+    let (_, b) = s
+        .put(
+            "/domains/example.com",
+            json!({"device-provisioning-password": "Dom-2"}),
+        )
+        .await;
+    assert!(
+        b["device-provisioning-previous-valid-until"].is_string(),
+        "the PUT that rotates shows the grace: {b}"
+    );
     assert_eq!(
         fetch(&s, &c, &file, Some(("dom", "Dom-1"))).await.0,
         StatusCode::OK

@@ -369,6 +369,8 @@ async fn put_domain(
     // Even when nothing changed: the state this 2xx reports may be another request's
     // commit that is not on disk yet (flush returns at once when it is).
     st.store.flush().await?;
+    // As stored: the commit adds what the body cannot say (the rotated credential's expiry).
+    let d = st.store.domain(&d.name)?.unwrap_or(d);
     Ok(created_or_ok(created, domain_json(&d)))
 }
 
