@@ -7,7 +7,9 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
+pub mod bulk;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod digest;
 pub mod error;

@@ -814,7 +814,7 @@ fn account_change(
 }
 
 /// Checks that `m` fits on `phone` (inside the model's ports, no overlap with others).
-fn place(phone: &Phone, model: &Model, m: &Member, field: &str) -> Result<(), AppError> {
+pub(crate) fn place(phone: &Phone, model: &Model, m: &Member, field: &str) -> Result<(), AppError> {
     let last = m.port.saturating_add(m.line_weight.max(1) - 1);
     if m.port == 0 || last > model.ports {
         return Err(AppError::invalid(

@@ -2,6 +2,7 @@
 
 pub mod admin;
 mod body;
+pub mod bulk;
 pub mod phone;
 mod tokens;
 
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
     // The body limit is enforced by the JSON extractor (DefaultBodyLimit), so a too-large
     // body gets the JSON error shape like every other admin error.
     let admin = admin::routes()
+        .merge(bulk::routes())
         .fallback(|| async { AppError::NotFound("no such API path".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT));
