@@ -220,7 +220,11 @@ fn csv_records(text: &str) -> Result<Vec<(usize, Vec<String>)>, RowError> {
         }
     }
     if quoted {
-        return Err(RowError::new(start, "csv", "a quoted field is never closed"));
+        return Err(RowError::new(
+            start,
+            "csv",
+            "a quoted field is never closed",
+        ));
     }
     if !field.is_empty() || !record.is_empty() || after_quote {
         record.push(field);
@@ -260,7 +264,10 @@ fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, Vec<RowError>> {
         return Err(vec![RowError::new(
             1,
             "csv",
-            format!("empty file; the first line names the columns: {}", known_columns()),
+            format!(
+                "empty file; the first line names the columns: {}",
+                known_columns()
+            ),
         )]);
     };
     let mut errors = Vec::new();
@@ -306,11 +313,7 @@ fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, Vec<RowError>> {
             errors.push(RowError::new(
                 line,
                 "csv",
-                format!(
-                    "has {} fields, the header has {}",
-                    fields.len(),
-                    cols.len()
-                ),
+                format!("has {} fields, the header has {}", fields.len(), cols.len()),
             ));
             continue;
         }
@@ -343,12 +346,10 @@ fn parse_json(bytes: &[u8]) -> Result<Vec<Row>, Vec<RowError>> {
         .map_err(|e| vec![RowError::new(e.line(), "json", e.to_string())])?;
     let list = match doc {
         Value::Array(l) => l,
-        Value::Object(mut m) if m.len() == 1 && m.contains_key("rows") => {
-            match m.remove("rows") {
-                Some(Value::Array(l)) => l,
-                _ => return Err(vec![RowError::new(1, "rows", "must be a list of rows")]),
-            }
-        }
+        Value::Object(mut m) if m.len() == 1 && m.contains_key("rows") => match m.remove("rows") {
+            Some(Value::Array(l)) => l,
+            _ => return Err(vec![RowError::new(1, "rows", "must be a list of rows")]),
+        },
         _ => {
             return Err(vec![RowError::new(
                 1,
@@ -461,7 +462,14 @@ pub fn plan(
         if i % 256 == 0 {
             progress(i as u64);
         }
-        stage_row(st, row, &mut phones, &mut accounts, &mut domains, &mut errors)?;
+        stage_row(
+            st,
+            row,
+            &mut phones,
+            &mut accounts,
+            &mut domains,
+            &mut errors,
+        )?;
     }
     progress(rows.len() as u64);
     // Whole-phone rules, once every row is in: members fit the (possibly new) model and
@@ -485,7 +493,10 @@ pub fn plan(
                 errors.push(RowError::new(
                     sp.model_line,
                     "model",
-                    format!("member {} uses T.38, which {} does not support", m.id, model.id),
+                    format!(
+                        "member {} uses T.38, which {} does not support",
+                        m.id, model.id
+                    ),
                 ));
             }
             let domain = match accounts.get(&m.id) {
@@ -504,7 +515,11 @@ pub fn plan(
                 ));
             }
         }
-        if sp.original.as_ref().is_some_and(|o| o.model != sp.phone.model) {
+        if sp
+            .original
+            .as_ref()
+            .is_some_and(|o| o.model != sp.phone.model)
+        {
             for (k, v) in &sp.phone.overrides {
                 for f in model.files.iter().filter(|f| f.overrides) {
                     if let Err(m) = overlay::check_override(f.format, k, v) {
@@ -643,9 +658,8 @@ fn stage_row(
             }
         },
     };
-    let name_check = |field: &'static str, max: usize| {
-        move |v: &str| check_name(field, v, max).map_err(message)
-    };
+    let name_check =
+        |field: &'static str, max: usize| move |v: &str| check_name(field, v, max).map_err(message);
     let domain = checked(errors, row, "domain", name_check("domain", 64));
     let user = checked(errors, row, "user", name_check("user", 16));
     let device = checked(errors, row, "device", name_check("device", 64));
@@ -654,7 +668,9 @@ fn stage_row(
     let transport = checked(errors, row, "transport", |v| {
         st::check_value(st::TRANSPORT, v)
     });
-    let server = checked(errors, row, "server", |v| st::check_value(st::CORE_SERVER, v));
+    let server = checked(errors, row, "server", |v| {
+        st::check_value(st::CORE_SERVER, v)
+    });
     let port = match (row.get("line"), model) {
         ("", _) => Some(None),
         (s, model) => match s.parse::<u32>() {
@@ -688,7 +704,11 @@ fn stage_row(
             err(errors, "device", "is required with user".into());
         }
         if row.get("domain").is_empty() {
-            err(errors, "domain", "is required for a line (user and device)".into());
+            err(
+                errors,
+                "domain",
+                "is required for a line (user and device)".into(),
+            );
         }
     } else {
         for col in ["line", "label", "password", "transport", "server"] {
@@ -821,7 +841,11 @@ fn stage_row(
         return Ok(());
     };
     if sa.account.user != user {
-        let whence = if sa.original.as_ref().is_some_and(|o| o.user == sa.account.user) {
+        let whence = if sa
+            .original
+            .as_ref()
+            .is_some_and(|o| o.user == sa.account.user)
+        {
             "in the store".to_string()
         } else {
             format!("on line {}", sa.line)
@@ -847,11 +871,7 @@ fn stage_row(
         if let Some((old, l)) = sa.given.get(col)
             && old != v
         {
-            err(
-                errors,
-                col,
-                format!("{id} has another {col} on line {l}"),
-            );
+            err(errors, col, format!("{id} has another {col} on line {l}"));
             continue;
         }
         sa.given.insert(col, (v.clone(), line));
@@ -894,7 +914,10 @@ fn stage_row(
         err(
             errors,
             "line",
-            format!("port {port} of {} is given to {other} on line {l}", mac.lower()),
+            format!(
+                "port {port} of {} is given to {other} on line {l}",
+                mac.lower()
+            ),
         );
         return Ok(());
     }
@@ -1036,7 +1059,8 @@ mod tests {
 
     #[test]
     fn csv_records_quotes_and_lines() {
-        let r = csv_records("a,b\n\"x,1\",\"say \"\"hi\"\"\"\r\n\n\"multi\nline\",z\nlast,").unwrap();
+        let r =
+            csv_records("a,b\n\"x,1\",\"say \"\"hi\"\"\"\r\n\n\"multi\nline\",z\nlast,").unwrap();
         assert_eq!(r.len(), 4);
         assert_eq!(r[0], (1, vec!["a".to_string(), "b".to_string()]));
         assert_eq!(r[1].1, vec!["x,1".to_string(), "say \"hi\"".to_string()]);
@@ -1058,9 +1082,10 @@ mod tests {
 
     #[test]
     fn rows_and_overrides() {
-        let rows =
-            parse_csv(b"MAC,model,override:P271,line\n0015651234ab,T46S,x,2\n0015651234ac,T46S,,\n")
-                .unwrap();
+        let rows = parse_csv(
+            b"MAC,model,override:P271,line\n0015651234ab,T46S,x,2\n0015651234ac,T46S,,\n",
+        )
+        .unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].line, 2);
         assert_eq!(rows[0].get("line"), "2");

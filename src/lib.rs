@@ -273,14 +273,15 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
     let mut d8 = [0u8; 8];
     d8.copy_from_slice(&full[..8]);
     let digest = u64::from_be_bytes(d8);
+    let mut change = Change::default();
     if store.meta("render_digest")?.as_deref() != Some(&d8[..]) {
         // A changed template/model set invalidates every render (entries also carry the
         // digest, so this only reclaims space).
         store.render_clear()?;
+        // Only then: an unchanged start commits nothing (the CLI opens the store this way
+        // and must leave it as it was when it changes nothing).
+        change.meta.push(("render_digest".into(), d8.to_vec()));
     }
-
-    let mut change = Change::default();
-    change.meta.push(("render_digest".into(), d8.to_vec()));
 
     let admin_token_path = config.data.join("admin-token");
     let mut new_admin_token = None;

@@ -32,8 +32,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         // Admin subcommands log only when asked to (RUST_LOG): their stderr is for people.
         cmd => {
-            let _log_guard = std::env::var_os("RUST_LOG")
-                .map(|_| autoprov::telemetry::init(config.log_format));
+            let _log_guard =
+                std::env::var_os("RUST_LOG").map(|_| autoprov::telemetry::init(config.log_format));
             autoprov::cli::run(&cli, &config, cmd).await
         }
     }

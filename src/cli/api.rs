@@ -238,7 +238,19 @@ pub(crate) fn api_error(reply: &Reply, names: &dyn Fn(&str) -> Option<String>) -
     if reply.status == 401 {
         return anyhow!("--token: the server refused the token ({message})");
     }
-    match e["field"].as_str() {
+    // A 404 names no field; its message says what was missing.
+    let missing = (reply.status == 404).then(|| {
+        [
+            ("no phone", "mac"),
+            ("no domain", "domain"),
+            ("no device", "device"),
+            ("no token", "id"),
+        ]
+        .into_iter()
+        .find(|(p, _)| message.starts_with(p))
+        .map(|(_, f)| f)
+    });
+    match e["field"].as_str().or(missing.flatten()) {
         Some(f) => {
             let arg = names(f).unwrap_or_else(|| f.to_string());
             anyhow!("{arg}: {message}")

@@ -186,9 +186,8 @@ pub async fn run(cli: &Cli, config: &Config, cmd: Command) -> anyhow::Result<()>
         Command::Serve => bail!("internal: serve is not an admin subcommand"),
         Command::Token(t) => match remote {
             None => {
-                let out = crate::tokens::run_cli(config, &t).map_err(|e| {
-                    api::locked_hint(anyhow::Error::new(e))
-                })?;
+                let out = crate::tokens::run_cli(config, &t)
+                    .map_err(|e| api::locked_hint(anyhow::Error::new(e)))?;
                 print!("{out}");
                 Ok(())
             }
@@ -319,7 +318,11 @@ async fn phone(api: &Api, cmd: PhoneCommand) -> anyhow::Result<()> {
             let v = r.json()?;
             out(&format!(
                 "{} {} ({}{})\n",
-                if r.status == 201 { "created" } else { "updated" },
+                if r.status == 201 {
+                    "created"
+                } else {
+                    "updated"
+                },
                 text(&v["mac"]),
                 text(&v["device-models-model"]),
                 v["domain"]
@@ -423,15 +426,15 @@ async fn phone(api: &Api, cmd: PhoneCommand) -> anyhow::Result<()> {
                         text(&p["mac"]),
                         text(&p["device-models-model"]),
                         text(&p["domain"]),
-                        p["members"]
-                            .as_array()
-                            .map_or(0, Vec::len)
-                            .to_string(),
+                        p["members"].as_array().map_or(0, Vec::len).to_string(),
                         text(&p["revision"]),
                     ]
                 })
                 .collect();
-            out(&table(&["MAC", "MODEL", "DOMAIN", "LINES", "REVISION"], &rows))
+            out(&table(
+                &["MAC", "MODEL", "DOMAIN", "LINES", "REVISION"],
+                &rows,
+            ))
         }
         PhoneCommand::Delete { mac } => {
             check(
@@ -607,7 +610,10 @@ async fn account(api: &Api, cmd: AccountCommand) -> anyhow::Result<()> {
         named.push(k.to_string());
     }
     for (key, v) in [
-        ("device-sip-registration-password", password.map(|p| json!(p))),
+        (
+            "device-sip-registration-password",
+            password.map(|p| json!(p)),
+        ),
         ("device-provisioning-mac-address", mac.map(|m| json!(m))),
         ("device-models-model", model.map(|m| json!(m))),
         ("device-provisioning-line", line.map(|l| json!(l))),
@@ -633,38 +639,47 @@ async fn account(api: &Api, cmd: AccountCommand) -> anyhow::Result<()> {
         )
         .await?,
         &|f| {
-            Some(
-                match f {
-                    "domain" => "<domain>".into(),
-                    "user" => "<user>".into(),
-                    "device" => "<device>".into(),
-                    "device-sip-registration-password" => "--password".into(),
-                    "device-provisioning-mac-address" => "--mac".into(),
-                    "device-models-model" => "--model".into(),
-                    "device-provisioning-line" => "--line".into(),
-                    other => {
-                        let base = other.split(['.', '[']).next().unwrap_or(other);
-                        if named.iter().any(|n| n == base) {
-                            format!("--field {other}")
-                        } else {
-                            return None;
-                        }
+            Some(match f {
+                "domain" => "<domain>".into(),
+                "user" => "<user>".into(),
+                "device" => "<device>".into(),
+                "device-sip-registration-password" => "--password".into(),
+                "device-provisioning-mac-address" => "--mac".into(),
+                "device-models-model" => "--model".into(),
+                "device-provisioning-line" => "--line".into(),
+                other => {
+                    let base = other.split(['.', '[']).next().unwrap_or(other);
+                    if named.iter().any(|n| n == base) {
+                        format!("--field {other}")
+                    } else {
+                        return None;
                     }
-                },
-            )
+                }
+            })
         },
     )?;
     let v = r.json()?;
     if json {
         return print_json(&v);
     }
-    let link = match (v["device-provisioning-mac-address"].as_str(), &v["device-provisioning-line"]) {
-        (Some(m), l) => format!(", line {} of {m} ({})", text(l), text(&v["device-models-model"])),
+    let link = match (
+        v["device-provisioning-mac-address"].as_str(),
+        &v["device-provisioning-line"],
+    ) {
+        (Some(m), l) => format!(
+            ", line {} of {m} ({})",
+            text(l),
+            text(&v["device-models-model"])
+        ),
         (None, _) => ", not linked to a phone".into(),
     };
     out(&format!(
         "{} account {}{link}\n",
-        if r.status == 201 { "created" } else { "updated" },
+        if r.status == 201 {
+            "created"
+        } else {
+            "updated"
+        },
         text(&v["id"])
     ))
 }
@@ -811,7 +826,9 @@ fn write_output(output: Option<&Path>, bytes: &[u8]) -> anyhow::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut f = opts.open(&tmp).map_err(fail)?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(fail)?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(fail)?;
     std::fs::rename(&tmp, path).map_err(fail)?;
     eprintln!(
         "autoprov: exported {} bytes to {}",
@@ -901,13 +918,13 @@ fn detect(file: &Path, bytes: &[u8], format: ImportFormat) -> Kind {
 fn report_rows(name: &str, rows: &[RowError]) -> anyhow::Error {
     let mut s = String::new();
     for r in rows {
-        s.push_str(&format!("{name}: line {}: {}: {}\n", r.line, r.field, r.message));
+        s.push_str(&format!(
+            "{name}: line {}: {}: {}\n",
+            r.line, r.field, r.message
+        ));
     }
     eprint!("{s}");
-    anyhow!(
-        "{name}: {} bad row(s); nothing was imported",
-        rows.len()
-    )
+    anyhow!("{name}: {} bad row(s); nothing was imported", rows.len())
 }
 
 fn summary_line(name: &str, v: &Value) -> String {
@@ -1075,7 +1092,11 @@ mod tests {
     fn detects_formats() {
         let p = Path::new("x.json");
         assert!(matches!(
-            detect(p, b"{\n  \"format\": \"autoprov-export\"", ImportFormat::Auto),
+            detect(
+                p,
+                b"{\n  \"format\": \"autoprov-export\"",
+                ImportFormat::Auto
+            ),
             Kind::Dump
         ));
         assert!(matches!(

@@ -47,13 +47,23 @@ impl From<BulkError> for AppError {
 
 /// `POST /import`: body `text/csv` or `application/json` rows → 200 summary, or 400 with
 /// every bad row in `rows` (nothing changed).
-async fn import(a: Admin, State(st): State<AppState>, req: Request) -> Result<Json<Value>, AppError> {
+async fn import(
+    a: Admin,
+    State(st): State<AppState>,
+    req: Request,
+) -> Result<Json<Value>, AppError> {
     server_wide(&a, "bulk import")?;
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default();
     let format = match ct.as_str() {
         "text/csv" => Format::Csv,
