@@ -85,8 +85,8 @@ pub enum Command {
         /// The file; `-` reads stdin.
         file: PathBuf,
     },
-    /// Domain-scoped admin tokens, on the data folder of a stopped server (a running one
-    /// holds the store: use its `/api/v1/tokens` routes instead).
+    /// Domain-scoped admin tokens: on the data folder of a stopped server, or with --url on
+    /// a running one (its `/api/v1/tokens` routes).
     #[command(subcommand)]
     Token(TokenCommand),
     /// Phones: link (create or update), show, list, delete.
