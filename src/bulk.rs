@@ -534,7 +534,7 @@ pub fn plan(
         }
     }
     if !errors.is_empty() {
-        errors.sort_by(|a, b| a.line.cmp(&b.line));
+        errors.sort_by_key(|e| e.line);
         errors.dedup();
         return Err(BulkError::Rows(errors));
     }
@@ -736,15 +736,15 @@ fn stage_row(
         let exists = st.store.domain(&domain)?.is_some();
         domains.insert(domain.clone(), exists);
     }
-    if !phones.contains_key(&mac) {
-        let original = st.store.phone(mac)?;
-        let mut phone = original
-            .clone()
-            .unwrap_or_else(|| Phone::new(mac, model.id.clone()));
-        phone.model = model.id.clone();
-        phones.insert(
-            mac,
-            StagedPhone {
+    let sp = match phones.entry(mac) {
+        std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::btree_map::Entry::Vacant(v) => {
+            let original = st.store.phone(mac)?;
+            let mut phone = original
+                .clone()
+                .unwrap_or_else(|| Phone::new(mac, model.id.clone()));
+            phone.model = model.id.clone();
+            v.insert(StagedPhone {
                 phone,
                 original,
                 model_line: line,
@@ -752,11 +752,8 @@ fn stage_row(
                 last_line: line,
                 placed: BTreeMap::new(),
                 overrides: BTreeMap::new(),
-            },
-        );
-    }
-    let Some(sp) = phones.get_mut(&mac) else {
-        return Ok(());
+            })
+        }
     };
     sp.last_line = line;
     if sp.phone.model != model.id {
@@ -818,27 +815,24 @@ fn stage_row(
 
     // The account.
     let id = account_id(&domain, &device);
-    if !accounts.contains_key(&id) {
-        let original = st.store.account(&id)?;
-        let account = original.clone().unwrap_or_else(|| Account {
-            domain: domain.clone(),
-            user: user.clone(),
-            device: device.clone(),
-            password: String::new(),
-            ..Default::default()
-        });
-        accounts.insert(
-            id.clone(),
-            StagedAccount {
+    let sa = match accounts.entry(id.clone()) {
+        std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::btree_map::Entry::Vacant(v) => {
+            let original = st.store.account(&id)?;
+            let account = original.clone().unwrap_or_else(|| Account {
+                domain: domain.clone(),
+                user: user.clone(),
+                device: device.clone(),
+                password: String::new(),
+                ..Default::default()
+            });
+            v.insert(StagedAccount {
                 account,
                 original,
                 line,
                 given: BTreeMap::new(),
-            },
-        );
-    }
-    let Some(sa) = accounts.get_mut(&id) else {
-        return Ok(());
+            })
+        }
     };
     if sa.account.user != user {
         let whence = if sa

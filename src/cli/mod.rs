@@ -890,7 +890,7 @@ enum Kind {
     Rows(bulk::Format),
 }
 
-fn detect(file: &Path, bytes: &[u8], format: ImportFormat) -> Kind {
+fn detect(file: &Path, bytes: &[u8], format: ImportFormat, replace: bool) -> Kind {
     match format {
         ImportFormat::Export => Kind::Dump,
         ImportFormat::Csv => Kind::Rows(bulk::Format::Csv),
@@ -898,9 +898,9 @@ fn detect(file: &Path, bytes: &[u8], format: ImportFormat) -> Kind {
         ImportFormat::Auto => {
             let head = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]);
             let compact: String = head.chars().filter(|c| !c.is_whitespace()).collect();
-            if compact.starts_with('{')
-                && compact.contains(&format!("\"format\":\"{}\"", crate::store::FORMAT))
-            {
+            // An object with a `format` key is meant as a full export (a damaged or foreign
+            // one then gets the export parser's precise error); `--replace` only means one.
+            if replace || (compact.starts_with('{') && compact.contains("\"format\":")) {
                 return Kind::Dump;
             }
             let csv_name = file
@@ -955,7 +955,7 @@ async fn import(
     } else {
         file.display().to_string()
     };
-    match detect(file, &bytes, format) {
+    match detect(file, &bytes, format, replace) {
         Kind::Dump => {
             if cli.remote.url.is_some() {
                 bail!(
@@ -1090,21 +1090,35 @@ mod tests {
 
     #[test]
     fn detects_formats() {
+        assert!(matches!(
+            detect(Path::new("x.csv"), b"mac,model", ImportFormat::Auto, true),
+            Kind::Dump
+        ));
+        assert!(matches!(
+            detect(
+                Path::new("x.json"),
+                b"{\"rows\": []}",
+                ImportFormat::Auto,
+                false
+            ),
+            Kind::Rows(bulk::Format::Json)
+        ));
         let p = Path::new("x.json");
         assert!(matches!(
             detect(
                 p,
                 b"{\n  \"format\": \"autoprov-export\"",
-                ImportFormat::Auto
+                ImportFormat::Auto,
+                false
             ),
             Kind::Dump
         ));
         assert!(matches!(
-            detect(p, b"[{}]", ImportFormat::Auto),
+            detect(p, b"[{}]", ImportFormat::Auto, false),
             Kind::Rows(bulk::Format::Json)
         ));
         assert!(matches!(
-            detect(Path::new("x.txt"), b"mac,model", ImportFormat::Auto),
+            detect(Path::new("x.txt"), b"mac,model", ImportFormat::Auto, false),
             Kind::Rows(bulk::Format::Csv)
         ));
     }
