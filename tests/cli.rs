@@ -612,6 +612,26 @@ async fn url_mode_against_a_running_server() {
     assert_eq!(v["rows"][0]["line"], 2);
     assert_eq!(v["rows"][0]["field"], "mac");
 
+    // A domain token may not import: it spans every domain.
+    let (_, t) = srv
+        .post("/tokens", serde_json::json!({"domain": "example.com"}))
+        .await;
+    let domain_token = t["token"].as_str().expect("token").to_string();
+    let o = run_async(vec![
+        "import".into(),
+        s(&csv).to_string(),
+        "--url".into(),
+        srv.url.clone(),
+        "--token".into(),
+        domain_token,
+    ])
+    .await;
+    assert!(
+        !o.ok && o.stderr.contains("server-wide admin token"),
+        "{}",
+        o.stderr
+    );
+
     // Export over HTTP equals the store's own.
     let o = run_async(remote(&["export", "--format", "csv"])).await;
     assert!(o.ok, "{}", o.stderr);

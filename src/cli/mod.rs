@@ -115,8 +115,9 @@ pub enum MembersCommand {
         /// `{"members": [...]}`, fields as in `PUT /phones/{mac}/members`.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
-        /// One member, repeatable: `port=1,id=1001a@example.com[,label=…][,type=primary|
-        /// shared][,weight=N][,owner=true][,hotline=NUMBER][,decline=false][,t38=true]`.
+        /// One member, repeatable:
+        /// `port=1,id=1001a@example.com[,label=…][,type=primary|shared][,weight=N]`
+        /// `[,owner=true][,hotline=NUMBER][,decline=false][,t38=true]`.
         #[arg(long, value_name = "port=N,id=ACCOUNT,…")]
         member: Vec<String>,
     },
