@@ -461,6 +461,33 @@ fn json_rows_import() {
         v["device-provisioning-overrides"]["account.1.cid_source"],
         "1"
     );
+
+    // CSV from stdin, and a password from stdin.
+    let o = run_in(
+        &["import", "--data", s(&data), "-", "--format", "csv"],
+        Some(b"mac,model,domain,user,device\n0015650000c2,yealink-t46s,example.com,4002,4002a\n"),
+    );
+    assert!(o.ok && o.stderr.contains("from stdin"), "{}", o.stderr);
+    let o = run_in(
+        &[
+            "account",
+            "set",
+            "example.com",
+            "4002",
+            "4002a",
+            "--password",
+            "-",
+            "--data",
+            s(&data),
+        ],
+        Some(b"from-stdin-pw\n"),
+    );
+    assert!(o.ok, "{}", o.stderr);
+    let csv = export(&data, &["--format", "csv"]);
+    assert!(
+        csv.contains("0015650000c2,yealink-t46s,example.com,4002,4002a,1,,from-stdin-pw,"),
+        "{csv}"
+    );
 }
 
 #[test]

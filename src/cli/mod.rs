@@ -135,7 +135,8 @@ pub enum AccountCommand {
         user: String,
         /// Device id: the SIP user and auth name.
         device: String,
-        /// SIP registration password (default for a new account: random).
+        /// SIP registration password (default for a new account: random); `-` reads it
+        /// from the first line of stdin (keeps it out of the process list and history).
         #[arg(long)]
         password: Option<String>,
         /// Link to this phone.
@@ -589,6 +590,16 @@ async fn account(api: &Api, cmd: AccountCommand) -> anyhow::Result<()> {
         field,
         json,
     } = cmd;
+    let password = match password.as_deref() {
+        Some("-") => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| anyhow!("--password: reading stdin: {e}"))?;
+            Some(line.trim_end_matches(['\r', '\n']).to_string())
+        }
+        _ => password,
+    };
     let mut body = Map::new();
     let mut named: Vec<String> = Vec::new();
     for f in &field {
