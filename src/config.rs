@@ -74,6 +74,9 @@ pub struct Cli {
     /// HTTPS listen address [default: 0.0.0.0:8443 when a certificate is set].
     #[arg(long, env = "AUTOPROV_HTTPS_LISTEN", global = true)]
     pub https_listen: Option<String>,
+    /// `--url` and `--token`: talk to a running server instead of the data folder.
+    #[command(flatten)]
+    pub remote: crate::cli::Remote,
 }
 
 /// Subcommands.
@@ -81,24 +84,48 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default).
     Serve,
-    /// Write all data in the store (not the render cache) as one JSON document.
+    /// Write the store to stdout (or --output): the full JSON dump of all data (default;
+    /// restores byte-identically with `import`), or the bulk CSV with `--format csv`.
     Export {
         /// Write to this file (created 0600, replaced atomically) instead of stdout.
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// `json`: the full store dump; `csv`: one row per phone line, the columns `import`
+        /// takes (see README "Bulk import").
+        #[arg(long, value_enum, default_value = "json")]
+        format: crate::cli::ExportFormat,
     },
-    /// Load an export into the store of the data folder (server stopped).
+    /// Load a file into the store: a full export (restored into an empty store, or with
+    /// --replace), or bulk rows as CSV or JSON (validated first, all or nothing).
     Import {
-        /// Replace everything the store holds (else a store with data is refused).
+        /// For a full export: replace everything the store holds (else a store with data is
+        /// refused). Not used for bulk rows, which add and update.
         #[arg(long)]
         replace: bool,
-        /// The export file; `-` reads stdin.
+        /// What FILE is: `auto` detects a full export by its `"format":"autoprov-export"`
+        /// header, CSV by a `.csv` name, JSON rows otherwise.
+        #[arg(long, value_enum, default_value = "auto")]
+        format: crate::cli::ImportFormat,
+        /// The file; `-` reads stdin.
         file: PathBuf,
     },
-    /// Domain-scoped admin tokens, on the data folder of a stopped server (a running one
-    /// holds the store: use its `/api/v1/tokens` routes instead).
+    /// Domain-scoped admin tokens: on the data folder of a stopped server, or with --url on
+    /// a running one (its `/api/v1/tokens` routes).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Phones: link (create or update), show, list, delete.
+    #[command(subcommand)]
+    Phone(crate::cli::PhoneCommand),
+    /// A phone's members (the accounts on its lines).
+    #[command(subcommand)]
+    Members(crate::cli::MembersCommand),
+    /// SIP accounts (a user's devices), optionally linked to a phone line.
+    #[command(subcommand)]
+    Account(crate::cli::AccountCommand),
+    /// Print exactly the bytes a phone would get for one of its files (offline preview).
+    Render(crate::cli::RenderArgs),
+    /// The phone models the server knows (from the models folder).
+    Models(crate::cli::ModelsArgs),
 }
 
 /// `autoprov token …`.

@@ -67,6 +67,9 @@ pub enum AppError {
         /// The file's size in bytes.
         size: u64,
     },
+    /// Bulk import rows failed validation (400, every bad row listed in `rows`).
+    #[error("{} bad row(s); nothing was imported", .0.len())]
+    InvalidRows(Vec<crate::bulk::RowError>),
     /// The store failed (500).
     #[error("store")]
     Store(#[from] StoreError),
@@ -109,6 +112,7 @@ impl AppError {
         match self {
             AppError::Invalid { field, .. } => (StatusCode::BAD_REQUEST, "invalid", Some(field)),
             AppError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json", None),
+            AppError::InvalidRows(_) => (StatusCode::BAD_REQUEST, "invalid_rows", Some("rows")),
             AppError::PayloadTooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None)
             }
@@ -234,7 +238,11 @@ impl IntoResponse for AppError {
             err["file"] = json!(e.file);
             err["line"] = json!(e.line);
         }
-        let mut r = (status, axum::Json(json!({ "error": err }))).into_response();
+        let mut body = json!({ "error": err });
+        if let AppError::InvalidRows(rows) = &self {
+            body["rows"] = json!(rows);
+        }
+        let mut r = (status, axum::Json(body)).into_response();
         if !matches!(self, AppError::MethodNotAllowed) {
             add_challenge(&self, &mut r);
         }

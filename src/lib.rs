@@ -8,7 +8,9 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
+pub mod bulk;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod digest;
 pub mod error;
@@ -278,14 +280,15 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
     store.set_credential_grace(config.security.credential_grace.as_secs());
 
     let d8 = templates.set_digest();
+    let mut change = Change::default();
     if store.meta("render_digest")?.as_deref() != Some(&d8[..]) {
         // A changed template/model set drops every render (entries also carry their
         // model's digest, so this only reclaims space).
         store.render_clear()?;
+        // Only then: an unchanged start commits nothing (the CLI opens the store this way
+        // and must leave it as it was when it changes nothing).
+        change.meta.push(("render_digest".into(), d8.to_vec()));
     }
-
-    let mut change = Change::default();
-    change.meta.push(("render_digest".into(), d8.to_vec()));
 
     let admin_token_path = config.data.join("admin-token");
     let mut new_admin_token = None;

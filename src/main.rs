@@ -26,100 +26,18 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli)?;
-    let _log_guard = autoprov::telemetry::init(config.log_format);
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config).await,
-        Command::Token(cmd) => {
-            print!("{}", autoprov::tokens::run_cli(&config, &cmd)?);
-            Ok(())
+    match cli.command.clone().unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let _log_guard = autoprov::telemetry::init(config.log_format);
+            serve(config).await
         }
-        Command::Export { output } => export(&config, output.as_deref()),
-        Command::Import { replace, file } => import(&config, &file, replace),
-    }
-}
-
-/// Opens the data folder's existing store (never creates one).
-fn open_store(config: &Config, create: bool) -> anyhow::Result<autoprov::store::Store> {
-    let path = config.data.join("store");
-    if !create && !path.join("db").exists() {
-        anyhow::bail!(
-            "no store in {} (expected {}): check --data",
-            config.data.display(),
-            path.display()
-        );
-    }
-    if create {
-        std::fs::create_dir_all(&config.data)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", config.data.display()))?;
-    }
-    Ok(autoprov::store::Store::open(
-        &path,
-        config.store_cache_bytes,
-    )?)
-}
-
-fn export(config: &Config, output: Option<&std::path::Path>) -> anyhow::Result<()> {
-    use std::io::Write;
-    let bytes = open_store(config, false)?.export()?;
-    match output {
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&bytes)
-                .and_then(|()| out.flush())
-                .map_err(|e| anyhow::anyhow!("writing the export to stdout: {e}"))?;
-        }
-        Some(path) => {
-            let fail = |e: std::io::Error| anyhow::anyhow!("writing {}: {e}", path.display());
-            let mut tmp = path.as_os_str().to_owned();
-            tmp.push(".tmp");
-            let tmp = std::path::PathBuf::from(tmp);
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts.open(&tmp).map_err(fail)?;
-            f.write_all(&bytes)
-                .and_then(|()| f.sync_all())
-                .map_err(fail)?;
-            std::fs::rename(&tmp, path).map_err(fail)?;
-            eprintln!(
-                "autoprov: exported {} bytes to {}",
-                bytes.len(),
-                path.display()
-            );
+        // Admin subcommands log only when asked to (RUST_LOG): their stderr is for people.
+        cmd => {
+            let _log_guard =
+                std::env::var_os("RUST_LOG").map(|_| autoprov::telemetry::init(config.log_format));
+            autoprov::cli::run(&cli, &config, cmd).await
         }
     }
-    Ok(())
-}
-
-fn import(config: &Config, file: &std::path::Path, replace: bool) -> anyhow::Result<()> {
-    use std::io::Read;
-    let (name, bytes) = if file.as_os_str() == "-" {
-        let mut b = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut b)
-            .map_err(|e| anyhow::anyhow!("reading stdin: {e}"))?;
-        ("stdin".to_string(), b)
-    } else {
-        let b = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        (file.display().to_string(), b)
-    };
-    // Everything is validated before the store is even opened.
-    let dump = autoprov::store::parse_export(&bytes)
-        .map_err(|e| anyhow::Error::new(e).context(name.clone()))?;
-    let store = open_store(config, true)?;
-    store
-        .import(&dump, replace)
-        .map_err(|e| anyhow::Error::new(e).context(name.clone()))?;
-    eprintln!(
-        "autoprov: imported {} entries ({} domains, {} accounts, {} phones) into {}",
-        dump.entries(),
-        dump.count("domains"),
-        dump.count("accounts"),
-        dump.count("phones"),
-        config.data.display()
-    );
-    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -46,6 +46,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(super::tokens::revoke))
         .routes(routes!(super::openapi::openapi_json))
         .routes(routes!(super::reload::reload))
+        .routes(routes!(super::bulk::import))
+        .routes(routes!(super::bulk::export))
 }
 
 /// Proof that the request carries a valid admin token: the server-wide one (`domain` is
@@ -837,7 +839,7 @@ fn account_change(
 }
 
 /// Checks that `m` fits on `phone` (inside the model's ports, no overlap with others).
-fn place(phone: &Phone, model: &Model, m: &Member, field: &str) -> Result<(), AppError> {
+pub(crate) fn place(phone: &Phone, model: &Model, m: &Member, field: &str) -> Result<(), AppError> {
     let last = m.port.saturating_add(m.line_weight.max(1) - 1);
     if m.port == 0 || last > model.ports {
         return Err(AppError::invalid(

@@ -2,6 +2,7 @@
 
 pub mod admin;
 mod body;
+pub mod bulk;
 pub mod firmware;
 pub mod openapi;
 pub mod phone;

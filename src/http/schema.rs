@@ -71,6 +71,8 @@ pub enum ErrorCode {
     RangeNotSatisfiable,
     /// 422: a reloaded model/template set does not load or render.
     InvalidSet,
+    /// 400: bulk import rows that fail validation (listed in `rows`).
+    InvalidRows,
     /// 500.
     Internal,
 }
@@ -153,6 +155,15 @@ pub struct ForbiddenError;
 impl IntoResponses for ForbiddenError {
     fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
         errors(&[403])
+    }
+}
+
+/// Errors of `POST /import` besides its own 400: 401, 403, 413, 414, 415.
+pub struct ImportErrors;
+
+impl IntoResponses for ImportErrors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        errors(&[401, 403, 413, 414, 415])
     }
 }
 
@@ -927,4 +938,61 @@ pub struct ReloadErrorDetail {
     /// The line, when tera or toml gave one.
     #[schema(nullable = true)]
     pub line: Option<u32>,
+}
+
+// ---------------------------------------------------------------- bulk
+
+/// JSON rows of `POST /import`: a list of row objects (the CSV columns as keys, plus
+/// `overrides`), or `{"rows": [...]}`.
+#[derive(Deserialize, ToSchema)]
+pub struct ImportRows(serde_json::Value);
+
+/// `POST /import` answer.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportSummary {
+    /// Rows read.
+    pub rows: usize,
+    /// Phones named (created or updated).
+    pub phones: usize,
+    /// Accounts named (created or updated).
+    pub accounts: usize,
+    /// Domains named.
+    pub domains: usize,
+    /// Of those, created by this import.
+    pub created: ImportCreated,
+}
+
+/// What an import created.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportCreated {
+    /// New phones.
+    pub phones: usize,
+    /// New accounts.
+    pub accounts: usize,
+    /// New domains.
+    pub domains: usize,
+}
+
+/// 400 of `POST /import`: the error shape plus every bad row.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportErrorBody {
+    /// The error (`invalid_rows`, field `rows`).
+    pub error: ErrorDetail,
+    /// Every bad row.
+    pub rows: Vec<ImportRowError>,
+}
+
+/// One bad row.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRowError {
+    /// Line (CSV) or position (JSON).
+    pub line: usize,
+    /// Column (`mac`, `override:P271`, …).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
 }

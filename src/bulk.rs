@@ -1,0 +1,1116 @@
+//! Bulk import and CSV export: rows of `mac,model,domain,user,device,line,label,password,
+//! transport,server` plus `override:<vendor key>` columns, as CSV or JSON.
+//!
+//! One function applies an import ([`apply`]), shared by `POST /api/v1/import` and the
+//! `autoprov import` subcommand on a data folder: parse every row, validate every row
+//! against the admin API's rules (the same helpers), collect *all* errors as
+//! `{line, field, message}`, and change nothing if there is any; otherwise build one
+//! [`Change`] and commit it (one sled transaction), then flush.
+//!
+//! Semantics (README "Bulk import"): a row is one line (member) of a phone. Rows add or
+//! update; an import never deletes. The phone is created or updated (model, domain,
+//! overrides named in the row); the account `device@domain` is created or updated
+//! (password, transport, server when given; a new account without a password gets a
+//! random one); the account becomes the member on port `line` (or keeps its port, or takes
+//! the first free one) with `label`. A row with only `mac` and `model` (and optionally
+//! `domain`) provisions a phone without lines. Domains named in rows are created if
+//! missing, with no settings.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::AppState;
+use crate::auth;
+use crate::http::admin::{check_name, place};
+use crate::model::records::account_id;
+use crate::model::settings as st;
+use crate::model::{Account, Domain, Mac, Member, Phone};
+use crate::render::overlay;
+use crate::store::{Change, Store, StoreError};
+
+/// The columns every row may have, in export order.
+pub const COLUMNS: &[&str] = &[
+    "mac",
+    "model",
+    "domain",
+    "user",
+    "device",
+    "line",
+    "label",
+    "password",
+    "transport",
+    "server",
+];
+
+/// Prefix of an override column: `override:<vendor key>`.
+pub const OVERRIDE_PREFIX: &str = "override:";
+
+/// One bad row: where (line of the CSV file, counting the header as line 1; for JSON, the
+/// row's 1-based position in the list), which column, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RowError {
+    /// Line (CSV) or position (JSON).
+    pub line: usize,
+    /// Column name (`mac`, `override:P271`, …).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl RowError {
+    fn new(line: usize, field: impl Into<String>, message: impl Into<String>) -> Self {
+        RowError {
+            line,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why an import changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum BulkError {
+    /// Rows failed validation (every one is listed).
+    #[error("{} bad row(s); nothing was imported", .0.len())]
+    Rows(Vec<RowError>),
+    /// The store failed.
+    #[error("store")]
+    Store(#[from] StoreError),
+}
+
+/// Input format of a bulk import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// CSV with a header row.
+    Csv,
+    /// A JSON list of row objects, or `{"rows": [...]}`.
+    Json,
+}
+
+/// One input row, as text (validated by [`plan`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Row {
+    /// Line (CSV) or position (JSON) for error reports.
+    pub line: usize,
+    /// Values of [`COLUMNS`], in that order (empty: not given).
+    pub cols: [String; 10],
+    /// `override:<key>` values given (non-empty) in this row.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Row {
+    fn get(&self, col: &str) -> &str {
+        COLUMNS
+            .iter()
+            .position(|c| *c == col)
+            .and_then(|i| self.cols.get(i))
+            .map_or("", |s| s.trim())
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Rows read.
+    pub rows: usize,
+    /// Phones named (created or updated).
+    pub phones: usize,
+    /// Accounts named (created or updated).
+    pub accounts: usize,
+    /// Domains named.
+    pub domains: usize,
+    /// Of those, created by this import.
+    pub created: Created,
+}
+
+/// Records an import created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Created {
+    /// New phones.
+    pub phones: usize,
+    /// New accounts.
+    pub accounts: usize,
+    /// New domains.
+    pub domains: usize,
+}
+
+// ---------------------------------------------------------------- parsing
+
+/// Parses an import document into rows; a document that cannot be read at all gives one
+/// error (line 1 for a bad header), bad rows give one error each.
+pub fn parse(bytes: &[u8], format: Format) -> Result<Vec<Row>, Vec<RowError>> {
+    match format {
+        Format::Csv => parse_csv(bytes),
+        Format::Json => parse_json(bytes),
+    }
+}
+
+/// Splits CSV text into records with the line each starts on (RFC 4180: quoted fields may
+/// hold commas, `""` and line breaks; CRLF or LF; blank lines skipped; a UTF-8 BOM ignored).
+fn csv_records(text: &str) -> Result<Vec<(usize, Vec<String>)>, RowError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    let mut line = 1;
+    let mut start = 1;
+    let mut field = String::new();
+    let mut record: Vec<String> = Vec::new();
+    let mut quoted = false;
+    let mut after_quote = false;
+    let mut at_field_start = true;
+    let mut push_record = |record: &mut Vec<String>, start: usize| {
+        let blank = record.len() == 1 && record[0].trim().is_empty();
+        if !blank {
+            out.push((start, std::mem::take(record)));
+        } else {
+            record.clear();
+        }
+    };
+    while let Some(c) = chars.next() {
+        if quoted {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => {
+                    quoted = false;
+                    after_quote = true;
+                }
+                '\n' => {
+                    line += 1;
+                    field.push(c);
+                }
+                _ => field.push(c),
+            }
+            continue;
+        }
+        match c {
+            '"' if at_field_start => {
+                quoted = true;
+                at_field_start = false;
+            }
+            ',' => {
+                record.push(std::mem::take(&mut field));
+                at_field_start = true;
+                after_quote = false;
+            }
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' => {
+                record.push(std::mem::take(&mut field));
+                push_record(&mut record, start);
+                line += 1;
+                start = line;
+                at_field_start = true;
+                after_quote = false;
+            }
+            _ if after_quote => {
+                return Err(RowError::new(
+                    line,
+                    "csv",
+                    "a quoted field must end at a comma or the end of the line",
+                ));
+            }
+            _ => {
+                field.push(c);
+                at_field_start = false;
+            }
+        }
+    }
+    if quoted {
+        return Err(RowError::new(
+            start,
+            "csv",
+            "a quoted field is never closed",
+        ));
+    }
+    if !field.is_empty() || !record.is_empty() || after_quote {
+        record.push(field);
+        push_record(&mut record, start);
+    }
+    Ok(out)
+}
+
+/// Where a header column goes.
+enum Column {
+    Base(usize),
+    Override(String),
+}
+
+fn column(name: &str) -> Option<Column> {
+    let n = name.trim();
+    if n.len() > OVERRIDE_PREFIX.len()
+        && n.is_char_boundary(OVERRIDE_PREFIX.len())
+        && n[..OVERRIDE_PREFIX.len()].eq_ignore_ascii_case(OVERRIDE_PREFIX)
+    {
+        return Some(Column::Override(n[OVERRIDE_PREFIX.len()..].to_string()));
+    }
+    let lower = n.to_ascii_lowercase();
+    COLUMNS.iter().position(|c| *c == lower).map(Column::Base)
+}
+
+fn known_columns() -> String {
+    format!("{}, {OVERRIDE_PREFIX}<key>", COLUMNS.join(", "))
+}
+
+fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, Vec<RowError>> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| vec![RowError::new(1, "csv", format!("not UTF-8 text: {e}"))])?;
+    let records = csv_records(text).map_err(|e| vec![e])?;
+    let mut records = records.into_iter();
+    let Some((hline, header)) = records.next() else {
+        return Err(vec![RowError::new(
+            1,
+            "csv",
+            format!(
+                "empty file; the first line names the columns: {}",
+                known_columns()
+            ),
+        )]);
+    };
+    let mut errors = Vec::new();
+    let mut cols = Vec::with_capacity(header.len());
+    let mut seen = BTreeSet::new();
+    for name in &header {
+        match column(name) {
+            Some(c) => {
+                let key = match &c {
+                    Column::Base(i) => COLUMNS[*i].to_string(),
+                    Column::Override(k) => format!("{OVERRIDE_PREFIX}{k}"),
+                };
+                if !seen.insert(key.clone()) {
+                    errors.push(RowError::new(hline, key, "column is given twice"));
+                }
+                cols.push(c);
+            }
+            None => {
+                errors.push(RowError::new(
+                    hline,
+                    name.trim(),
+                    format!("unknown column; columns are {}", known_columns()),
+                ));
+                cols.push(Column::Base(usize::MAX));
+            }
+        }
+    }
+    for required in ["mac", "model"] {
+        if !seen.contains(required) {
+            errors.push(RowError::new(
+                hline,
+                required,
+                "column is required in the header",
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut rows = Vec::new();
+    for (line, fields) in records {
+        if fields.len() != cols.len() {
+            errors.push(RowError::new(
+                line,
+                "csv",
+                format!("has {} fields, the header has {}", fields.len(), cols.len()),
+            ));
+            continue;
+        }
+        let mut row = Row {
+            line,
+            ..Default::default()
+        };
+        for (c, v) in cols.iter().zip(fields) {
+            match c {
+                Column::Base(i) => {
+                    if let Some(slot) = row.cols.get_mut(*i) {
+                        *slot = v;
+                    }
+                }
+                Column::Override(k) if !v.is_empty() => row.overrides.push((k.clone(), v)),
+                Column::Override(_) => {}
+            }
+        }
+        rows.push(row);
+    }
+    if errors.is_empty() {
+        Ok(rows)
+    } else {
+        Err(errors)
+    }
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Vec<Row>, Vec<RowError>> {
+    let doc: Value = serde_json::from_slice(bytes)
+        .map_err(|e| vec![RowError::new(e.line(), "json", e.to_string())])?;
+    let list = match doc {
+        Value::Array(l) => l,
+        Value::Object(mut m) if m.len() == 1 && m.contains_key("rows") => match m.remove("rows") {
+            Some(Value::Array(l)) => l,
+            _ => return Err(vec![RowError::new(1, "rows", "must be a list of rows")]),
+        },
+        _ => {
+            return Err(vec![RowError::new(
+                1,
+                "json",
+                "expected a list of row objects, or {\"rows\": [...]}",
+            )]);
+        }
+    };
+    let mut errors = Vec::new();
+    let mut rows = Vec::with_capacity(list.len());
+    for (i, v) in list.into_iter().enumerate() {
+        let line = i + 1;
+        let Value::Object(map) = v else {
+            errors.push(RowError::new(line, "row", "must be an object"));
+            continue;
+        };
+        let mut row = Row {
+            line,
+            ..Default::default()
+        };
+        for (k, v) in map {
+            let text = |v: Value| match v {
+                Value::String(s) => Some(s),
+                Value::Number(n) => Some(n.to_string()),
+                Value::Null => Some(String::new()),
+                _ => None,
+            };
+            if k == "overrides" {
+                let Value::Object(ov) = v else {
+                    errors.push(RowError::new(line, k, "must be an object of key → value"));
+                    continue;
+                };
+                for (ok, ovv) in ov {
+                    match text(ovv) {
+                        Some(s) if !s.is_empty() => row.overrides.push((ok, s)),
+                        Some(_) => {}
+                        None => errors.push(RowError::new(
+                            line,
+                            format!("{OVERRIDE_PREFIX}{ok}"),
+                            "must be a string",
+                        )),
+                    }
+                }
+                continue;
+            }
+            match (column(&k), text(v)) {
+                (None, _) => errors.push(RowError::new(
+                    line,
+                    k,
+                    format!("unknown field; fields are {}, overrides", known_columns()),
+                )),
+                (Some(_), None) => errors.push(RowError::new(line, k, "must be a string")),
+                (Some(Column::Base(i)), Some(s)) => {
+                    if let Some(slot) = row.cols.get_mut(i) {
+                        *slot = s;
+                    }
+                }
+                (Some(Column::Override(ok)), Some(s)) if !s.is_empty() => {
+                    row.overrides.push((ok, s));
+                }
+                (Some(Column::Override(_)), Some(_)) => {}
+            }
+        }
+        rows.push(row);
+    }
+    if errors.is_empty() {
+        Ok(rows)
+    } else {
+        Err(errors)
+    }
+}
+
+// ---------------------------------------------------------------- validation
+
+/// A phone as this import leaves it.
+struct StagedPhone {
+    phone: Phone,
+    original: Option<Phone>,
+    /// The model and domain the first row gave, with its line.
+    model_line: usize,
+    domain: Option<(String, usize)>,
+    last_line: usize,
+    /// Ports placed by this import → (account id, line).
+    placed: BTreeMap<u32, (String, usize)>,
+    /// Override values given by this import → line.
+    overrides: BTreeMap<String, (String, usize)>,
+}
+
+/// An account as this import leaves it.
+struct StagedAccount {
+    account: Account,
+    original: Option<Account>,
+    line: usize,
+    /// Column values given by earlier rows, to catch rows that disagree.
+    given: BTreeMap<&'static str, (String, usize)>,
+}
+
+/// Validates `rows` against the store (call under the store's writer lock) and builds the
+/// change; every bad row is reported. `progress` is called with the rows done so far.
+pub fn plan(
+    st: &AppState,
+    rows: &[Row],
+    progress: &dyn Fn(u64),
+) -> Result<(Change, Summary), BulkError> {
+    let mut errors: Vec<RowError> = Vec::new();
+    let mut phones: BTreeMap<Mac, StagedPhone> = BTreeMap::new();
+    let mut accounts: BTreeMap<String, StagedAccount> = BTreeMap::new();
+    let mut domains: BTreeMap<String, bool> = BTreeMap::new();
+    // One model/template snapshot for the whole import.
+    let t = st.templates();
+    for (i, row) in rows.iter().enumerate() {
+        if i % 256 == 0 {
+            progress(i as u64);
+        }
+        stage_row(
+            st,
+            &t,
+            row,
+            &mut phones,
+            &mut accounts,
+            &mut domains,
+            &mut errors,
+        )?;
+    }
+    progress(rows.len() as u64);
+    // Whole-phone rules, once every row is in: members fit the (possibly new) model and
+    // belong to the phone's domain.
+    for sp in phones.values() {
+        let Some(model) = t.catalogue.get(&sp.phone.model) else {
+            continue;
+        };
+        for m in &sp.phone.members {
+            if m.ports().any(|p| p > model.ports) {
+                errors.push(RowError::new(
+                    sp.model_line,
+                    "model",
+                    format!(
+                        "member {} on port {} does not fit the {} ports of {}",
+                        m.id, m.port, model.ports, model.id
+                    ),
+                ));
+            }
+            if m.t38_fax_compression_enabled && !model.ata {
+                errors.push(RowError::new(
+                    sp.model_line,
+                    "model",
+                    format!(
+                        "member {} uses T.38, which {} does not support",
+                        m.id, model.id
+                    ),
+                ));
+            }
+            let domain = match accounts.get(&m.id) {
+                Some(a) => Some(a.account.domain.clone()),
+                None => st.store.account(&m.id)?.map(|a| a.domain),
+            };
+            if domain.is_none() || domain.as_ref() != sp.phone.domain.as_ref() {
+                errors.push(RowError::new(
+                    sp.domain.as_ref().map_or(sp.last_line, |(_, l)| *l),
+                    "domain",
+                    format!(
+                        "{} has member {}, an account of another domain",
+                        sp.phone.mac.lower(),
+                        m.id
+                    ),
+                ));
+            }
+        }
+        if sp
+            .original
+            .as_ref()
+            .is_some_and(|o| o.model != sp.phone.model)
+        {
+            for (k, v) in &sp.phone.overrides {
+                for f in model.files.iter().filter(|f| f.overrides) {
+                    if let Err(m) = overlay::check_override(f.format, k, v) {
+                        errors.push(RowError::new(
+                            sp.model_line,
+                            "model",
+                            format!("the phone's override {k} does not fit {}: {m}", model.id),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| e.line);
+        errors.dedup();
+        return Err(BulkError::Rows(errors));
+    }
+
+    let mut change = Change::default();
+    let mut summary = Summary {
+        rows: rows.len(),
+        phones: phones.len(),
+        accounts: accounts.len(),
+        domains: domains.len(),
+        created: Created::default(),
+    };
+    for (name, exists) in &domains {
+        if !exists {
+            summary.created.domains += 1;
+            change.domains.push((
+                name.clone(),
+                Some(Domain {
+                    name: name.clone(),
+                    ..Default::default()
+                }),
+            ));
+        }
+    }
+    let mut written = BTreeSet::new();
+    for (id, sa) in accounts {
+        if sa.original.is_none() {
+            summary.created.accounts += 1;
+        }
+        if sa.original.as_ref() != Some(&sa.account) {
+            // Other phones this account is a member of render it too.
+            change.touch.extend(st.store.phones_of_account(&id)?);
+            change.accounts.push((id, Some(sa.account)));
+        }
+    }
+    for (mac, mut sp) in phones {
+        if sp.original.is_none() {
+            summary.created.phones += 1;
+        }
+        sp.phone.members.sort_by_key(|m| m.port);
+        if sp.original.as_ref() != Some(&sp.phone) {
+            written.insert(mac);
+            change.phones.push((mac, Some(sp.phone)));
+        }
+    }
+    change.touch.retain(|m| !written.contains(m));
+    Ok((change, summary))
+}
+
+/// Reads the value of `col` in `row`, checked by `check` (errors are recorded).
+fn checked(
+    errors: &mut Vec<RowError>,
+    row: &Row,
+    col: &str,
+    check: impl FnOnce(&str) -> Result<(), String>,
+) -> Option<String> {
+    let v = row.get(col);
+    if v.is_empty() {
+        return Some(String::new());
+    }
+    match check(v) {
+        Ok(()) => Some(v.to_string()),
+        Err(m) => {
+            errors.push(RowError::new(row.line, col, m));
+            None
+        }
+    }
+}
+
+/// The message of an admin-API validation error (its field is the column here).
+fn message(e: crate::error::AppError) -> String {
+    match e {
+        crate::error::AppError::Invalid { message, .. }
+        | crate::error::AppError::Conflict { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
+#[allow(clippy::too_many_lines)]
+fn stage_row(
+    st: &AppState,
+    t: &crate::reload::Templates,
+    row: &Row,
+    phones: &mut BTreeMap<Mac, StagedPhone>,
+    accounts: &mut BTreeMap<String, StagedAccount>,
+    domains: &mut BTreeMap<String, bool>,
+    errors: &mut Vec<RowError>,
+) -> Result<(), StoreError> {
+    let before = errors.len();
+    let line = row.line;
+    let err = |errors: &mut Vec<RowError>, field: &str, m: String| {
+        errors.push(RowError::new(line, field, m));
+    };
+    // Field by field: every bad column of the row is reported.
+    let mac = match row.get("mac") {
+        "" => {
+            err(errors, "mac", "is required".into());
+            None
+        }
+        s => match Mac::parse(s) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                err(errors, "mac", e.to_string());
+                None
+            }
+        },
+    };
+    let model = match row.get("model") {
+        "" => {
+            err(errors, "model", "is required".into());
+            None
+        }
+        m => match t.catalogue.get(m) {
+            Some(model) => Some(model),
+            None => {
+                err(
+                    errors,
+                    "model",
+                    format!("unknown model {m:?}; see `autoprov models` (GET /api/v1/models)"),
+                );
+                None
+            }
+        },
+    };
+    let name_check =
+        |field: &'static str, max: usize| move |v: &str| check_name(field, v, max).map_err(message);
+    let domain = checked(errors, row, "domain", name_check("domain", 64));
+    let user = checked(errors, row, "user", name_check("user", 16));
+    let device = checked(errors, row, "device", name_check("device", 64));
+    let label = checked(errors, row, "label", st::check_text);
+    let password = checked(errors, row, "password", st::check_text);
+    let transport = checked(errors, row, "transport", |v| {
+        st::check_value(st::TRANSPORT, v)
+    });
+    let server = checked(errors, row, "server", |v| {
+        st::check_value(st::CORE_SERVER, v)
+    });
+    let port = match (row.get("line"), model) {
+        ("", _) => Some(None),
+        (s, model) => match s.parse::<u32>() {
+            Ok(n) if n >= 1 && model.is_none_or(|m| n <= m.ports) => Some(Some(n)),
+            _ => {
+                let range = model.map_or_else(
+                    || "a port number from 1".to_string(),
+                    |m| format!("a port from 1 to {} ({} has {})", m.ports, m.id, m.ports),
+                );
+                err(errors, "line", format!("must be {range}"));
+                None
+            }
+        },
+    };
+    if let Some(model) = model {
+        for (k, v) in &row.overrides {
+            for f in model.files.iter().filter(|f| f.overrides) {
+                if let Err(m) = overlay::check_override(f.format, k, v) {
+                    err(errors, &format!("{OVERRIDE_PREFIX}{k}"), m);
+                    break;
+                }
+            }
+        }
+    }
+    let has_account = !row.get("user").is_empty() || !row.get("device").is_empty();
+    if has_account {
+        if row.get("user").is_empty() {
+            err(errors, "user", "is required with device".into());
+        }
+        if row.get("device").is_empty() {
+            err(errors, "device", "is required with user".into());
+        }
+        if row.get("domain").is_empty() {
+            err(
+                errors,
+                "domain",
+                "is required for a line (user and device)".into(),
+            );
+        }
+    } else {
+        for col in ["line", "label", "password", "transport", "server"] {
+            if !row.get(col).is_empty() {
+                err(errors, col, "needs user and device (a line)".into());
+            }
+        }
+    }
+    let (Some(mac), Some(model), Some(domain), Some(user), Some(device), Some(port)) =
+        (mac, model, domain, user, device, port)
+    else {
+        return Ok(());
+    };
+    let (Some(label), Some(password), Some(transport), Some(server)) =
+        (label, password, transport, server)
+    else {
+        return Ok(());
+    };
+    if errors.len() > before {
+        return Ok(());
+    }
+
+    // Across rows and against the store.
+    if !domain.is_empty() && !domains.contains_key(&domain) {
+        let exists = st.store.domain(&domain)?.is_some();
+        domains.insert(domain.clone(), exists);
+    }
+    let sp = match phones.entry(mac) {
+        std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::btree_map::Entry::Vacant(v) => {
+            let original = st.store.phone(mac)?;
+            let mut phone = original
+                .clone()
+                .unwrap_or_else(|| Phone::new(mac, model.id.clone()));
+            phone.model = model.id.clone();
+            v.insert(StagedPhone {
+                phone,
+                original,
+                model_line: line,
+                domain: None,
+                last_line: line,
+                placed: BTreeMap::new(),
+                overrides: BTreeMap::new(),
+            })
+        }
+    };
+    sp.last_line = line;
+    if sp.phone.model != model.id {
+        err(
+            errors,
+            "model",
+            format!(
+                "{} is given as {} on line {}",
+                mac.lower(),
+                sp.phone.model,
+                sp.model_line
+            ),
+        );
+        return Ok(());
+    }
+    if !domain.is_empty() {
+        match (&sp.domain, &sp.phone.domain) {
+            (Some((d, l)), _) if *d != domain => {
+                err(
+                    errors,
+                    "domain",
+                    format!("{} is given in domain {d} on line {l}", mac.lower()),
+                );
+                return Ok(());
+            }
+            (None, Some(d)) if *d != domain => {
+                err(
+                    errors,
+                    "domain",
+                    format!(
+                        "{} belongs to domain {d}; delete it there first (autoprov phone delete)",
+                        mac.lower()
+                    ),
+                );
+                return Ok(());
+            }
+            _ => {}
+        }
+        sp.domain = Some((domain.clone(), line));
+        sp.phone.domain = Some(domain.clone());
+    }
+    for (k, v) in &row.overrides {
+        if let Some((old, l)) = sp.overrides.get(k)
+            && old != v
+        {
+            err(
+                errors,
+                &format!("{OVERRIDE_PREFIX}{k}"),
+                format!("{} has another value for it on line {l}", mac.lower()),
+            );
+            continue;
+        }
+        sp.overrides.insert(k.clone(), (v.clone(), line));
+        sp.phone.overrides.insert(k.clone(), v.clone());
+    }
+    if !has_account {
+        return Ok(());
+    }
+
+    // The account.
+    let id = account_id(&domain, &device);
+    let sa = match accounts.entry(id.clone()) {
+        std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::btree_map::Entry::Vacant(v) => {
+            let original = st.store.account(&id)?;
+            let account = original.clone().unwrap_or_else(|| Account {
+                domain: domain.clone(),
+                user: user.clone(),
+                device: device.clone(),
+                password: String::new(),
+                ..Default::default()
+            });
+            v.insert(StagedAccount {
+                account,
+                original,
+                line,
+                given: BTreeMap::new(),
+            })
+        }
+    };
+    if sa.account.user != user {
+        let whence = if sa
+            .original
+            .as_ref()
+            .is_some_and(|o| o.user == sa.account.user)
+        {
+            "in the store".to_string()
+        } else {
+            format!("on line {}", sa.line)
+        };
+        err(
+            errors,
+            "user",
+            format!(
+                "device {device} belongs to user {} in {domain} ({whence})",
+                sa.account.user
+            ),
+        );
+        return Ok(());
+    }
+    for (col, v) in [
+        ("password", &password),
+        ("transport", &transport),
+        ("server", &server),
+    ] {
+        if v.is_empty() {
+            continue;
+        }
+        if let Some((old, l)) = sa.given.get(col)
+            && old != v
+        {
+            err(errors, col, format!("{id} has another {col} on line {l}"));
+            continue;
+        }
+        sa.given.insert(col, (v.clone(), line));
+        match col {
+            "password" => sa.account.password = v.clone(),
+            "transport" => {
+                sa.account.settings.insert(st::TRANSPORT.into(), v.clone());
+            }
+            _ => {
+                sa.account
+                    .settings
+                    .insert(st::CORE_SERVER.into(), v.clone());
+            }
+        }
+    }
+    if sa.account.password.is_empty() {
+        sa.account.password = auth::random_secret(16);
+    }
+
+    // The member.
+    let already = sp.phone.members.iter().position(|m| m.id == id);
+    let port = match (port, already) {
+        (Some(p), _) => p,
+        (None, Some(i)) => sp.phone.members[i].port,
+        (None, None) => match sp.phone.first_free_port(model.ports) {
+            Some(p) => p,
+            None => {
+                err(
+                    errors,
+                    "line",
+                    format!("all {} ports of {} are taken", model.ports, mac.lower()),
+                );
+                return Ok(());
+            }
+        },
+    };
+    if let Some((other, l)) = sp.placed.get(&port)
+        && *other != id
+    {
+        err(
+            errors,
+            "line",
+            format!(
+                "port {port} of {} is given to {other} on line {l}",
+                mac.lower()
+            ),
+        );
+        return Ok(());
+    }
+    let mut m = match already {
+        Some(i) => sp.phone.members.remove(i),
+        None => {
+            let mut m = Member::new(port, id.clone());
+            m.primary_owner = !sp.phone.members.iter().any(|m| m.primary_owner);
+            m
+        }
+    };
+    m.port = port;
+    m.line_label = label;
+    if let Err(e) = place(&sp.phone, model, &m, "line") {
+        err(
+            errors,
+            "line",
+            format!("{} (change it with `autoprov members set`)", message(e)),
+        );
+        return Ok(());
+    }
+    sp.placed.insert(port, (id, line));
+    sp.phone.members.push(m);
+    Ok(())
+}
+
+/// Parses, validates and commits an import (under the writer lock), all or nothing. The
+/// caller flushes ([`Store::flush`]) before reporting success.
+pub fn apply_sync(
+    st: &AppState,
+    rows: &[Row],
+    progress: &dyn Fn(u64),
+) -> Result<Summary, BulkError> {
+    let _w = st.store.writer();
+    let (change, summary) = plan(st, rows, progress)?;
+    st.store.commit(&change)?;
+    Ok(summary)
+}
+
+/// [`apply_sync`] off the async workers, then a flush: what both the HTTP route and the
+/// CLI call.
+pub async fn apply(
+    st: &AppState,
+    rows: Vec<Row>,
+    progress: impl Fn(u64) + Send + 'static,
+) -> Result<Summary, BulkError> {
+    let state = st.clone();
+    let summary = tokio::task::spawn_blocking(move || apply_sync(&state, &rows, &progress))
+        .await
+        .map_err(|e| StoreError::Flush(e.to_string()))??;
+    st.store.flush().await?;
+    Ok(summary)
+}
+
+// ---------------------------------------------------------------- CSV export
+
+fn csv_field(out: &mut String, v: &str) {
+    if v.contains([',', '"', '\n', '\r']) || v.trim() != v {
+        out.push('"');
+        out.push_str(&v.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(v);
+    }
+}
+
+/// Every phone as bulk CSV: one row per member (a phone without members gets one row with
+/// no line), the same columns the import takes, override columns for every override key
+/// in use. Importing it into an empty store gives the same phones, accounts and members
+/// (see README for what CSV does not carry).
+pub fn export_csv(store: &Store) -> Result<String, StoreError> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.phones(after, 1000, &|_| true)?;
+        let done = page.len() < 1000;
+        after = page.last().map(|p| p.mac);
+        all.extend(page);
+        if done {
+            break;
+        }
+    }
+    let keys: BTreeSet<&str> = all
+        .iter()
+        .flat_map(|p| p.overrides.keys().map(String::as_str))
+        .collect();
+    let mut out = String::new();
+    let header: Vec<String> = COLUMNS
+        .iter()
+        .map(|c| (*c).to_string())
+        .chain(keys.iter().map(|k| format!("{OVERRIDE_PREFIX}{k}")))
+        .collect();
+    for (i, h) in header.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        csv_field(&mut out, h);
+    }
+    out.push('\n');
+    for p in &all {
+        let domain = p.domain.clone().unwrap_or_default();
+        let mut lines: Vec<[String; 7]> = Vec::new();
+        for m in &p.members {
+            let Some(a) = store.account(&m.id)? else {
+                continue;
+            };
+            lines.push([
+                a.user.clone(),
+                a.device.clone(),
+                m.port.to_string(),
+                m.line_label.clone(),
+                a.password.clone(),
+                a.settings.get(st::TRANSPORT).cloned().unwrap_or_default(),
+                a.settings.get(st::CORE_SERVER).cloned().unwrap_or_default(),
+            ]);
+        }
+        if lines.is_empty() {
+            lines.push(Default::default());
+        }
+        for l in &lines {
+            out.push_str(&p.mac.lower());
+            for v in [&p.model, &domain].into_iter().chain(l.iter()) {
+                out.push(',');
+                csv_field(&mut out, v);
+            }
+            for k in &keys {
+                out.push(',');
+                csv_field(&mut out, p.overrides.get(*k).map_or("", String::as_str));
+            }
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_records_quotes_and_lines() {
+        let r =
+            csv_records("a,b\n\"x,1\",\"say \"\"hi\"\"\"\r\n\n\"multi\nline\",z\nlast,").unwrap();
+        assert_eq!(r.len(), 4);
+        assert_eq!(r[0], (1, vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(r[1].1, vec!["x,1".to_string(), "say \"hi\"".to_string()]);
+        assert_eq!(r[2], (4, vec!["multi\nline".to_string(), "z".to_string()]));
+        assert_eq!(r[3], (6, vec!["last".to_string(), String::new()]));
+        assert!(csv_records("a,\"open").is_err());
+        assert!(csv_records("\"a\"b,c").is_err());
+    }
+
+    #[test]
+    fn header_errors_name_columns() {
+        let e = parse_csv(b"mac,colour,mac\n").unwrap_err();
+        let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"colour"), "{e:?}");
+        assert!(fields.contains(&"mac"), "{e:?}");
+        assert!(fields.contains(&"model"), "{e:?}");
+        assert!(e.iter().all(|e| e.line == 1));
+    }
+
+    #[test]
+    fn rows_and_overrides() {
+        let rows = parse_csv(
+            b"MAC,model,override:P271,line\n0015651234ab,T46S,x,2\n0015651234ac,T46S,,\n",
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].line, 2);
+        assert_eq!(rows[0].get("line"), "2");
+        assert_eq!(rows[0].overrides, vec![("P271".into(), "x".into())]);
+        assert!(rows[1].overrides.is_empty());
+        let e = parse_csv(b"mac,model\na,b,c\n").unwrap_err();
+        assert_eq!((e[0].line, e[0].field.as_str()), (2, "csv"));
+    }
+
+    #[test]
+    fn json_rows() {
+        let rows = parse_json(
+            br#"{"rows":[{"mac":"0015651234ab","model":"T46S","line":2,"overrides":{"k":"v"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(rows[0].get("line"), "2");
+        assert_eq!(rows[0].overrides, vec![("k".into(), "v".into())]);
+        let e = parse_json(br#"[{"mac":"x","colour":"red"}, 3]"#).unwrap_err();
+        assert_eq!(e.len(), 2);
+        assert_eq!((e[0].line, e[0].field.as_str()), (1, "colour"));
+        assert_eq!((e[1].line, e[1].field.as_str()), (2, "row"));
+    }
+
+    #[test]
+    fn csv_quoting() {
+        let mut s = String::new();
+        csv_field(&mut s, "a,\"b\"");
+        assert_eq!(s, "\"a,\"\"b\"\"\"");
+    }
+}

@@ -1,0 +1,137 @@
+//! `POST /api/v1/import` (bulk CSV/JSON rows, all or nothing; logic in `crate::bulk`) and
+//! `GET /api/v1/export` (the full store dump, or the bulk CSV with `?format=csv`). Both
+//! need the server-wide admin token: they span every domain.
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::admin::Admin;
+use super::body::Query;
+use crate::AppState;
+use crate::bulk::{self, BulkError, Format};
+use crate::error::AppError;
+
+/// Largest import body (10,000 rows are about 1 MiB).
+pub const IMPORT_LIMIT: usize = 64 << 20;
+
+fn server_wide(a: &Admin, what: &str) -> Result<(), AppError> {
+    if a.domain.is_some() {
+        return Err(AppError::Forbidden(format!(
+            "{what} spans all domains; it needs the server-wide admin token"
+        )));
+    }
+    Ok(())
+}
+
+impl From<BulkError> for AppError {
+    fn from(e: BulkError) -> Self {
+        match e {
+            BulkError::Rows(rows) => AppError::InvalidRows(rows),
+            BulkError::Store(s) => AppError::Store(s),
+        }
+    }
+}
+
+/// `POST /import`: body `text/csv` or `application/json` rows → 200 summary, or 400 with
+/// every bad row in `rows` (nothing changed).
+#[utoipa::path(
+    post, path = "/import", tag = "bulk",
+    request_body(
+        description = "CSV with a header row (columns in README), or JSON rows",
+        content(
+            (String = "text/csv"),
+            (super::schema::ImportRows = "application/json"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Imported, all rows in one commit", body = super::schema::ImportSummary),
+        (status = 400, description = "Every bad row (`rows`); nothing was imported", body = super::schema::ImportErrorBody),
+        super::schema::ImportErrors,
+    )
+)]
+pub async fn import(
+    a: Admin,
+    State(st): State<AppState>,
+    req: Request,
+) -> Result<Json<Value>, AppError> {
+    server_wide(&a, "bulk import")?;
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let format = match ct.as_str() {
+        "text/csv" => Format::Csv,
+        "application/json" => Format::Json,
+        _ => {
+            return Err(AppError::UnsupportedMediaType);
+        }
+    };
+    let bytes = axum::body::to_bytes(req.into_body(), IMPORT_LIMIT)
+        .await
+        .map_err(|_| AppError::PayloadTooLarge(IMPORT_LIMIT))?;
+    let rows = bulk::parse(&bytes, format).map_err(AppError::InvalidRows)?;
+    let summary = bulk::apply(&st, rows, |_| {}).await?;
+    tracing::info!(
+        rows = summary.rows,
+        phones = summary.phones,
+        accounts = summary.accounts,
+        "bulk import"
+    );
+    Ok(Json(json!(summary)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ExportQuery {
+    format: Option<String>,
+}
+
+/// `GET /export[?format=json|csv]`.
+#[utoipa::path(
+    get, path = "/export", tag = "bulk",
+    params(("format" = Option<String>, Query, description = "`json` (default: the full store dump, as `autoprov export`) or `csv` (the bulk rows)")),
+    responses(
+        (status = 200, description = "The export", content(
+            (Object = "application/json"),
+            (String = "text/csv"),
+        )),
+        super::schema::ForbiddenError,
+        super::schema::ListErrors,
+    )
+)]
+pub async fn export(
+    a: Admin,
+    State(st): State<AppState>,
+    Query(q): Query<ExportQuery>,
+) -> Result<Response, AppError> {
+    server_wide(&a, "export")?;
+    let st2 = st.clone();
+    let (ct, body) = match q.format.as_deref().unwrap_or("json") {
+        "json" => (
+            "application/json",
+            tokio::task::spawn_blocking(move || st2.store.export())
+                .await
+                .map_err(|e| crate::store::StoreError::Flush(e.to_string()))??,
+        ),
+        "csv" => (
+            "text/csv; charset=utf-8",
+            tokio::task::spawn_blocking(move || bulk::export_csv(&st2.store))
+                .await
+                .map_err(|e| crate::store::StoreError::Flush(e.to_string()))??
+                .into_bytes(),
+        ),
+        _ => return Err(AppError::invalid("format", "must be json or csv")),
+    };
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct)], body).into_response())
+}
