@@ -450,12 +450,15 @@ pub fn check_override(format: Format, key: &str, value: &str) -> Result<(), Stri
             if key.is_empty() || key.len() > 256 {
                 return Err("key must be 1 to 256 characters".into());
             }
-            if key.starts_with('#')
-                || key.contains(['=', ' ', '\t'])
-                || key.chars().any(char::is_control)
+            // `#` and `;` start comment lines, and kv_key trims whitespace: such a key
+            // would be written as a line that sets nothing, or sets another key.
+            if key.starts_with(['#', ';'])
+                || key.contains('=')
+                || key.chars().any(|c| c.is_whitespace() || c.is_control())
             {
                 return Err(
-                    "key must not start with # or contain =, spaces or control characters".into(),
+                    "key must not start with # or ; or contain =, spaces or control characters"
+                        .into(),
                 );
             }
             if value.chars().any(char::is_control) {
@@ -551,6 +554,21 @@ mod tests {
         let text = "#!version:1.0.0.1\na = 1\n# c = 9\nb = 2\n";
         let out = apply(Format::KeyValue, text, [("b", "x"), ("z", "y")]).unwrap();
         assert_eq!(out, "#!version:1.0.0.1\na = 1\n# c = 9\nb = x\nz = y\n");
+    }
+
+    /// Found by the `overlay_key_value` fuzz target: keys the check let through that the
+    /// written file does not set (a `;` comment line; a key trimmed to another key).
+    #[test]
+    fn accepted_key_value_keys_are_set() {
+        for bad in [";x", "\u{2003}a", "a\u{a0}", "a\u{2028}b"] {
+            assert!(check_override(Format::KeyValue, bad, "v").is_err(), "{bad:?}");
+        }
+        for good in ["a", "account.1.sip_server.1.address", "x;y", "a#b"] {
+            assert!(check_override(Format::KeyValue, good, "v").is_ok(), "{good:?}");
+            let out = apply(Format::KeyValue, "a = 1\n", [(good, "v")]).unwrap();
+            let got = pairs(Format::KeyValue, &out).unwrap();
+            assert!(got.contains(&(good.to_string(), "v".to_string())), "{out}");
+        }
     }
 
     #[test]
