@@ -518,7 +518,13 @@ fn key_value<'a>(text: &str, overrides: impl IntoIterator<Item = (&'a str, &'a s
     for (k, v) in overrides {
         let line = format!("{k} = {v}");
         match index.get(k) {
-            Some(&i) => lines[i] = Some(line),
+            Some(&i) if i < lines.len() => lines[i] = Some(line),
+            // The same new key twice in `overrides`: the later value wins.
+            Some(&i) => {
+                if let Some(a) = appended.get_mut(i - lines.len()) {
+                    *a = line;
+                }
+            }
             None => {
                 index.insert(k.to_string(), lines.len() + appended.len());
                 appended.push(line);
@@ -569,6 +575,14 @@ mod tests {
             let got = pairs(Format::KeyValue, &out).unwrap();
             assert!(got.contains(&(good.to_string(), "v".to_string())), "{out}");
         }
+    }
+
+    /// Found by the `overlay_key_value` fuzz target: the same new key twice in the
+    /// overrides indexed past the template's lines.
+    #[test]
+    fn a_new_key_twice_in_the_overrides() {
+        let out = apply(Format::KeyValue, "a = 1\n", [("z", "1"), ("a", "2"), ("z", "3")]);
+        assert_eq!(out.unwrap(), "a = 2\nz = 3\n");
     }
 
     #[test]
