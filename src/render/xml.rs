@@ -327,6 +327,10 @@ fn find_attr(raw: &str, k: &str) -> Option<(String, usize, usize)> {
 
 /// Like [`find_attr`], with offsets: (whitespace start, name start, value start, value end).
 fn find_attr_at(raw: &str, k: &str) -> Option<(usize, usize, usize, usize)> {
+    // An empty name matches everywhere and would never move `from` on.
+    if k.is_empty() {
+        return None;
+    }
     let b = raw.as_bytes();
     let mut from = 0;
     while let Some(i) = raw[from..].find(k).map(|i| i + from) {
@@ -415,6 +419,18 @@ mod tests {
         for bad in ["<a>", "<a></b>", "<a/><b/>", "</a>", "<a/>text", ""] {
             assert!(Doc::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Found by the `overlay_xml_attribute` fuzz target: an empty attribute name (an
+    /// unchecked override key) looped forever in the start-tag search.
+    #[test]
+    fn empty_attribute_name_terminates() {
+        let mut d = Doc::parse("<r a=\"1\" b='2'/>").unwrap();
+        let r = d.root_mut().unwrap();
+        r.set_attr("", "x");
+        assert_eq!(r.attr("a"), Some("1"));
+        assert_eq!(r.attr(""), Some("x"));
+        assert_eq!(find_attr_at("<r a=\"1\"/>", ""), None);
     }
 
     #[test]
