@@ -62,6 +62,10 @@ fn start_elem(
     pos: u64,
 ) -> Result<Elem, XmlError> {
     let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+    // quick-xml reads `<   a="1"/>` as an element named ``; it could not be written back.
+    if name.is_empty() {
+        return Err(err(pos, "an element without a name"));
+    }
     let mut attrs = Vec::new();
     for a in e.attributes() {
         let a = a.map_err(|x| err(pos, x))?;
@@ -431,6 +435,21 @@ mod tests {
         assert_eq!(r.attr("a"), Some("1"));
         assert_eq!(r.attr(""), Some("x"));
         assert_eq!(find_attr_at("<r a=\"1\"/>", ""), None);
+    }
+
+    /// Found by the `overlay_xml_attribute` fuzz target: an element without a name parsed,
+    /// and moving its duplicate attribute wrote `</>`, so the output no longer parsed.
+    #[test]
+    fn rejects_an_element_without_a_name() {
+        for bad in ["<r><a x=\"1\"/><   x=\"2\"/></r>", "<r>< x=\"2\"></ ></r>", "< />"] {
+            assert!(Doc::parse(bad).is_err(), "{bad}");
+        }
+        let out = crate::render::overlay::apply(
+            crate::model::Format::XmlAttribute,
+            "<r><a x=\"1\"/><b x=\"2\"/></r>",
+            [],
+        );
+        assert_eq!(out.unwrap(), "<r><a x=\"2\"/><b/></r>");
     }
 
     #[test]
