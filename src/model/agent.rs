@@ -93,7 +93,10 @@ fn starts_with_yealink_model(ua: &str) -> bool {
 /// `Yealink SIP-T46S 66.86.0.15 80:5e:c0:…`, `Yealink SIP VP-T49G …`, `Yealink-T46G 28.71…`.
 fn yealink(ua: &str) -> Option<Agent> {
     // `get`, not `[..7]`: byte 7 may fall inside a character (`W1 1.1é`).
-    let rest = if ua.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("yealink")) {
+    let rest = if ua
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("yealink"))
+    {
         ua[7..].trim_start_matches(['-', ' '])
     } else {
         ua

@@ -567,10 +567,16 @@ mod tests {
     #[test]
     fn accepted_key_value_keys_are_set() {
         for bad in [";x", "\u{2003}a", "a\u{a0}", "a\u{2028}b"] {
-            assert!(check_override(Format::KeyValue, bad, "v").is_err(), "{bad:?}");
+            assert!(
+                check_override(Format::KeyValue, bad, "v").is_err(),
+                "{bad:?}"
+            );
         }
         for good in ["a", "account.1.sip_server.1.address", "x;y", "a#b"] {
-            assert!(check_override(Format::KeyValue, good, "v").is_ok(), "{good:?}");
+            assert!(
+                check_override(Format::KeyValue, good, "v").is_ok(),
+                "{good:?}"
+            );
             let out = apply(Format::KeyValue, "a = 1\n", [(good, "v")]).unwrap();
             let got = pairs(Format::KeyValue, &out).unwrap();
             assert!(got.contains(&(good.to_string(), "v".to_string())), "{out}");
@@ -581,7 +587,11 @@ mod tests {
     /// overrides indexed past the template's lines.
     #[test]
     fn a_new_key_twice_in_the_overrides() {
-        let out = apply(Format::KeyValue, "a = 1\n", [("z", "1"), ("a", "2"), ("z", "3")]);
+        let out = apply(
+            Format::KeyValue,
+            "a = 1\n",
+            [("z", "1"), ("a", "2"), ("z", "3")],
+        );
         assert_eq!(out.unwrap(), "a = 2\nz = 3\n");
     }
 
