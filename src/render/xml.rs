@@ -73,6 +73,10 @@ fn start_elem(
         let value = String::from_utf8_lossy(&a.value).replace('"', "&quot;");
         attrs.push((key, value));
     }
+    // Attributes not separated by whitespace cannot be edited in place.
+    if attr_spans(raw).is_none() {
+        return Err(err(pos, "attributes must be separated by whitespace"));
+    }
     Ok(Elem {
         name,
         attrs,
@@ -331,41 +335,62 @@ fn find_attr(raw: &str, k: &str) -> Option<(String, usize, usize)> {
 
 /// Like [`find_attr`], with offsets: (whitespace start, name start, value start, value end).
 fn find_attr_at(raw: &str, k: &str) -> Option<(usize, usize, usize, usize)> {
-    // An empty name matches everywhere and would never move `from` on.
+    // An empty name matches nothing.
     if k.is_empty() {
         return None;
     }
+    attr_spans(raw)?
+        .into_iter()
+        .find(|&(_, name, name_end, _, _)| &raw[name..name_end] == k)
+        .map(|(ws, name, _, vs, ve)| (ws, name, vs, ve))
+}
+
+/// Every attribute of a raw start tag, in order: (whitespace start, name start, name end,
+/// value start, value end), read token by token so text inside a quoted value is never taken
+/// for an attribute. `None` when an attribute does not follow whitespace (`a="1"b="2"`,
+/// which quick-xml reads but XML forbids) or the tag does not scan.
+fn attr_spans(raw: &str) -> Option<Vec<(usize, usize, usize, usize, usize)>> {
     let b = raw.as_bytes();
-    let mut from = 0;
-    while let Some(i) = raw[from..].find(k).map(|i| i + from) {
-        from = i + k.len();
-        if i == 0 || !b[i - 1].is_ascii_whitespace() {
-            continue;
-        }
-        let mut j = i + k.len();
+    let skip_ws = |mut j: usize| {
         while j < b.len() && b[j].is_ascii_whitespace() {
             j += 1;
         }
-        if b.get(j) != Some(&b'=') {
-            continue;
-        }
+        j
+    };
+    let mut out = Vec::new();
+    // Past `<` and the element name.
+    let mut j = 1;
+    while j < b.len() && !b[j].is_ascii_whitespace() && !matches!(b[j], b'/' | b'>') {
         j += 1;
-        while j < b.len() && b[j].is_ascii_whitespace() {
+    }
+    loop {
+        let ws = j;
+        j = skip_ws(j);
+        let name = j;
+        while j < b.len() && !b[j].is_ascii_whitespace() && !matches!(b[j], b'=' | b'/' | b'>') {
             j += 1;
         }
+        if j == name {
+            return Some(out);
+        }
+        if ws == name {
+            return None;
+        }
+        let name_end = j;
+        j = skip_ws(j);
+        if b.get(j) != Some(&b'=') {
+            return None;
+        }
+        j = skip_ws(j + 1);
         let q = *b.get(j)?;
         if q != b'"' && q != b'\'' {
-            continue;
+            return None;
         }
         let vs = j + 1;
-        let ve = vs + raw[vs..].find(q as char)?;
-        let mut ws_start = i;
-        while ws_start > 0 && b[ws_start - 1].is_ascii_whitespace() {
-            ws_start -= 1;
-        }
-        return Some((ws_start, i, vs, ve));
+        let ve = vs + raw.get(vs..)?.find(q as char)?;
+        out.push((ws, name, name_end, vs, ve));
+        j = ve + 1;
     }
-    None
 }
 
 /// Escapes text or an attribute value.
@@ -441,7 +466,11 @@ mod tests {
     /// and moving its duplicate attribute wrote `</>`, so the output no longer parsed.
     #[test]
     fn rejects_an_element_without_a_name() {
-        for bad in ["<r><a x=\"1\"/><   x=\"2\"/></r>", "<r>< x=\"2\"></ ></r>", "< />"] {
+        for bad in [
+            "<r><a x=\"1\"/><   x=\"2\"/></r>",
+            "<r>< x=\"2\"></ ></r>",
+            "< />",
+        ] {
             assert!(Doc::parse(bad).is_err(), "{bad}");
         }
         let out = crate::render::overlay::apply(
@@ -450,6 +479,27 @@ mod tests {
             [],
         );
         assert_eq!(out.unwrap(), "<r><a x=\"2\"/><b/></r>");
+    }
+
+    /// Found by the `overlay_xml_attribute` fuzz target: `a="1"b="2"` parsed (quick-xml
+    /// allows it), the start-tag search missed `b`, and moving a duplicate `b` wrote it twice.
+    /// The search now reads the tag token by token, so a value's text is no match either.
+    #[test]
+    fn attributes_are_found_as_tokens() {
+        assert!(Doc::parse("<r><a x=\"1\"/><b y=\"2\"x=\"3\"/></r>").is_err());
+        let raw = "<e a='x k=\"1\"' k = \"2\" kk=\"3\"/>";
+        assert_eq!(find_attr(raw, "k"), Some((" ".to_string(), 20, 21)));
+        assert_eq!(find_attr(raw, "x"), None);
+        assert_eq!(
+            find_attr(raw, "kk").map(|(_, vs, ve)| &raw[vs..ve]),
+            Some("3")
+        );
+        let out = crate::render::overlay::apply(
+            crate::model::Format::XmlAttribute,
+            "<r><e a='x k=\"1\"' k=\"2\"/></r>",
+            [("k", "9")],
+        );
+        assert_eq!(out.unwrap(), "<r><e a='x k=\"1\"' k=\"9\"/></r>");
     }
 
     #[test]
