@@ -315,6 +315,13 @@ fn xml_element<'a>(
     removals.sort();
     for p in removals.iter().rev() {
         remove_at(root, p);
+        // A container whose every element was a duplicate goes too; left empty it would
+        // read as a leaf, a key of its own (`fkey[1]` beside `fkey[1]/Type`).
+        let mut q = &p[..p.len().saturating_sub(1)];
+        while !q.is_empty() && at_mut(root, q).is_some_and(|e| e.is_leaf()) {
+            remove_at(root, q);
+            q = &q[..q.len() - 1];
+        }
     }
     Ok(doc.write())
 }
@@ -673,6 +680,25 @@ mod tests {
         let mut want_sorted = want.clone();
         want_sorted.sort();
         assert_eq!(got, want_sorted, "{out}");
+    }
+
+    /// Found by the `overlay_xml_element` fuzz target: a container generated twice
+    /// (`<k idx="1">` twice) was emptied of its duplicate leaves and then read as a leaf,
+    /// so the output held the key `s[1]/k[1]` twice.
+    #[test]
+    fn an_emptied_duplicate_container_goes() {
+        let text = "<r><s idx=\"1\">\n  <k idx=\"1\"><a>1</a></k>\n  <k idx=\"1\"><a>2</a></k>\n  <k idx=\"1\"><a>3</a></k>\n</s><c><b>1</b></c><d><b>2</b></d></r>";
+        let out = apply(Format::XmlElement, text, []).unwrap();
+        assert_eq!(
+            out,
+            "<r><s idx=\"1\">\n  <k idx=\"1\"><a>3</a></k>\n</s><c><b>2</b></c></r>"
+        );
+        let keys: Vec<String> = pairs(Format::XmlElement, &out)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["s[1]/k[1]/a", "b"]);
     }
 
     #[test]
