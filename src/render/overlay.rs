@@ -256,8 +256,21 @@ fn xml_element<'a>(
             })
         })
         .unwrap_or_default();
-    let mut appends: Vec<(Vec<usize>, Elem)> = Vec::new();
+    // The same key twice in `overrides`: the later value wins, as in a map (a second new
+    // key would otherwise find the empty path recorded for the first, the root's).
+    let mut order: Vec<(&str, &str)> = Vec::new();
+    let mut at: std::collections::HashMap<&str, usize> = Default::default();
     for (k, v) in overrides {
+        match at.get(k) {
+            Some(&i) => order[i].1 = v,
+            None => {
+                at.insert(k, order.len());
+                order.push((k, v));
+            }
+        }
+    }
+    let mut appends: Vec<(Vec<usize>, Elem)> = Vec::new();
+    for (k, v) in order {
         if let Some(p) = first.get(k) {
             if let Some(e) = at_mut(root, p) {
                 e.set_text(v);
@@ -699,6 +712,18 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(keys, ["s[1]/k[1]/a", "b"]);
+    }
+
+    /// Found by the `overlay_xml_element` fuzz target: a new key twice in the overrides
+    /// set the root's text the second time (and a later removal then panicked).
+    #[test]
+    fn xml_element_new_key_twice_in_the_overrides() {
+        let out = apply(
+            Format::XmlElement,
+            "<r><c><a>1</a><a>2</a></c></r>",
+            [("b", "1"), ("a", "3"), ("b", "2")],
+        );
+        assert_eq!(out.unwrap(), "<r><c><a>3</a><b>2</b></c></r>");
     }
 
     #[test]
