@@ -84,7 +84,7 @@ seed() {
 }
 
 status=0
-printf '%-24s %8s %14s %10s  %s\n' target seconds executions corpus result
+printf '%-24s %8s %14s %14s  %s\n' target seconds executions corpus result
 for t in "${targets[@]}"; do
     seed "$t"
     mkdir -p "artifacts/$t"
@@ -99,7 +99,10 @@ for t in "${targets[@]}"; do
     set -e
     execs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -Eo '[0-9]+$' | tail -1)
     [ -n "$execs" ] || execs=$(grep -Eo '^#[0-9]+' "$log" | tail -1 | tr -d '#')
-    corpus=$(ls "corpus/$t" | wc -l)
+    # libFuzzer's corpus (units kept after reduction, total size); the folder also keeps
+    # superseded units until `cargo fuzz cmin`.
+    corpus=$(grep -Eo 'corp: [0-9]+/[0-9]+[a-zA-Z]*' "$log" | tail -1 | sed 's/corp: //')
+    [ -n "$corpus" ] || corpus=$(ls "corpus/$t" | wc -l)
     artifacts=$(ls "artifacts/$t" | wc -l)
     if [ "$rc" -ne 0 ] || [ "$artifacts" -gt "$before" ]; then
         status=1
@@ -108,6 +111,6 @@ for t in "${targets[@]}"; do
     else
         result=ok
     fi
-    printf '%-24s %8s %14s %10s  %s\n' "$t" "$seconds" "${execs:-?}" "$corpus" "$result"
+    printf '%-24s %8s %14s %14s  %s\n' "$t" "$seconds" "${execs:-?}" "$corpus" "$result"
 done
 exit "$status"

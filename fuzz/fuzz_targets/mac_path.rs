@@ -61,7 +61,12 @@ fn check_mac(s: &str) {
             let lower = m.lower();
             assert_eq!(lower.len(), 12);
             assert_eq!(hex_digits(s), lower, "{s:?}");
-            for spelling in [lower.clone(), m.upper(), m.colon(), m.colon().replace(':', "-")] {
+            for spelling in [
+                lower.clone(),
+                m.upper(),
+                m.colon(),
+                m.colon().replace(':', "-"),
+            ] {
                 assert_eq!(Mac::parse(&spelling), Ok(m), "{spelling}");
             }
             assert_eq!(Mac::parse_plain(&lower), Ok(m));

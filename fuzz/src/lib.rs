@@ -56,7 +56,11 @@ pub fn check_overlay(format: Format, data: &[u8]) {
     let (base, raw) = decode(data);
 
     // 1. Anything goes, nothing panics.
-    let _ = overlay::apply(format, &base, raw.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let _ = overlay::apply(
+        format,
+        &base,
+        raw.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     let _ = overlay::pairs(format, &base);
 
     // 2. What the API lets through, as the renderer passes it (a BTreeMap).
@@ -80,10 +84,14 @@ pub fn check_overlay(format: Format, data: &[u8]) {
     // 3. XML stays XML.
     if base_parses {
         if let Err(e) = Doc::parse(&out) {
-            panic!("output does not parse: {e}\nbase: {base:?}\naccepted: {accepted:?}\nout: {out:?}");
+            panic!(
+                "output does not parse: {e}\nbase: {base:?}\naccepted: {accepted:?}\nout: {out:?}"
+            );
         }
         if let Err(e) = quick_xml_reads(&out) {
-            panic!("quick-xml refuses the output: {e}\nbase: {base:?}\naccepted: {accepted:?}\nout: {out:?}");
+            panic!(
+                "quick-xml refuses the output: {e}\nbase: {base:?}\naccepted: {accepted:?}\nout: {out:?}"
+            );
         }
     } else if format.is_xml() {
         // apply returned Ok on text Doc::parse refuses: only possible for a document with
