@@ -345,11 +345,14 @@ fn find_attr_at(raw: &str, k: &str) -> Option<(usize, usize, usize, usize)> {
         .map(|(ws, name, _, vs, ve)| (ws, name, vs, ve))
 }
 
-/// Every attribute of a raw start tag, in order: (whitespace start, name start, name end,
-/// value start, value end), read token by token so text inside a quoted value is never taken
-/// for an attribute. `None` when an attribute does not follow whitespace (`a="1"b="2"`,
-/// which quick-xml reads but XML forbids) or the tag does not scan.
-fn attr_spans(raw: &str) -> Option<Vec<(usize, usize, usize, usize, usize)>> {
+/// One attribute in a raw start tag: (whitespace start, name start, name end, value start,
+/// value end).
+type AttrSpan = (usize, usize, usize, usize, usize);
+
+/// Every attribute of a raw start tag, in order, read token by token so text inside a
+/// quoted value is never taken for an attribute. `None` when an attribute does not follow
+/// whitespace (`a="1"b="2"`, which quick-xml reads but XML forbids) or the tag does not scan.
+fn attr_spans(raw: &str) -> Option<Vec<AttrSpan>> {
     let b = raw.as_bytes();
     let skip_ws = |mut j: usize| {
         while j < b.len() && b[j].is_ascii_whitespace() {
