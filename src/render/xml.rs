@@ -355,7 +355,7 @@ type AttrSpan = (usize, usize, usize, usize, usize);
 fn attr_spans(raw: &str) -> Option<Vec<AttrSpan>> {
     let b = raw.as_bytes();
     let skip_ws = |mut j: usize| {
-        while j < b.len() && b[j].is_ascii_whitespace() {
+        while j < b.len() && is_xml_space(b[j]) {
             j += 1;
         }
         j
@@ -363,14 +363,14 @@ fn attr_spans(raw: &str) -> Option<Vec<AttrSpan>> {
     let mut out = Vec::new();
     // Past `<` and the element name.
     let mut j = 1;
-    while j < b.len() && !b[j].is_ascii_whitespace() && !matches!(b[j], b'/' | b'>') {
+    while j < b.len() && !is_xml_space(b[j]) && !matches!(b[j], b'/' | b'>') {
         j += 1;
     }
     loop {
         let ws = j;
         j = skip_ws(j);
         let name = j;
-        while j < b.len() && !b[j].is_ascii_whitespace() && !matches!(b[j], b'=' | b'/' | b'>') {
+        while j < b.len() && !is_xml_space(b[j]) && !matches!(b[j], b'=' | b'/' | b'>') {
             j += 1;
         }
         if j == name {
@@ -394,6 +394,12 @@ fn attr_spans(raw: &str) -> Option<Vec<AttrSpan>> {
         out.push((ws, name, name_end, vs, ve));
         j = ve + 1;
     }
+}
+
+/// XML's whitespace, as quick-xml reads it (not form feed, which `is_ascii_whitespace`
+/// takes: `\x0Cb="1"` is an attribute named `\x0Cb`).
+fn is_xml_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\r' | b'\n')
 }
 
 /// Escapes text or an attribute value.
@@ -497,6 +503,22 @@ mod tests {
             find_attr(raw, "kk").map(|(_, vs, ve)| &raw[vs..ve]),
             Some("3")
         );
+        // Found on the confirmation run: quick-xml reads `\x0Cb` as the name, so must this.
+        let raw = "<e b=\"1\" \u{c}b=\"2\"/>";
+        assert_eq!(
+            find_attr(raw, "b").map(|(_, vs, ve)| &raw[vs..ve]),
+            Some("1")
+        );
+        assert_eq!(
+            find_attr(raw, "\u{c}b").map(|(_, vs, ve)| &raw[vs..ve]),
+            Some("2")
+        );
+        let out = crate::render::overlay::apply(
+            crate::model::Format::XmlAttribute,
+            "<r><e b=\"1\" \u{c}b=\"2\"/><f b=\"3\"/></r>",
+            [],
+        );
+        assert_eq!(out.unwrap(), "<r><e b=\"3\" \u{c}b=\"2\"/><f/></r>");
         let out = crate::render::overlay::apply(
             crate::model::Format::XmlAttribute,
             "<r><e a='x k=\"1\"' k=\"2\"/></r>",
