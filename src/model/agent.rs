@@ -92,7 +92,11 @@ fn starts_with_yealink_model(ua: &str) -> bool {
 
 /// `Yealink SIP-T46S 66.86.0.15 80:5e:c0:…`, `Yealink SIP VP-T49G …`, `Yealink-T46G 28.71…`.
 fn yealink(ua: &str) -> Option<Agent> {
-    let rest = if ua.len() >= 7 && ua[..7].eq_ignore_ascii_case("yealink") {
+    // `get`, not `[..7]`: byte 7 may fall inside a character (`W1 1.1é`).
+    let rest = if ua
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("yealink"))
+    {
         ua[7..].trim_start_matches(['-', ' '])
     } else {
         ua
@@ -561,6 +565,17 @@ mod tests {
         ] {
             assert_eq!(parse(ua), None, "{ua}");
         }
+    }
+
+    /// Found by the `mac_path` fuzz target: a model-only Yealink agent (`W1 …`) with a
+    /// character across byte 7 panicked in the `Yealink` prefix check.
+    #[test]
+    fn multibyte_character_at_byte_seven() {
+        assert_eq!(
+            parse("W1 1.1é").map(|a| (a.model, a.firmware)),
+            Some(("W1".to_string(), "1.1é".to_string()))
+        );
+        assert!(parse("VP\u{11}\u{b}2\u{fffd}.cfg").is_none_or(|a| a.vendor == "yealink"));
     }
 
     proptest! {

@@ -256,8 +256,21 @@ fn xml_element<'a>(
             })
         })
         .unwrap_or_default();
-    let mut appends: Vec<(Vec<usize>, Elem)> = Vec::new();
+    // The same key twice in `overrides`: the later value wins, as in a map (a second new
+    // key would otherwise find the empty path recorded for the first, the root's).
+    let mut order: Vec<(&str, &str)> = Vec::new();
+    let mut at: std::collections::HashMap<&str, usize> = Default::default();
     for (k, v) in overrides {
+        match at.get(k) {
+            Some(&i) => order[i].1 = v,
+            None => {
+                at.insert(k, order.len());
+                order.push((k, v));
+            }
+        }
+    }
+    let mut appends: Vec<(Vec<usize>, Elem)> = Vec::new();
+    for (k, v) in order {
         if let Some(p) = first.get(k) {
             if let Some(e) = at_mut(root, p) {
                 e.set_text(v);
@@ -315,6 +328,13 @@ fn xml_element<'a>(
     removals.sort();
     for p in removals.iter().rev() {
         remove_at(root, p);
+        // A container whose every element was a duplicate goes too; left empty it would
+        // read as a leaf, a key of its own (`fkey[1]` beside `fkey[1]/Type`).
+        let mut q = &p[..p.len().saturating_sub(1)];
+        while !q.is_empty() && at_mut(root, q).is_some_and(|e| e.is_leaf()) {
+            remove_at(root, q);
+            q = &q[..q.len() - 1];
+        }
     }
     Ok(doc.write())
 }
@@ -450,12 +470,15 @@ pub fn check_override(format: Format, key: &str, value: &str) -> Result<(), Stri
             if key.is_empty() || key.len() > 256 {
                 return Err("key must be 1 to 256 characters".into());
             }
-            if key.starts_with('#')
-                || key.contains(['=', ' ', '\t'])
-                || key.chars().any(char::is_control)
+            // `#` and `;` start comment lines, and kv_key trims whitespace: such a key
+            // would be written as a line that sets nothing, or sets another key.
+            if key.starts_with(['#', ';'])
+                || key.contains('=')
+                || key.chars().any(|c| c.is_whitespace() || c.is_control())
             {
                 return Err(
-                    "key must not start with # or contain =, spaces or control characters".into(),
+                    "key must not start with # or ; or contain =, spaces or control characters"
+                        .into(),
                 );
             }
             if value.chars().any(char::is_control) {
@@ -515,7 +538,13 @@ fn key_value<'a>(text: &str, overrides: impl IntoIterator<Item = (&'a str, &'a s
     for (k, v) in overrides {
         let line = format!("{k} = {v}");
         match index.get(k) {
-            Some(&i) => lines[i] = Some(line),
+            Some(&i) if i < lines.len() => lines[i] = Some(line),
+            // The same new key twice in `overrides`: the later value wins.
+            Some(&i) => {
+                if let Some(a) = appended.get_mut(i - lines.len()) {
+                    *a = line;
+                }
+            }
             None => {
                 index.insert(k.to_string(), lines.len() + appended.len());
                 appended.push(line);
@@ -551,6 +580,39 @@ mod tests {
         let text = "#!version:1.0.0.1\na = 1\n# c = 9\nb = 2\n";
         let out = apply(Format::KeyValue, text, [("b", "x"), ("z", "y")]).unwrap();
         assert_eq!(out, "#!version:1.0.0.1\na = 1\n# c = 9\nb = x\nz = y\n");
+    }
+
+    /// Found by the `overlay_key_value` fuzz target: keys the check let through that the
+    /// written file does not set (a `;` comment line; a key trimmed to another key).
+    #[test]
+    fn accepted_key_value_keys_are_set() {
+        for bad in [";x", "\u{2003}a", "a\u{a0}", "a\u{2028}b"] {
+            assert!(
+                check_override(Format::KeyValue, bad, "v").is_err(),
+                "{bad:?}"
+            );
+        }
+        for good in ["a", "account.1.sip_server.1.address", "x;y", "a#b"] {
+            assert!(
+                check_override(Format::KeyValue, good, "v").is_ok(),
+                "{good:?}"
+            );
+            let out = apply(Format::KeyValue, "a = 1\n", [(good, "v")]).unwrap();
+            let got = pairs(Format::KeyValue, &out).unwrap();
+            assert!(got.contains(&(good.to_string(), "v".to_string())), "{out}");
+        }
+    }
+
+    /// Found by the `overlay_key_value` fuzz target: the same new key twice in the
+    /// overrides indexed past the template's lines.
+    #[test]
+    fn a_new_key_twice_in_the_overrides() {
+        let out = apply(
+            Format::KeyValue,
+            "a = 1\n",
+            [("z", "1"), ("a", "2"), ("z", "3")],
+        );
+        assert_eq!(out.unwrap(), "a = 2\nz = 3\n");
     }
 
     #[test]
@@ -631,6 +693,37 @@ mod tests {
         let mut want_sorted = want.clone();
         want_sorted.sort();
         assert_eq!(got, want_sorted, "{out}");
+    }
+
+    /// Found by the `overlay_xml_element` fuzz target: a container generated twice
+    /// (`<k idx="1">` twice) was emptied of its duplicate leaves and then read as a leaf,
+    /// so the output held the key `s[1]/k[1]` twice.
+    #[test]
+    fn an_emptied_duplicate_container_goes() {
+        let text = "<r><s idx=\"1\">\n  <k idx=\"1\"><a>1</a></k>\n  <k idx=\"1\"><a>2</a></k>\n  <k idx=\"1\"><a>3</a></k>\n</s><c><b>1</b></c><d><b>2</b></d></r>";
+        let out = apply(Format::XmlElement, text, []).unwrap();
+        assert_eq!(
+            out,
+            "<r><s idx=\"1\">\n  <k idx=\"1\"><a>3</a></k>\n</s><c><b>2</b></c></r>"
+        );
+        let keys: Vec<String> = pairs(Format::XmlElement, &out)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["s[1]/k[1]/a", "b"]);
+    }
+
+    /// Found by the `overlay_xml_element` fuzz target: a new key twice in the overrides
+    /// set the root's text the second time (and a later removal then panicked).
+    #[test]
+    fn xml_element_new_key_twice_in_the_overrides() {
+        let out = apply(
+            Format::XmlElement,
+            "<r><c><a>1</a><a>2</a></c></r>",
+            [("b", "1"), ("a", "3"), ("b", "2")],
+        );
+        assert_eq!(out.unwrap(), "<r><c><a>3</a><b>2</b></c></r>");
     }
 
     #[test]

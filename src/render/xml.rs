@@ -62,12 +62,24 @@ fn start_elem(
     pos: u64,
 ) -> Result<Elem, XmlError> {
     let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+    // quick-xml reads `<   a="1"/>` as an element named ``, and `<a</b x="1"/>` as one
+    // named `a</b`; neither could be edited or written back.
+    if name.is_empty() {
+        return Err(err(pos, "an element without a name"));
+    }
+    if name.contains(['<', '>', '/', '=', '"', '\'', '&']) {
+        return Err(err(pos, format!("`{name}` is not an element name")));
+    }
     let mut attrs = Vec::new();
     for a in e.attributes() {
         let a = a.map_err(|x| err(pos, x))?;
         let key = String::from_utf8_lossy(a.key.as_ref()).into_owned();
         let value = String::from_utf8_lossy(&a.value).replace('"', "&quot;");
         attrs.push((key, value));
+    }
+    // Attributes not separated by whitespace cannot be edited in place.
+    if attr_spans(raw).is_none() {
+        return Err(err(pos, "attributes must be separated by whitespace"));
     }
     Ok(Elem {
         name,
@@ -327,37 +339,71 @@ fn find_attr(raw: &str, k: &str) -> Option<(String, usize, usize)> {
 
 /// Like [`find_attr`], with offsets: (whitespace start, name start, value start, value end).
 fn find_attr_at(raw: &str, k: &str) -> Option<(usize, usize, usize, usize)> {
+    // An empty name matches nothing.
+    if k.is_empty() {
+        return None;
+    }
+    attr_spans(raw)?
+        .into_iter()
+        .find(|&(_, name, name_end, _, _)| &raw[name..name_end] == k)
+        .map(|(ws, name, _, vs, ve)| (ws, name, vs, ve))
+}
+
+/// One attribute in a raw start tag: (whitespace start, name start, name end, value start,
+/// value end).
+type AttrSpan = (usize, usize, usize, usize, usize);
+
+/// Every attribute of a raw start tag, in order, read token by token so text inside a
+/// quoted value is never taken for an attribute. `None` when an attribute does not follow
+/// whitespace (`a="1"b="2"`, which quick-xml reads but XML forbids) or the tag does not scan.
+fn attr_spans(raw: &str) -> Option<Vec<AttrSpan>> {
     let b = raw.as_bytes();
-    let mut from = 0;
-    while let Some(i) = raw[from..].find(k).map(|i| i + from) {
-        from = i + k.len();
-        if i == 0 || !b[i - 1].is_ascii_whitespace() {
-            continue;
-        }
-        let mut j = i + k.len();
-        while j < b.len() && b[j].is_ascii_whitespace() {
+    let skip_ws = |mut j: usize| {
+        while j < b.len() && is_xml_space(b[j]) {
             j += 1;
         }
-        if b.get(j) != Some(&b'=') {
-            continue;
-        }
+        j
+    };
+    let mut out = Vec::new();
+    // Past `<` and the element name.
+    let mut j = 1;
+    while j < b.len() && !is_xml_space(b[j]) && !matches!(b[j], b'/' | b'>') {
         j += 1;
-        while j < b.len() && b[j].is_ascii_whitespace() {
+    }
+    loop {
+        let ws = j;
+        j = skip_ws(j);
+        let name = j;
+        while j < b.len() && !is_xml_space(b[j]) && !matches!(b[j], b'=' | b'/' | b'>') {
             j += 1;
         }
+        if j == name {
+            return Some(out);
+        }
+        if ws == name {
+            return None;
+        }
+        let name_end = j;
+        j = skip_ws(j);
+        if b.get(j) != Some(&b'=') {
+            return None;
+        }
+        j = skip_ws(j + 1);
         let q = *b.get(j)?;
         if q != b'"' && q != b'\'' {
-            continue;
+            return None;
         }
         let vs = j + 1;
-        let ve = vs + raw[vs..].find(q as char)?;
-        let mut ws_start = i;
-        while ws_start > 0 && b[ws_start - 1].is_ascii_whitespace() {
-            ws_start -= 1;
-        }
-        return Some((ws_start, i, vs, ve));
+        let ve = vs + raw.get(vs..)?.find(q as char)?;
+        out.push((ws, name, name_end, vs, ve));
+        j = ve + 1;
     }
-    None
+}
+
+/// XML's whitespace, as quick-xml reads it (not form feed, which `is_ascii_whitespace`
+/// takes: `\x0Cb="1"` is an attribute named `\x0Cb`).
+fn is_xml_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\r' | b'\n')
 }
 
 /// Escapes text or an attribute value.
@@ -415,6 +461,78 @@ mod tests {
         for bad in ["<a>", "<a></b>", "<a/><b/>", "</a>", "<a/>text", ""] {
             assert!(Doc::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Found by the `overlay_xml_attribute` fuzz target: an empty attribute name (an
+    /// unchecked override key) looped forever in the start-tag search.
+    #[test]
+    fn empty_attribute_name_terminates() {
+        let mut d = Doc::parse("<r a=\"1\" b='2'/>").unwrap();
+        let r = d.root_mut().unwrap();
+        r.set_attr("", "x");
+        assert_eq!(r.attr("a"), Some("1"));
+        assert_eq!(r.attr(""), Some("x"));
+        assert_eq!(find_attr_at("<r a=\"1\"/>", ""), None);
+    }
+
+    /// Found by the `overlay_xml_attribute` fuzz target: an element without a name parsed,
+    /// and moving its duplicate attribute wrote `</>`, so the output no longer parsed.
+    #[test]
+    fn rejects_an_element_without_a_name() {
+        // And (found on the confirmation run) one whose name holds markup, so the start-tag
+        // scan stopped at its `/` and missed the attributes.
+        for bad in [
+            "<r><a x=\"1\"/><   x=\"2\"/></r>",
+            "<r>< x=\"2\"></ ></r>",
+            "< />",
+            "<r><a</b x=\"1\"/></r>",
+            "<r><a=b/></r>",
+        ] {
+            assert!(Doc::parse(bad).is_err(), "{bad}");
+        }
+        let out = crate::render::overlay::apply(
+            crate::model::Format::XmlAttribute,
+            "<r><a x=\"1\"/><b x=\"2\"/></r>",
+            [],
+        );
+        assert_eq!(out.unwrap(), "<r><a x=\"2\"/><b/></r>");
+    }
+
+    /// Found by the `overlay_xml_attribute` fuzz target: `a="1"b="2"` parsed (quick-xml
+    /// allows it), the start-tag search missed `b`, and moving a duplicate `b` wrote it twice.
+    /// The search now reads the tag token by token, so a value's text is no match either.
+    #[test]
+    fn attributes_are_found_as_tokens() {
+        assert!(Doc::parse("<r><a x=\"1\"/><b y=\"2\"x=\"3\"/></r>").is_err());
+        let raw = "<e a='x k=\"1\"' k = \"2\" kk=\"3\"/>";
+        assert_eq!(find_attr(raw, "k"), Some((" ".to_string(), 20, 21)));
+        assert_eq!(find_attr(raw, "x"), None);
+        assert_eq!(
+            find_attr(raw, "kk").map(|(_, vs, ve)| &raw[vs..ve]),
+            Some("3")
+        );
+        // Found on the confirmation run: quick-xml reads `\x0Cb` as the name, so must this.
+        let raw = "<e b=\"1\" \u{c}b=\"2\"/>";
+        assert_eq!(
+            find_attr(raw, "b").map(|(_, vs, ve)| &raw[vs..ve]),
+            Some("1")
+        );
+        assert_eq!(
+            find_attr(raw, "\u{c}b").map(|(_, vs, ve)| &raw[vs..ve]),
+            Some("2")
+        );
+        let out = crate::render::overlay::apply(
+            crate::model::Format::XmlAttribute,
+            "<r><e b=\"1\" \u{c}b=\"2\"/><f b=\"3\"/></r>",
+            [],
+        );
+        assert_eq!(out.unwrap(), "<r><e b=\"3\" \u{c}b=\"2\"/><f/></r>");
+        let out = crate::render::overlay::apply(
+            crate::model::Format::XmlAttribute,
+            "<r><e a='x k=\"1\"' k=\"2\"/></r>",
+            [("k", "9")],
+        );
+        assert_eq!(out.unwrap(), "<r><e a='x k=\"1\"' k=\"9\"/></r>");
     }
 
     #[test]
