@@ -378,7 +378,8 @@ fn attr_spans(raw: &str) -> Option<Vec<AttrSpan>> {
             j += 1;
         }
         if j == name {
-            return Some(out);
+            // Only the end of the tag may follow (`/eg="1"` is no attribute).
+            return matches!(&raw[j..], ">" | "/>").then_some(out);
         }
         if ws == name {
             return None;
@@ -487,6 +488,7 @@ mod tests {
             "< />",
             "<r><a</b x=\"1\"/></r>",
             "<r><a=b/></r>",
+            "<r><a x=\"1\" /y=\"2\"/></r>",
         ] {
             assert!(Doc::parse(bad).is_err(), "{bad}");
         }
