@@ -27,12 +27,11 @@ use http_range_header::RangeUnsatisfiableError;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::phone::{
-    Presented, admit, authenticate, challenge, count_failure, ip_text, mac_in_user_agent,
-    server_default_ok,
+    Presented, admit, authenticate, challenge, client_address, count_failure, ip_text,
+    mac_in_user_agent, server_default_ok, user_agent,
 };
 use crate::AppState;
 use crate::error::AppError;
-use crate::guard;
 use crate::model::Mac;
 use crate::model::agent::{self, Agent};
 use crate::telemetry::RequestFacts;
@@ -48,17 +47,8 @@ pub async fn fetch(
     request: Request,
 ) -> Response {
     let headers = request.headers();
-    let ip = peer.map(|Extension(ConnectInfo(a))| {
-        guard::client_ip(
-            a.ip(),
-            headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
-            &st.security.trusted_proxies,
-        )
-    });
-    let ua = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let ip = client_address(&st, peer, headers);
+    let ua = user_agent(headers);
     let agent = agent::parse(ua);
     let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let creds = Presented::new(&st, headers, request.method().as_str(), target);

@@ -34,17 +34,8 @@ pub async fn fetch(
 ) -> Response {
     // The request is taken whole so its headers are borrowed, not copied.
     let headers = request.headers();
-    let peer_ip = peer.map(|Extension(ConnectInfo(a))| a.ip()).map(|p| {
-        guard::client_ip(
-            p,
-            headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
-            &st.security.trusted_proxies,
-        )
-    });
-    let ua = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let peer_ip = client_address(&st, peer, headers);
+    let ua = user_agent(headers);
     let agent = agent::parse(ua);
     let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let t = st.templates();
@@ -87,6 +78,29 @@ pub async fn fetch(
     }
     resp.extensions_mut().insert(req.facts);
     resp
+}
+
+/// The client's address: the peer, or behind a trusted proxy its `X-Forwarded-For`.
+pub(crate) fn client_address(
+    st: &AppState,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+) -> Option<IpAddr> {
+    peer.map(|Extension(ConnectInfo(a))| {
+        guard::client_ip(
+            a.ip(),
+            headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+            &st.security.trusted_proxies,
+        )
+    })
+}
+
+/// The `User-Agent` as text (empty when absent or not visible ASCII).
+pub(crate) fn user_agent(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 /// The MAC a phone path names, for the per-MAC throttle (any MAC, linked or not, so the
