@@ -35,9 +35,11 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
 /// Whether `ip` is inside any of `list`; an empty list allows everything. IPv4-mapped IPv6
 /// addresses (`::ffff:192.0.2.1`, as a dual-stack listener reports them) match IPv4 blocks.
 pub fn allowed(list: &[IpNet], ip: IpAddr) -> bool {
-    if list.is_empty() {
-        return true;
-    }
+    list.is_empty() || allowed_in(list.iter().copied(), ip)
+}
+
+/// Whether `ip` is inside any of `nets` (an empty iterator allows nothing).
+pub fn allowed_in(nets: impl IntoIterator<Item = IpNet>, ip: IpAddr) -> bool {
     let ip = match ip {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()
@@ -45,7 +47,7 @@ pub fn allowed(list: &[IpNet], ip: IpAddr) -> bool {
             .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     };
-    list.iter().any(|n| n.contains(&ip))
+    nets.into_iter().any(|n| n.contains(&ip))
 }
 
 /// The client address: the peer, or, when the peer is a trusted proxy, the right-most

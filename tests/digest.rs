@@ -291,3 +291,40 @@ async fn digest_chosen_per_model() {
     );
     assert_eq!(get(&s, &file, Some(&a)).await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn bootstrap_exchange_through_digest() {
+    let s = TestServer::start().await;
+    s.seed_domain("example.com").await;
+    s.seed_account("example.com", "1004", "1004a", MAC, "yealink-t46s")
+        .await;
+    s.put(
+        "/domains/example.com",
+        json!({"device-provisioning-auth-scheme": "digest",
+               "device-provisioning-bootstrap-username": "boot",
+               "device-provisioning-bootstrap-password": "Strap-1"}),
+    )
+    .await;
+    let file = format!("{MAC}.cfg");
+    let uri = format!("/{file}");
+    // A Digest answer carries no password: the exchange keeps the configured bootstrap
+    // pair for the grace, so the rest of the boot sequence still opens with it.
+    for nc in 1..=2 {
+        let nonce = fresh_nonce(&s, &file).await;
+        let r = get(
+            &s,
+            &file,
+            Some(&answer("SHA-256", "boot", "Strap-1", &nonce, &uri, nc)),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK, "request {nc}");
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains(&format!("static.auto_provision.server.username = ap{MAC}"))
+        );
+    }
+    let (_, p) = s.get(&format!("/phones/{MAC}")).await;
+    assert_eq!(p["device-provisioning-username"], format!("ap{MAC}"));
+}

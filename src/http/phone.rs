@@ -60,7 +60,10 @@ pub async fn fetch(
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
-            count_failure(&st, &e, &req.auth, peer_ip, req.facts_mac());
+            // The MAC a failure counts against: the linked phone (path or User-Agent), else
+            // the path's, linked or not.
+            let mac = req.known.or_else(|| path_mac(&t, &file));
+            count_failure(&st, &e, &req.auth, peer_ip, mac);
             let mut r = e.into_phone_response();
             challenge(&st, &mut r, &req.auth);
             r
@@ -69,7 +72,7 @@ pub async fn fetch(
     if let Some(mac) = req.known {
         st.fleet.fetched(
             mac,
-            peer_ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+            peer_ip.unwrap_or(UNSPECIFIED),
             ua,
             agent.as_ref(),
             &file,
@@ -174,14 +177,6 @@ struct PhoneRequest<'r> {
     known: Option<Mac>,
 }
 
-impl PhoneRequest<'_> {
-    /// The MAC the request was about (path, else User-Agent), once known.
-    fn facts_mac(&self) -> Option<Mac> {
-        self.known
-            .or_else(|| self.facts.mac.as_deref().and_then(|m| Mac::parse(m).ok()))
-    }
-}
-
 /// Largest log upload accepted.
 pub const UPLOAD_LIMIT: usize = 1 << 20;
 
@@ -196,22 +191,12 @@ pub async fn upload(
     body: axum::body::Bytes,
 ) -> Response {
     let mut facts = RequestFacts {
-        vendor: headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(agent::parse)
-            .map(|a| a.vendor),
+        vendor: agent::parse(user_agent(&headers)).map(|a| a.vendor),
         ..RequestFacts::default()
     };
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
     let creds = Presented::new(&st, &headers, "PUT", target);
-    let ip = peer.map(|Extension(ConnectInfo(a))| {
-        guard::client_ip(
-            a.ip(),
-            headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
-            &st.security.trusted_proxies,
-        )
-    });
+    let ip = client_address(&st, peer, &headers);
     let mac = upload_mac(&file);
     let result = match admit(&st, ip, || mac) {
         Ok(()) => store_upload(&st, &file, &creds, ip, &body, &mut facts).await,
@@ -448,6 +433,19 @@ fn pair<'a>(u: &'a Option<String>, p: &'a Option<String>) -> Option<(&'a str, &'
     }
 }
 
+/// The bootstrap credential that applies to a phone of `domain`: the domain's, else the
+/// server's.
+fn bootstrap_pair<'a>(st: &'a AppState, domain: Option<&'a Domain>) -> Option<(&'a str, &'a str)> {
+    domain
+        .and_then(|d| pair(&d.bootstrap_username, &d.bootstrap_password))
+        .or_else(|| {
+            st.security
+                .bootstrap
+                .as_ref()
+                .map(|(u, p)| (u.as_str(), p.as_str()))
+        })
+}
+
 /// Checks `c` against the most specific credentials configured: the phone's own (or its
 /// replaced one while in grace), else its domain's (likewise), else the server default. A
 /// phone with no credential of its own also opens with the bootstrap credential of its
@@ -471,15 +469,7 @@ fn phone_auth(
     if previous(&phone.previous_credentials) {
         return Opened::Yes;
     }
-    let bootstrap = match domain.and_then(|d| pair(&d.bootstrap_username, &d.bootstrap_password)) {
-        Some(b) => Some(b),
-        None => st
-            .security
-            .bootstrap
-            .as_ref()
-            .map(|(u, p)| (u.as_str(), p.as_str())),
-    };
-    if bootstrap.is_some_and(matches) {
+    if bootstrap_pair(st, domain).is_some_and(matches) {
         return Opened::Bootstrap;
     }
     if let Some(d) = domain {
@@ -534,17 +524,28 @@ pub(crate) async fn authenticate(
     if let Some(d) = &domain
         && !d.allowed_cidrs.is_empty()
     {
-        let nets: Vec<ipnet::IpNet> = d
+        // Stored normalised by the admin API, so every entry parses.
+        let nets = d
             .allowed_cidrs
             .iter()
-            .filter_map(|s| guard::parse_cidr(s).ok())
-            .collect();
-        if !guard::allowed(&nets, ip.unwrap_or(UNSPECIFIED)) {
+            .filter_map(|s| guard::parse_cidr(s).ok());
+        if !guard::allowed_in(nets, ip.unwrap_or(UNSPECIFIED)) {
             return Err(AppError::Forbidden("address not allowed".into()));
         }
     }
-    if opened == Opened::Bootstrap && exchange {
-        return exchange_bootstrap(st, phone.mac, c, now).await.map(Some);
+    if opened == Opened::Bootstrap
+        && exchange
+        && let Some((user, password)) = bootstrap_pair(st, domain.as_deref())
+    {
+        // The configured pair, not what was presented: a Digest answer holds no password.
+        let bootstrap = PreviousCredentials {
+            username: user.to_string(),
+            password: password.to_string(),
+            until: now.saturating_add(st.security.bootstrap_grace.as_secs()),
+        };
+        return exchange_bootstrap(st, phone.mac, bootstrap, c, now)
+            .await
+            .map(Some);
     }
     Ok(None)
 }
@@ -554,12 +555,10 @@ pub(crate) async fn authenticate(
 async fn exchange_bootstrap(
     st: &AppState,
     mac: Mac,
+    bootstrap: PreviousCredentials,
     c: &Presented<'_>,
     now: u64,
 ) -> Result<std::sync::Arc<Phone>, AppError> {
-    let Some(presented) = c.creds() else {
-        return Err(AppError::PhoneUnauthorized);
-    };
     let issued = {
         let _w = st.store.writer();
         let Some(mut p) = st.store.phone(mac)? else {
@@ -568,11 +567,7 @@ async fn exchange_bootstrap(
         if p.provisioning_username.is_none() {
             p.provisioning_username = Some(format!("ap{}", mac.lower()));
             p.provisioning_password = Some(auth::random_secret(24));
-            p.previous_credentials = Some(PreviousCredentials {
-                username: presented.user.clone(),
-                password: presented.password.clone(),
-                until: now.saturating_add(st.security.bootstrap_grace.as_secs()),
-            });
+            p.previous_credentials = Some(bootstrap);
             let mut change = Change::default();
             change.phones.push((mac, Some(p)));
             st.store.commit(&change)?;
