@@ -9,6 +9,17 @@ pub fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 0x0f)] as char);
+    }
+    s
+}
+
 /// Constant-time equality of two secrets (compared as hashes, so lengths do not leak).
 pub fn secret_eq(a: &str, b: &str) -> bool {
     hash(a).ct_eq(&hash(b)).into()

@@ -116,16 +116,6 @@ impl fmt::Display for Algorithm {
     }
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(HEX[usize::from(b >> 4)] as char);
-        s.push(HEX[usize::from(b & 0x0f)] as char);
-    }
-    s
-}
-
 fn from_hex(s: &str) -> Option<Vec<u8>> {
     fn nibble(b: u8) -> Option<u8> {
         match b {
@@ -147,7 +137,7 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
 /// HA1 = H(username:realm:password) as lowercase hex: what [`DigestResponse::verify_ha1`]
 /// takes, and what a server may store instead of the password (one per algorithm).
 pub fn ha1(algorithm: Algorithm, username: &str, realm: &str, password: &str) -> String {
-    to_hex(&algorithm.h(&[username.as_bytes(), realm.as_bytes(), password.as_bytes()]))
+    crate::auth::hex(&algorithm.h(&[username.as_bytes(), realm.as_bytes(), password.as_bytes()]))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -536,7 +526,7 @@ impl DigestResponse {
     pub fn verify_ha1(&self, method: &str, ha1: &str) -> bool {
         let a = self.algorithm;
         let ha1 = ha1.to_ascii_lowercase();
-        let ha2 = to_hex(&a.h(&[method.as_bytes(), self.uri.as_bytes()]));
+        let ha2 = crate::auth::hex(&a.h(&[method.as_bytes(), self.uri.as_bytes()]));
         let want = a.h(&[
             ha1.as_bytes(),
             self.nonce.as_bytes(),

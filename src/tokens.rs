@@ -24,10 +24,6 @@ pub const SECRET_PREFIX: &str = "apt_";
 /// Token ids start with this (ids are public: listed, and used in `DELETE /tokens/{id}`).
 pub const ID_PREFIX: &str = "tok_";
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The public view of a token: never the secret, never the hash.
 pub fn token_json(t: &Token) -> Value {
     json!({ "id": t.id, "domain": t.domain, "created": t.created })
@@ -67,7 +63,6 @@ pub fn create(
     let token = Token {
         id,
         domain: domain.to_string(),
-        sha256: hex(&hash),
         created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     };
     store.commit(&Change {

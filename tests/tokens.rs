@@ -195,19 +195,18 @@ async fn a_domain_token_manages_only_its_own_domains_tokens() {
     let (a_id, a_tok) = new_token(&s, A).await;
     let (b_id, b_tok) = new_token(&s, B).await;
 
-    // It may create tokens for its domain (`~` is not a domain name in a body).
-    let (st, b) = call(&s, &a_tok, POST, "/tokens", Some(json!({ "domain": A }))).await;
-    assert_eq!(st, StatusCode::CREATED, "{b}");
-    let a2_id = b["id"].as_str().unwrap().to_string();
-    let a2_tok = b["token"].as_str().unwrap().to_string();
-
-    // Another domain, existing or not, is a 404; nothing written.
+    // It may not create tokens at all, not even for its own domain: a leaked token must not
+    // be able to mint spares that outlive its revocation. Nothing is written.
     let before = s.dump();
-    for d in [B, "nowhere.example"] {
+    for d in [A, B, "nowhere.example"] {
         let (st, b) = call(&s, &a_tok, POST, "/tokens", Some(json!({ "domain": d }))).await;
-        assert_eq!(st, StatusCode::NOT_FOUND, "{d}: {b}");
-        assert_eq!(b["error"]["message"], format!("no domain {d}"));
+        assert_eq!(st, StatusCode::FORBIDDEN, "{d}: {b}");
     }
+    assert_eq!(s.dump(), before);
+    let (a2_id, a2_tok) = new_token(&s, A).await;
+
+    // Another domain's token, existing or not, is a 404; nothing written.
+    let before = s.dump();
     let (st, b) = call(&s, &a_tok, DELETE, &format!("/tokens/{b_id}"), None).await;
     assert_eq!(st, StatusCode::NOT_FOUND, "{b}");
     let (_, unknown) = call(&s, &a_tok, DELETE, "/tokens/tok_nosuchtoken", None).await;

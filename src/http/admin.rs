@@ -95,7 +95,13 @@ impl FromRequestParts<AppState> for Admin {
             .get(header::AUTHORIZATION)
             .and_then(|v| auth::bearer(v.as_bytes()))
             .ok_or(AppError::Unauthorized)?;
-        if auth::matches_hash(token, &st.admin_token_hash) {
+        let hash = auth::hash(token);
+        if st.admin_token_hash.len() == 32
+            && bool::from(subtle::ConstantTimeEq::ct_eq(
+                &hash[..],
+                &st.admin_token_hash[..],
+            ))
+        {
             return Ok(Admin {
                 domain: None,
                 user: None,
@@ -103,7 +109,7 @@ impl FromRequestParts<AppState> for Admin {
         }
         // One keyed lookup by the secret's SHA-256 (never the secret itself). Its timing can
         // only tell a guesser about the hash of the guess, not about any stored token.
-        match st.store.token(&auth::hash(token))? {
+        match st.store.token(&hash)? {
             Some(t) => Ok(Admin {
                 domain: Some(t.domain),
                 user: None,
@@ -114,6 +120,16 @@ impl FromRequestParts<AppState> for Admin {
 }
 
 impl Admin {
+    /// 403 unless this is the server-wide token (`what` spans every domain).
+    pub(crate) fn server_wide(&self, what: &str) -> Result<(), AppError> {
+        match self.domain {
+            None => Ok(()),
+            Some(_) => Err(AppError::Forbidden(format!(
+                "{what} spans all domains; it needs the server-wide admin token"
+            ))),
+        }
+    }
+
     /// Whether this token may see `domain`.
     fn sees(&self, domain: &str) -> bool {
         self.domain.as_deref().is_none_or(|d| d == domain)
@@ -1657,11 +1673,7 @@ async fn explain(
     )
 )]
 async fn unprovisioned(a: Admin, State(st): State<AppState>) -> Result<Json<Value>, AppError> {
-    if a.domain.is_some() {
-        return Err(AppError::Forbidden(
-            "the unprovisioned list spans all domains; it needs the server-wide admin token".into(),
-        ));
-    }
+    a.server_wide("the unprovisioned list")?;
     let list = st.fleet.unprovisioned(&st.store)?;
     Ok(Json(json!({ "unprovisioned": list })))
 }

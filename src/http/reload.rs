@@ -31,11 +31,7 @@ use crate::error::AppError;
     )
 )]
 pub async fn reload(a: Admin, State(st): State<AppState>) -> Result<Json<Value>, AppError> {
-    if a.domain.is_some() {
-        return Err(AppError::Forbidden(
-            "reloading needs the server-wide admin token".into(),
-        ));
-    }
+    a.server_wide("reloading the models and templates")?;
     let s = st.clone();
     let summary =
         tokio::task::spawn_blocking(move || crate::reload::reload(&s, "POST /api/v1/reload"))

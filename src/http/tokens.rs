@@ -2,11 +2,10 @@
 //!
 //! Who may do what:
 //! - `POST /tokens` `{"domain": "…"}` → 201 `{"id", "token", "domain", "created"}`: the only
-//!   response that ever holds the token. The server-wide token may create one for any
-//!   existing domain; a domain token only for its own domain. Naming another domain with a
-//!   domain token is a 404 (as if it did not exist, rather than 403, so the answer is the
-//!   same whether that domain exists or not). `domain` missing, not a string, not a valid
-//!   name, or an unknown domain → 400 naming `domain`; unknown fields → 400 naming them.
+//!   response that ever holds the token. Only the server-wide token creates tokens (a domain
+//!   token gets 403: a leaked one must not be able to mint spares that outlive its
+//!   revocation). `domain` missing, not a string, not a valid name, or an unknown domain →
+//!   400 naming `domain`; unknown fields → 400 naming them.
 //! - `GET /tokens` → 200 `{"tokens": [{"id", "domain", "created"}]}`: all tokens for the
 //!   server-wide token, its own domain's for a domain token. Never a token or a hash.
 //! - `DELETE /tokens/{id}` → 204; unknown id, or another domain's token under a domain
@@ -28,13 +27,14 @@ use crate::tokens::{self, token_json};
 /// Creates a domain token (`POST /tokens`).
 #[utoipa::path(
     post, path = "/tokens", tag = "tokens", request_body = schema::TokenIn,
-    responses((status = 201, description = "Created: the only response holding the token", body = schema::TokenCreated), schema::WriteErrors)
+    responses((status = 201, description = "Created: the only response holding the token", body = schema::TokenCreated), schema::ForbiddenError, schema::WriteErrors)
 )]
 pub async fn create(
     a: Admin,
     State(st): State<AppState>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, AppError> {
+    a.server_wide("creating tokens")?;
     let mut f = Fields::new(body, "");
     let domain = match f.string("domain")? {
         Patch::Set(d) => d,

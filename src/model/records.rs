@@ -275,8 +275,6 @@ pub struct Token {
     pub id: String,
     /// The one domain the token may see and change.
     pub domain: String,
-    /// SHA-256 of the secret, lowercase hex (the store key holds the same bytes).
-    pub sha256: String,
     /// When it was created (RFC 3339, UTC).
     pub created: String,
 }

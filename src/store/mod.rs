@@ -538,12 +538,12 @@ impl Store {
             let mut t = serde_json::Map::new();
             for kv in tree.iter() {
                 let (k, v) = kv?;
-                let key: String = k.iter().map(|b| format!("{b:02x}")).collect();
+                let key = crate::auth::hex(&k);
                 let val = match serde_json::from_slice::<serde_json::Value>(
                     v.get(1..).unwrap_or_default(),
                 ) {
                     Ok(j) if name != "meta" => j,
-                    _ => serde_json::Value::String(v.iter().map(|b| format!("{b:02x}")).collect()),
+                    _ => serde_json::Value::String(crate::auth::hex(&v)),
                 };
                 t.insert(key, val);
             }
