@@ -101,12 +101,19 @@ pub struct Row {
 }
 
 impl Row {
+    /// A column's value; names and codes trimmed, free text (`label`, `password`) as given,
+    /// so that the spaces the CSV export quotes survive a round trip.
     fn get(&self, col: &str) -> &str {
-        COLUMNS
+        let v = COLUMNS
             .iter()
             .position(|c| *c == col)
             .and_then(|i| self.cols.get(i))
-            .map_or("", |s| s.trim())
+            .map_or("", String::as_str);
+        if matches!(col, "label" | "password") {
+            v
+        } else {
+            v.trim()
+        }
     }
 }
 
@@ -342,8 +349,13 @@ fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, Vec<RowError>> {
 }
 
 fn parse_json(bytes: &[u8]) -> Result<Vec<Row>, Vec<RowError>> {
-    let doc: Value = serde_json::from_slice(bytes)
-        .map_err(|e| vec![RowError::new(e.line(), "json", e.to_string())])?;
+    // The admin API's strict parser: a key given twice is refused, not last-one-wins.
+    let doc: Value = crate::http::parse_strict(bytes).map_err(|e| match e {
+        crate::error::AppError::Invalid { field, message } => {
+            vec![RowError::new(0, field, message)]
+        }
+        other => vec![RowError::new(0, "json", other.to_string())],
+    })?;
     let list = match doc {
         Value::Array(l) => l,
         Value::Object(mut m) if m.len() == 1 && m.contains_key("rows") => match m.remove("rows") {
@@ -1054,6 +1066,24 @@ pub fn export_csv(store: &Store) -> Result<String, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_text_keeps_its_spaces_and_json_keys_are_strict() {
+        let rows = parse(
+            b"mac,model,label,password\n 001565aabbcc ,yealink-t46s,\" Desk \",\" pw \"\n",
+            Format::Csv,
+        )
+        .unwrap();
+        assert_eq!(rows[0].get("mac"), "001565aabbcc");
+        assert_eq!(rows[0].get("label"), " Desk ");
+        assert_eq!(rows[0].get("password"), " pw ");
+        let e = parse(
+            br#"[{"mac":"001565aabbcc","mac":"001565aabbcd"}]"#,
+            Format::Json,
+        )
+        .unwrap_err();
+        assert!(e.iter().any(|r| r.field.ends_with("mac")), "{e:?}");
+    }
 
     #[test]
     fn csv_records_quotes_and_lines() {

@@ -411,7 +411,7 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
     ))
 }
 
-/// Serves `state` on `listener` until `shutdown` completes (see [`server::run`] for the
+/// Serves `state` on `listener` until `shutdown` completes (see [`server::run_listeners`] for the
 /// connection handling and limits), then flushes the fetch audit and the store.
 pub async fn serve(
     listener: tokio::net::TcpListener,

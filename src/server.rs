@@ -61,18 +61,6 @@ const BUSY_DRAIN_BYTES: usize = 64 << 10;
 /// At most this many 503 tasks at once; past that a connection is closed unanswered.
 const BUSY_TASKS: usize = 256;
 
-/// Accepts connections on `listener` and serves `app` on each until `shutdown` completes;
-/// then stops accepting and gives open connections up to `limits.request_timeout` to
-/// finish their requests (idle ones close at once).
-pub async fn run(
-    listener: TcpListener,
-    app: Router,
-    limits: Limits,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
-    run_listeners(Some(listener), None, app, limits, shutdown).await
-}
-
 /// Waits for a connection on `listener`, or forever when there is none.
 async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
     match listener {

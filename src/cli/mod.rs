@@ -656,7 +656,7 @@ async fn account(api: &Api, cmd: AccountCommand) -> anyhow::Result<()> {
                 "user" => "<user>".into(),
                 "device" => "<device>".into(),
                 "device-sip-registration-password" => "--password".into(),
-                "device-provisioning-mac-address" => "--mac".into(),
+                "device-provisioning-mac-address" | "mac" => "--mac".into(),
                 "device-models-model" => "--model".into(),
                 "device-provisioning-line" => "--line".into(),
                 other => {

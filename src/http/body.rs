@@ -50,7 +50,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 
 /// `application/json` or `application/*+json`, in UTF-8: a `charset` parameter other than
 /// UTF-8 is refused rather than read as UTF-8.
-fn is_json_type(v: &str) -> bool {
+pub(crate) fn is_json_type(v: &str) -> bool {
     let mut parts = v.split(';');
     let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
     let json = essence == "application/json"
@@ -66,7 +66,7 @@ fn is_json_type(v: &str) -> bool {
 
 /// Parses a JSON document like `serde_json::from_slice`, but refuses an object that names
 /// a key twice (serde_json would keep the last value silently): 400 naming the key's path.
-fn parse_strict(bytes: &[u8]) -> Result<Value, AppError> {
+pub(crate) fn parse_strict(bytes: &[u8]) -> Result<Value, AppError> {
     let dup = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed = Strict {

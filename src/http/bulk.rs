@@ -54,20 +54,17 @@ pub async fn import(
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
         .unwrap_or_default();
-    let format = match ct.as_str() {
-        "text/csv" => Format::Csv,
-        "application/json" => Format::Json,
-        _ => {
-            return Err(AppError::UnsupportedMediaType);
-        }
+    let format = if super::is_json_type(ct) {
+        Format::Json
+    } else if ct
+        .split(';')
+        .next()
+        .is_some_and(|e| e.trim().eq_ignore_ascii_case("text/csv"))
+    {
+        Format::Csv
+    } else {
+        return Err(AppError::UnsupportedMediaType);
     };
     let bytes = axum::body::to_bytes(req.into_body(), IMPORT_LIMIT)
         .await

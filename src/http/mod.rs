@@ -2,6 +2,7 @@
 
 pub mod admin;
 mod body;
+pub(crate) use body::{is_json_type, parse_strict};
 pub mod bulk;
 pub mod firmware;
 pub mod openapi;
