@@ -689,3 +689,66 @@ async fn url_mode_against_a_running_server() {
     .await;
     assert!(!o.ok && o.stderr.contains("--url"), "{}", o.stderr);
 }
+
+#[test]
+fn a_refused_command_leaves_no_domain_behind() {
+    let (_dir, data) = seeded();
+    let d = s(&data);
+    let before = export(&data, &[]);
+    // The domain would be created first; the account write is refused (unknown model), so
+    // the new domain is removed again and the store is as it was.
+    let o = fails(&[
+        "account",
+        "set",
+        "new.example",
+        "3001",
+        "3001a",
+        "--mac",
+        "001565000301",
+        "--model",
+        "nosuch",
+        "--data",
+        d,
+    ]);
+    assert!(o.stderr.contains("--model"), "{}", o.stderr);
+    let o = fails(&[
+        "phone",
+        "link",
+        "001565000302",
+        "--model",
+        "nosuch",
+        "--domain",
+        "new.example",
+        "--data",
+        d,
+    ]);
+    assert!(o.stderr.contains("--model"), "{}", o.stderr);
+    // Every record is as it was; only the store-wide revision counter moved (the domain's
+    // create and its removal were two commits).
+    let records = |e: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(e).unwrap();
+        v["trees"]["meta"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| m["key"] != "revision");
+        v
+    };
+    assert_eq!(records(&export(&data, &[])), records(&before));
+    // A command that succeeds keeps the domain it created, and says so.
+    let o = ok(&[
+        "phone",
+        "link",
+        "001565000302",
+        "--model",
+        "yealink-t46s",
+        "--domain",
+        "new.example",
+        "--data",
+        d,
+    ]);
+    assert!(
+        o.stderr.contains("created domain new.example"),
+        "{}",
+        o.stderr
+    );
+}

@@ -287,19 +287,40 @@ fn check(reply: Reply, names: &dyn Fn(&str) -> Option<String>) -> anyhow::Result
     }
 }
 
-/// Creates `domain` when it does not exist (and says so).
-async fn ensure_domain(api: &Api, domain: &str, arg: &str) -> anyhow::Result<()> {
+/// Creates `domain` when it does not exist (and says so); true when it did.
+async fn ensure_domain(api: &Api, domain: &str, arg: &str) -> anyhow::Result<bool> {
     let path = format!("/domains/{}", seg(domain));
     let r = api.call(Method::GET, &path, None).await?;
     if r.status == 404 {
         check(api.json(Method::PUT, &path, &json!({})).await?, &|f| {
             (f == "domain").then(|| arg.to_string())
         })?;
-        eprintln!("autoprov: created domain {domain}");
-    } else {
-        check(r, &|f| (f == "domain").then(|| arg.to_string()))?;
+        return Ok(true);
     }
-    Ok(())
+    check(r, &|f| (f == "domain").then(|| arg.to_string()))?;
+    Ok(false)
+}
+
+/// After the write that needed it: a domain this command created is kept (and reported)
+/// when the write succeeded, removed again when it failed, so a refused command changes
+/// nothing.
+async fn settle_domain<T>(
+    api: &Api,
+    domain: &str,
+    created: bool,
+    outcome: anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if created {
+        match &outcome {
+            Ok(_) => eprintln!("autoprov: created domain {domain}"),
+            Err(_) => {
+                let _ = api
+                    .call(Method::DELETE, &format!("/domains/{}", seg(domain)), None)
+                    .await;
+            }
+        }
+    }
+    outcome
 }
 
 // ---------------------------------------------------------------- phone
@@ -308,15 +329,19 @@ async fn phone(api: &Api, cmd: PhoneCommand) -> anyhow::Result<()> {
     match cmd {
         PhoneCommand::Link { mac, model, domain } => {
             let mut body = json!({ "device-models-model": model });
+            let mut created = false;
             if let Some(d) = &domain {
-                ensure_domain(api, d, "--domain").await?;
+                created = ensure_domain(api, d, "--domain").await?;
                 body["domain"] = json!(d);
             }
-            let r = check(
-                api.json(Method::PUT, &format!("/phones/{}", seg(&mac)), &body)
-                    .await?,
-                &phone_names,
-            )?;
+            let put = async {
+                check(
+                    api.json(Method::PUT, &format!("/phones/{}", seg(&mac)), &body)
+                        .await?,
+                    &phone_names,
+                )
+            };
+            let r = settle_domain(api, domain.as_deref().unwrap_or(""), created, put.await).await?;
             let v = r.json()?;
             out(&format!(
                 "{} {} ({}{})\n",
@@ -637,39 +662,42 @@ async fn account(api: &Api, cmd: AccountCommand) -> anyhow::Result<()> {
             body.insert(key.into(), v);
         }
     }
-    ensure_domain(api, &domain, "<domain>").await?;
-    let r = check(
-        api.json(
-            Method::PUT,
-            &format!(
-                "/domains/{}/users/{}/devices/{}",
-                seg(&domain),
-                seg(&user),
-                seg(&device)
-            ),
-            &Value::Object(body),
-        )
-        .await?,
-        &|f| {
-            Some(match f {
-                "domain" => "<domain>".into(),
-                "user" => "<user>".into(),
-                "device" => "<device>".into(),
-                "device-sip-registration-password" => "--password".into(),
-                "device-provisioning-mac-address" | "mac" => "--mac".into(),
-                "device-models-model" => "--model".into(),
-                "device-provisioning-line" => "--line".into(),
-                other => {
-                    let base = other.split(['.', '[']).next().unwrap_or(other);
-                    if named.iter().any(|n| n == base) {
-                        format!("--field {other}")
-                    } else {
-                        return None;
+    let created = ensure_domain(api, &domain, "<domain>").await?;
+    let put = async {
+        check(
+            api.json(
+                Method::PUT,
+                &format!(
+                    "/domains/{}/users/{}/devices/{}",
+                    seg(&domain),
+                    seg(&user),
+                    seg(&device)
+                ),
+                &Value::Object(body),
+            )
+            .await?,
+            &|f| {
+                Some(match f {
+                    "domain" => "<domain>".into(),
+                    "user" => "<user>".into(),
+                    "device" => "<device>".into(),
+                    "device-sip-registration-password" => "--password".into(),
+                    "device-provisioning-mac-address" | "mac" => "--mac".into(),
+                    "device-models-model" => "--model".into(),
+                    "device-provisioning-line" => "--line".into(),
+                    other => {
+                        let base = other.split(['.', '[']).next().unwrap_or(other);
+                        if named.iter().any(|n| n == base) {
+                            format!("--field {other}")
+                        } else {
+                            return None;
+                        }
                     }
-                }
-            })
-        },
-    )?;
+                })
+            },
+        )
+    };
+    let r = settle_domain(api, &domain, created, put.await).await?;
     let v = r.json()?;
     if json {
         return print_json(&v);
