@@ -140,7 +140,12 @@ async fn slowloris_headers_are_cut_off_at_the_header_read_timeout() {
     let first = closed.expect("the server closes a slowloris connection within the bound");
     // hyper closes it without a response.
     assert!(first.is_empty(), "{}", String::from_utf8_lossy(&first));
-    assert!(start.elapsed() < BOUND);
+    // Closed by the 1 s timeout, not at once.
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
     trickle.abort();
 
     // A connection that sends nothing at all (idle keep-alive) is closed the same way.

@@ -52,12 +52,14 @@ async fn logs_carry_no_secrets() {
         .await;
     assert_eq!(r.status(), 200);
     let body = r.text().await.unwrap();
-    s.fetch_as(
-        "001565aabbcc.cfg",
-        Some(("provuser", "WRONG-SECRET-789")),
-        None,
-    )
-    .await;
+    let r = s
+        .fetch_as(
+            "001565aabbcc.cfg",
+            Some(("provuser", "WRONG-SECRET-789")),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 401, "the wrong password reached the server");
     let (st, _) = s
         .put(
             "/phones/001565aabbcc",

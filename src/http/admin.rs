@@ -1625,8 +1625,6 @@ async fn preview(
         .into_response())
 }
 
-/// `GET /phones/{mac}/explain`: every value of the phone's files with its layer, the
-/// overrides (added or replacing), and the settings this model has no key for.
 /// Explains where each value of the phone's files comes from.
 #[utoipa::path(
     get, path = "/phones/{mac}/explain", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`")),
@@ -1661,8 +1659,6 @@ async fn explain(
     })))
 }
 
-/// `GET /unprovisioned`: MACs that asked with the server-default credentials but are not
-/// linked, most recently seen first.
 /// Lists MACs that asked with the server-default credentials but are not linked.
 #[utoipa::path(
     get, path = "/unprovisioned", tag = "phones",

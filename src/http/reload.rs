@@ -3,8 +3,8 @@
 //!
 //! - Server-wide admin token only; a domain token gets 403.
 //! - 200 `{"models": n, "changed": [ids], "unchanged": n, "removed": [ids]}`: `changed` lists
-//!   the models that are new or whose model file, templates or server defaults changed; only
-//!   their phones re-render.
+//!   the models that are new or whose model file or templates changed; only their phones
+//!   re-render. `autoprov.toml` is not re-read: server defaults change with a restart.
 //! - 422 `{"error": {"code": "invalid_set", "message": "<file>:<line>:<col>: …", "file",
 //!   "line", "field"}}` when the new set does not load or a model's file does not render for
 //!   the sample phone; `line` is there when tera or toml gave one, `field` for a model file
