@@ -17,6 +17,8 @@
 //! missing, with no settings.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -78,6 +80,9 @@ pub enum BulkError {
     /// The store failed.
     #[error("store")]
     Store(#[from] StoreError),
+    /// The request gave up (timed out) before the commit: nothing was written.
+    #[error("the import was abandoned before its commit; nothing was imported")]
+    Abandoned,
 }
 
 /// Input format of a bulk import.
@@ -960,11 +965,28 @@ pub fn apply_sync(
     st: &AppState,
     rows: &[Row],
     progress: &dyn Fn(u64),
+    abandoned: &AtomicBool,
 ) -> Result<Summary, BulkError> {
     let _w = st.store.writer();
     let (change, summary) = plan(st, rows, progress)?;
+    // A blocking task outlives a request that timed out: never commit for a client that
+    // was already told the import failed.
+    if abandoned.load(Ordering::SeqCst) {
+        return Err(BulkError::Abandoned);
+    }
     st.store.commit(&change)?;
     Ok(summary)
+}
+
+/// Marks the import abandoned when the request's future is dropped before it finished.
+struct AbandonOnDrop(Arc<AtomicBool>, bool);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 /// [`apply_sync`] off the async workers, then a flush: what both the HTTP route and the
@@ -975,9 +997,13 @@ pub async fn apply(
     progress: impl Fn(u64) + Send + 'static,
 ) -> Result<Summary, BulkError> {
     let state = st.clone();
-    let summary = tokio::task::spawn_blocking(move || apply_sync(&state, &rows, &progress))
-        .await
-        .map_err(|e| StoreError::Flush(e.to_string()))??;
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let mut guard = AbandonOnDrop(abandoned.clone(), false);
+    let summary =
+        tokio::task::spawn_blocking(move || apply_sync(&state, &rows, &progress, &abandoned))
+            .await
+            .map_err(|e| StoreError::Flush(e.to_string()))??;
+    guard.1 = true;
     st.store.flush().await?;
     Ok(summary)
 }

@@ -23,6 +23,11 @@ impl From<BulkError> for AppError {
         match e {
             BulkError::Rows(rows) => AppError::InvalidRows(rows),
             BulkError::Store(s) => AppError::Store(s),
+            // Only reached after the timeout layer answered 408; nothing was written.
+            e @ BulkError::Abandoned => AppError::Io {
+                what: "bulk import",
+                source: std::io::Error::other(e.to_string()),
+            },
         }
     }
 }
