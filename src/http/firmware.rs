@@ -53,7 +53,11 @@ pub async fn fetch(
     let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let creds = Presented::new(&st, headers, request.method().as_str(), target);
     let file = format!("firmware/{path}");
-    let mut facts = RequestFacts::default();
+    // The vendor label of the request metrics, as on the phone route.
+    let mut facts = RequestFacts {
+        vendor: agent.as_ref().map(|a| a.vendor),
+        ..RequestFacts::default()
+    };
     let mut known = None;
     let result = match admit(&st, ip, || None) {
         Ok(()) => {
