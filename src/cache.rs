@@ -1,11 +1,17 @@
 //! Rendered-file reuse. An entry is valid only for the phone revision and the
 //! template/model-set digest it was rendered at, so stale bytes are unreachable by
 //! construction (no TTLs). Concurrent misses for one file render once.
+//!
+//! Files are kept compressed, in memory and in the store: LZ4 against a dictionary per
+//! (model, file, digest), which is that file rendered from the model and server defaults
+//! alone (no phone data, so no secrets). A phone's file differs from it in a few lines,
+//! so it packs to a tenth of its size and a whole fleet's files fit in memory.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::body::Bytes;
+use axum::http::HeaderValue;
 use sha2::{Digest, Sha256};
 
 use crate::error::AppError;
@@ -51,82 +57,238 @@ impl Rendered {
             body: Bytes::from(body),
         }
     }
+}
 
-    fn encode(&self, revision: u64, digest: u64) -> Vec<u8> {
-        let mut v = Vec::with_capacity(self.body.len() + 128);
-        v.extend_from_slice(&revision.to_be_bytes());
-        v.extend_from_slice(&digest.to_be_bytes());
-        for s in std::iter::once(&self.etag).chain(std::iter::once(&self.content_type)) {
-            push_str(&mut v, s);
+/// A rendered file as kept and served: headers ready, body compressed against its
+/// dictionary (or as is, when that does not pay).
+#[derive(Debug)]
+pub struct Packed {
+    /// Phone revision it was rendered at (0 for common files).
+    revision: u64,
+    /// Template/model digest it was rendered at.
+    digest: u64,
+    /// The `ETag` header value (quoted strong tag).
+    pub etag: HeaderValue,
+    /// The `Content-Type` header value.
+    pub content_type: HeaderValue,
+    /// User-Agent substrings the phone's accounts require.
+    pub allowed_user_agents: Box<[String]>,
+    /// Length of the file.
+    raw_len: u32,
+    /// The dictionary `data` is compressed against; `None`: `data` is the file.
+    dict: Option<Arc<Dict>>,
+    data: Bytes,
+}
+
+/// An LZ4 dictionary: a file rendered without phone data.
+#[derive(Debug)]
+struct Dict {
+    /// First four bytes of the SHA-256 of `bytes`: an entry names the dictionary it needs.
+    id: u32,
+    bytes: Box<[u8]>,
+}
+
+impl Dict {
+    fn new(bytes: &[u8]) -> Self {
+        let h = Sha256::digest(bytes);
+        Dict {
+            id: u32::from_be_bytes([h[0], h[1], h[2], h[3]]),
+            bytes: bytes.into(),
         }
+    }
+}
+
+/// Marks the stored entry format (an older layout starts with a revision's zero byte).
+const FORMAT: u8 = 0xA2;
+
+impl Packed {
+    fn pack(r: &Rendered, revision: u64, digest: u64, dict: Option<Arc<Dict>>) -> Self {
+        let compressed = dict.as_ref().and_then(|d| {
+            let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(r.body.len())];
+            let n = lz4_flex::block::compress_into_with_dict(&r.body, &mut out, &d.bytes).ok()?;
+            // Only worth it when it saves a quarter.
+            (n < r.body.len() * 3 / 4).then(|| {
+                out.truncate(n);
+                Bytes::from(out)
+            })
+        });
+        let [etag, content_type] = r.headers.clone();
+        let (dict, data) = match compressed {
+            Some(c) => (dict, c),
+            None => (None, r.body.clone()),
+        };
+        Packed {
+            revision,
+            digest,
+            etag,
+            content_type,
+            allowed_user_agents: r.allowed_user_agents.clone().into_boxed_slice(),
+            raw_len: u32::try_from(r.body.len()).unwrap_or(u32::MAX),
+            dict,
+            data,
+        }
+    }
+
+    /// The file's bytes.
+    pub fn body(&self) -> Result<Bytes, AppError> {
+        let Some(d) = &self.dict else {
+            return Ok(self.data.clone());
+        };
+        let mut out = vec![0u8; self.raw_len as usize];
+        match lz4_flex::block::decompress_into_with_dict(&self.data, &mut out, &d.bytes) {
+            Ok(n) if n == out.len() => Ok(Bytes::from(out)),
+            _ => Err(AppError::Io {
+                what: "unpacking a cached file",
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "lz4"),
+            }),
+        }
+    }
+
+    /// The ETag as text (without the header machinery).
+    pub fn etag_str(&self) -> &str {
+        self.etag.to_str().unwrap_or("")
+    }
+
+    /// Bytes this entry holds in memory (the tier's weigher).
+    fn weight(&self) -> u64 {
+        let uas: usize = self.allowed_user_agents.iter().map(|s| s.len() + 24).sum();
+        (self.data.len() + uas + 200) as u64
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.data.len() + 96);
+        v.push(FORMAT);
+        v.extend_from_slice(&self.revision.to_be_bytes());
+        v.extend_from_slice(&self.digest.to_be_bytes());
+        v.extend_from_slice(&self.dict.as_ref().map_or(0, |d| d.id).to_be_bytes());
+        v.push(u8::from(self.dict.is_some()));
+        v.extend_from_slice(&self.raw_len.to_be_bytes());
+        push_str(&mut v, self.etag.as_bytes());
+        push_str(&mut v, self.content_type.as_bytes());
         v.push(self.allowed_user_agents.len().min(255) as u8);
         for s in self.allowed_user_agents.iter().take(255) {
-            push_str(&mut v, s);
+            push_str(&mut v, s.as_bytes());
         }
-        v.extend_from_slice(&self.body);
+        v.extend_from_slice(&self.data);
         v
     }
 
-    fn decode(b: &[u8], revision: u64, digest: u64) -> Option<Self> {
-        let rev = u64::from_be_bytes(b.get(0..8)?.try_into().ok()?);
-        let dig = u64::from_be_bytes(b.get(8..16)?.try_into().ok()?);
-        if rev != revision || dig != digest {
+    /// Decodes a stored entry valid at `revision` and `digest`; `dict` finds the dictionary
+    /// it names. `None` for anything else (older layout, other revision, missing or other
+    /// dictionary, damage): the caller renders again.
+    fn decode(
+        b: &[u8],
+        revision: u64,
+        digest: u64,
+        dict: impl FnOnce() -> Option<Arc<Dict>>,
+    ) -> Option<Self> {
+        if *b.first()? != FORMAT {
             return None;
         }
-        let mut pos = 16;
-        let etag = take_str(b, &mut pos)?;
-        let content_type = take_str(b, &mut pos)?;
+        let u64_at = |i: usize| Some(u64::from_be_bytes(b.get(i..i + 8)?.try_into().ok()?));
+        let u32_at = |i: usize| Some(u32::from_be_bytes(b.get(i..i + 4)?.try_into().ok()?));
+        if u64_at(1)? != revision || u64_at(9)? != digest {
+            return None;
+        }
+        let dict_id = u32_at(17)?;
+        let dict = match *b.get(21)? {
+            0 => None,
+            1 => Some(dict().filter(|d| d.id == dict_id)?),
+            _ => return None,
+        };
+        let raw_len = u32_at(22)?;
+        let mut pos = 26;
+        let etag = HeaderValue::from_bytes(take(b, &mut pos)?).ok()?;
+        let content_type = HeaderValue::from_bytes(take(b, &mut pos)?).ok()?;
         let n = *b.get(pos)? as usize;
         pos += 1;
         let mut allowed = Vec::with_capacity(n);
         for _ in 0..n {
-            allowed.push(take_str(b, &mut pos)?);
+            allowed.push(std::str::from_utf8(take(b, &mut pos)?).ok()?.to_string());
         }
-        Some(Rendered {
-            headers: header_values(&etag, &content_type),
+        let p = Packed {
+            revision,
+            digest,
             etag,
             content_type,
-            allowed_user_agents: allowed,
-            body: Bytes::copy_from_slice(b.get(pos..)?),
-        })
+            allowed_user_agents: allowed.into_boxed_slice(),
+            raw_len,
+            dict,
+            data: Bytes::copy_from_slice(b.get(pos..)?),
+        };
+        // A damaged body is a miss, not an error served to a phone.
+        p.body().ok().map(|_| p)
     }
 }
 
-fn push_str(v: &mut Vec<u8>, s: &str) {
-    let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+fn push_str(v: &mut Vec<u8>, s: &[u8]) {
+    let b = &s[..s.len().min(u16::MAX as usize)];
     v.extend_from_slice(&(b.len() as u16).to_be_bytes());
     v.extend_from_slice(b);
 }
 
-fn take_str(b: &[u8], pos: &mut usize) -> Option<String> {
+fn take<'b>(b: &'b [u8], pos: &mut usize) -> Option<&'b [u8]> {
     let n = u16::from_be_bytes(b.get(*pos..*pos + 2)?.try_into().ok()?) as usize;
-    let s = std::str::from_utf8(b.get(*pos + 2..*pos + 2 + n)?)
-        .ok()?
-        .to_string();
+    let s = b.get(*pos + 2..*pos + 2 + n)?;
     *pos += 2 + n;
     Some(s)
 }
 
-/// A rendered file in memory with the validity it was stored under.
-#[derive(Debug)]
-struct Hot {
-    revision: u64,
-    digest: u64,
-    rendered: Arc<Rendered>,
+/// Which file a request is for and what it must be valid for.
+#[derive(Debug, Clone, Copy)]
+pub struct FileKey<'a> {
+    /// The render key (`store::render_key`).
+    pub key: &'a [u8],
+    /// The model id.
+    pub model: &'a str,
+    /// The file pattern (per-phone files) or name (common files).
+    pub file: &'a str,
+    /// The phone revision (0 for common files).
+    pub revision: u64,
+    /// The model's template digest.
+    pub digest: u64,
 }
 
-/// The render cache: a bounded in-memory tier (most recently used files, by bytes) over
-/// the store's render tree (every file rendered, on disk).
+impl FileKey<'_> {
+    /// The dictionary's key in the store: `d<digest><model>\0<file>`.
+    fn dict_key(&self) -> Vec<u8> {
+        let mut k = Vec::with_capacity(10 + self.model.len() + self.file.len());
+        k.push(b'd');
+        k.extend_from_slice(&self.digest.to_be_bytes());
+        k.extend_from_slice(self.model.as_bytes());
+        k.push(0);
+        k.extend_from_slice(self.file.as_bytes());
+        k
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PackedWeight;
+
+impl quick_cache::Weighter<Vec<u8>, Arc<Packed>> for PackedWeight {
+    fn weight(&self, k: &Vec<u8>, v: &Arc<Packed>) -> u64 {
+        k.len() as u64 + v.weight()
+    }
+}
+
+/// The render cache: a bounded in-memory tier of packed files over the store's render
+/// tree (every file rendered, packed the same way, on disk).
 #[derive(Debug)]
 pub struct Cache {
     inflight: Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
     renders: std::sync::atomic::AtomicU64,
-    hot: moka::sync::Cache<Vec<u8>, Arc<Hot>>,
+    hot: quick_cache::sync::Cache<Vec<u8>, Arc<Packed>, PackedWeight>,
+    /// Dictionaries by their store key (a few per model).
+    dicts: RwLock<HashMap<Vec<u8>, Arc<Dict>>>,
 }
+
+/// Default bytes of the memory tier (about 320 bytes a packed phone file: 100,000 phones
+/// in 32 MiB).
+pub const DEFAULT_HOT_BYTES: u64 = 32 << 20;
 
 impl Default for Cache {
     fn default() -> Self {
-        Cache::new(24 << 20)
+        Cache::new(DEFAULT_HOT_BYTES)
     }
 }
 
@@ -140,20 +302,17 @@ pub enum Outcome {
 }
 
 impl Cache {
-    /// A cache whose memory tier holds at most about `hot_bytes` of files.
+    /// A cache whose memory tier holds at most about `hot_bytes` of packed files.
     pub fn new(hot_bytes: u64) -> Self {
         Cache {
             inflight: Mutex::default(),
             renders: std::sync::atomic::AtomicU64::default(),
-            hot: moka::sync::Cache::builder()
-                .max_capacity(hot_bytes)
-                .weigher(|k: &Vec<u8>, v: &Arc<Hot>| {
-                    let r = &v.rendered;
-                    (k.len() + r.body.len() + r.etag.len() + r.content_type.len() + 160)
-                        .try_into()
-                        .unwrap_or(u32::MAX)
-                })
-                .build(),
+            hot: quick_cache::sync::Cache::with_weighter(
+                (hot_bytes / 320).clamp(16, 4_000_000) as usize,
+                hot_bytes,
+                PackedWeight,
+            ),
+            dicts: RwLock::default(),
         }
     }
 
@@ -163,35 +322,40 @@ impl Cache {
         self.renders.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The entry at `key` if it is valid for `revision` and `digest`, else renders it once
-    /// (other requests for the same key wait and reuse the result) and stores it.
+    /// The entry for `file` if it is valid for its revision and digest, else renders it
+    /// once (other requests for the same key wait and reuse the result) and stores it.
+    /// `render` returns the file and the revision of the records it was rendered from;
+    /// `dictionary` renders the file without phone data, when its dictionary is not known
+    /// yet.
     pub async fn get_or_render(
         &self,
         store: &Store,
-        key: &[u8],
-        revision: u64,
-        digest: u64,
-        render: impl FnOnce() -> Result<Rendered, AppError>,
-    ) -> Result<(Arc<Rendered>, Outcome), AppError> {
-        if let Some(r) = self.lookup(store, key, revision, digest)? {
+        file: FileKey<'_>,
+        render: impl FnOnce() -> Result<(Rendered, u64), AppError>,
+        dictionary: impl FnOnce() -> Option<Rendered>,
+    ) -> Result<(Arc<Packed>, Outcome), AppError> {
+        if let Some(r) = self.lookup(store, &file)? {
             return Ok((r, Outcome::Hit));
         }
+        let key = file.key;
         let gate = {
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(key.to_vec()).or_default().clone()
         };
         let result = {
             let _turn = gate.lock().await;
-            match self.lookup(store, key, revision, digest)? {
+            match self.lookup(store, &file)? {
                 Some(r) => Ok((r, Outcome::Hit)),
                 None => {
-                    let r = render()?;
+                    let (r, revision) = render()?;
                     self.renders
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    store.render_put(key, r.encode(revision, digest))?;
-                    let r = Arc::new(r);
-                    self.remember(key, revision, digest, r.clone());
-                    Ok((r, Outcome::Miss))
+                    let dict = self.dict(store, &file, Some(dictionary))?;
+                    let p = Packed::pack(&r, revision, file.digest, dict);
+                    store.render_put(key, p.encode())?;
+                    let p = Arc::new(p);
+                    self.hot.insert(key.to_vec(), p.clone());
+                    Ok((p, Outcome::Miss))
                 }
             }
         };
@@ -202,37 +366,61 @@ impl Cache {
         result
     }
 
-    fn remember(&self, key: &[u8], revision: u64, digest: u64, rendered: Arc<Rendered>) {
-        self.hot.insert(
-            key.to_vec(),
-            Arc::new(Hot {
-                revision,
-                digest,
-                rendered,
-            }),
-        );
-    }
-
-    /// Memory first (valid only at `revision` and `digest`), then the store.
-    fn lookup(
+    /// The dictionary of `file`'s model, file and digest: memory, then the store, then (with
+    /// `make`) rendered now and stored unless another process stored one first.
+    fn dict(
         &self,
         store: &Store,
-        key: &[u8],
-        revision: u64,
-        digest: u64,
-    ) -> Result<Option<Arc<Rendered>>, AppError> {
-        if let Some(h) = self.hot.get(key)
-            && h.revision == revision
-            && h.digest == digest
-        {
-            return Ok(Some(h.rendered.clone()));
+        file: &FileKey<'_>,
+        make: Option<impl FnOnce() -> Option<Rendered>>,
+    ) -> Result<Option<Arc<Dict>>, AppError> {
+        let k = file.dict_key();
+        if let Some(d) = self.dicts.read().unwrap_or_else(|p| p.into_inner()).get(&k) {
+            return Ok(Some(d.clone()));
         }
-        let found = store
-            .render_get(key)?
-            .and_then(|v| Rendered::decode(&v, revision, digest))
-            .map(Arc::new);
-        if let Some(r) = &found {
-            self.remember(key, revision, digest, r.clone());
+        let stored = match store.render_get(&k)? {
+            Some(v) => Some(v.to_vec()),
+            None => match make.and_then(|m| m()) {
+                Some(r) => Some(store.render_put_absent(&k, r.body.to_vec())?),
+                None => None,
+            },
+        };
+        let Some(bytes) = stored else {
+            return Ok(None);
+        };
+        let d = Arc::new(Dict::new(&bytes));
+        self.dicts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(k, d.clone());
+        Ok(Some(d))
+    }
+
+    /// Memory first (valid only at the revision and digest), then the store.
+    fn lookup(&self, store: &Store, file: &FileKey<'_>) -> Result<Option<Arc<Packed>>, AppError> {
+        if let Some(h) = self.hot.get(file.key)
+            && h.revision == file.revision
+            && h.digest == file.digest
+        {
+            return Ok(Some(h));
+        }
+        let Some(v) = store.render_get(file.key)? else {
+            return Ok(None);
+        };
+        let no_make: Option<fn() -> Option<Rendered>> = None;
+        let mut dict_err = None;
+        let found = Packed::decode(&v, file.revision, file.digest, || {
+            self.dict(store, file, no_make)
+                .map_err(|e| dict_err = Some(e))
+                .ok()
+                .flatten()
+        })
+        .map(Arc::new);
+        if let Some(e) = dict_err {
+            return Err(e);
+        }
+        if let Some(p) = &found {
+            self.hot.insert(file.key.to_vec(), p.clone());
         }
         Ok(found)
     }
@@ -242,18 +430,117 @@ impl Cache {
 mod tests {
     use super::*;
 
-    #[test]
-    fn entry_round_trips_and_checks_validity() {
-        let r = Rendered::new(
-            b"a = 1\n".to_vec(),
+    fn file(key: &[u8], revision: u64) -> FileKey<'_> {
+        FileKey {
+            key,
+            model: "m",
+            file: "{mac}.cfg",
+            revision,
+            digest: 9,
+        }
+    }
+
+    fn rendered(body: &str) -> Rendered {
+        Rendered::new(
+            body.as_bytes().to_vec(),
             "text/plain".into(),
             vec!["Yealink".into()],
+        )
+    }
+
+    const BASE: &str = "#!version:1.0.0.1\naccount.1.enable = 0\naccount.1.label = \naccount.1.user_name = \nlocal_time.time_zone = +1\nsip.trust_ctrl = 1\nphone_setting.backlight_time = 60\n";
+
+    #[test]
+    fn entry_round_trips_and_checks_validity() {
+        let body = BASE
+            .replace("enable = 0", "enable = 1")
+            .replace("label = ", "label = 201");
+        let r = rendered(&body);
+        let d = Arc::new(Dict::new(BASE.as_bytes()));
+        let p = Packed::pack(&r, 7, 9, Some(d.clone()));
+        assert!(
+            p.dict.is_some(),
+            "a file close to its dictionary is compressed"
         );
-        let e = r.encode(7, 9);
-        assert_eq!(Rendered::decode(&e, 7, 9), Some(r.clone()));
-        assert_eq!(Rendered::decode(&e, 8, 9), None);
-        assert_eq!(Rendered::decode(&e, 7, 8), None);
-        assert_eq!(Rendered::decode(&e[..10], 7, 9), None);
+        assert!(
+            p.data.len() * 4 < body.len(),
+            "{} of {}",
+            p.data.len(),
+            body.len()
+        );
+        assert_eq!(p.body().unwrap(), body.as_bytes());
+        let e = p.encode();
+        let back = Packed::decode(&e, 7, 9, || Some(d.clone())).unwrap();
+        assert_eq!(back.body().unwrap(), body.as_bytes());
+        assert_eq!(back.etag, r.headers[0]);
+        assert_eq!(back.content_type, r.headers[1]);
+        assert_eq!(&*back.allowed_user_agents, &["Yealink".to_string()]);
+        assert!(Packed::decode(&e, 8, 9, || Some(d.clone())).is_none());
+        assert!(Packed::decode(&e, 7, 8, || Some(d.clone())).is_none());
+        assert!(Packed::decode(&e[..10], 7, 9, || Some(d.clone())).is_none());
+        // The dictionary it was packed against, or nothing.
+        assert!(Packed::decode(&e, 7, 9, || None).is_none());
+        let other = Arc::new(Dict::new(b"something else"));
+        assert!(Packed::decode(&e, 7, 9, || Some(other)).is_none());
+        // A damaged body is a miss.
+        let mut bad = e.clone();
+        let n = bad.len();
+        bad.truncate(n - 3);
+        assert!(Packed::decode(&bad, 7, 9, || Some(d.clone())).is_none());
+        // The layout before packing (revision first) is not read as this one.
+        let mut old = 7u64.to_be_bytes().to_vec();
+        old.extend_from_slice(&e[9..]);
+        assert!(Packed::decode(&old, 7, 9, || Some(d.clone())).is_none());
+    }
+
+    #[test]
+    fn a_file_unlike_its_dictionary_is_kept_as_is() {
+        let r = rendered("short and unrelated");
+        let p = Packed::pack(&r, 1, 9, Some(Arc::new(Dict::new(BASE.as_bytes()))));
+        assert!(p.dict.is_none());
+        assert_eq!(p.body().unwrap(), "short and unrelated".as_bytes());
+        let back = Packed::decode(&p.encode(), 1, 9, || None).unwrap();
+        assert_eq!(back.body().unwrap(), "short and unrelated".as_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_restarted_process_reads_what_the_last_one_packed() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = BASE.replace("label = ", "label = 301");
+        {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let cache = Cache::default();
+            let (p, o) = cache
+                .get_or_render(
+                    &store,
+                    file(b"k", 3),
+                    || Ok((rendered(&body), 3)),
+                    || Some(rendered(BASE)),
+                )
+                .await
+                .unwrap();
+            assert_eq!((o, p.body().unwrap()), (Outcome::Miss, body.clone().into()));
+            assert!(p.dict.is_some());
+            store.flush_sync().unwrap();
+        }
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let cache = Cache::default();
+        let (p, o) = cache
+            .get_or_render(
+                &store,
+                file(b"k", 3),
+                || panic!("must not render again"),
+                || panic!("the dictionary is in the store"),
+            )
+            .await
+            .unwrap();
+        assert_eq!((o, p.body().unwrap()), (Outcome::Hit, body.into()));
+        // Another revision renders again.
+        let (_, o) = cache
+            .get_or_render(&store, file(b"k", 4), || Ok((rendered("new"), 4)), || None)
+            .await
+            .unwrap();
+        assert_eq!(o, Outcome::Miss);
     }
 
     #[tokio::test]
@@ -265,12 +552,17 @@ mod tests {
             let (store, cache) = (store.clone(), cache.clone());
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get_or_render(&store, b"k", 1, 1, || {
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                        Ok(Rendered::new(b"x".to_vec(), "text/plain".into(), vec![]))
-                    })
+                    .get_or_render(
+                        &store,
+                        file(b"k", 1),
+                        || {
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                            Ok((rendered("x"), 1))
+                        },
+                        || None,
+                    )
                     .await
-                    .map(|(r, _)| r.body.clone())
+                    .map(|(r, _)| r.body().unwrap())
             }));
         }
         for t in tasks {

@@ -162,6 +162,8 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// sled page cache in MiB.
     pub store_cache_mb: Option<u64>,
+    /// Memory tier of the fetch path in MiB (packed files and per-phone gates).
+    pub memory_cache_mb: Option<u64>,
     /// Header-read timeout in seconds.
     pub header_read_timeout_secs: Option<u64>,
     /// Request timeout in seconds.
@@ -210,6 +212,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// sled page cache in bytes.
     pub store_cache_bytes: u64,
+    /// Memory tier of the fetch path in bytes: half for packed files, half for the
+    /// per-phone gates.
+    pub memory_cache_bytes: u64,
     /// Server-wide defaults.
     pub defaults: Settings,
     /// Phone-path security.
@@ -345,6 +350,7 @@ impl Config {
             templates,
             log_format: LogFormat::Text,
             store_cache_bytes: 16 << 20,
+            memory_cache_bytes: 64 << 20,
             defaults: Settings::new(),
             security: crate::guard::Security::default(),
             limits: Limits::default(),
@@ -438,6 +444,13 @@ impl Config {
                 message: "must be from 1 to 65536".into(),
             });
         }
+        let memory_mb = fc.memory_cache_mb.unwrap_or(64);
+        if !(2..=65536).contains(&memory_mb) {
+            return Err(ConfigError::Value {
+                key: "memory-cache-mb".into(),
+                message: "must be from 2 to 65536".into(),
+            });
+        }
         Ok(Config {
             listen,
             data: cli
@@ -457,6 +470,7 @@ impl Config {
                 .unwrap_or_else(|| "./templates".into()),
             log_format,
             store_cache_bytes: mb << 20,
+            memory_cache_bytes: memory_mb << 20,
             defaults,
             security,
             limits,

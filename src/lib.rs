@@ -269,7 +269,11 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
         source,
     })?;
     let store_path = config.data.join("store");
-    let store = Store::open(&store_path, config.store_cache_bytes)?;
+    let store = Store::open_with(
+        &store_path,
+        config.store_cache_bytes,
+        config.memory_cache_bytes / 2,
+    )?;
     // sled starts empty on a log it cannot read; a token file says there was data.
     if store.meta("admin_token_sha256")?.is_none() && config.data.join("admin-token").exists() {
         return Err(store::StoreError::Emptied {
@@ -382,7 +386,7 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
         },
         reload_lock: std::sync::Mutex::new(()),
         server_defaults: config.defaults.clone(),
-        cache: Cache::default(),
+        cache: Cache::new(config.memory_cache_bytes / 2),
         prov_user,
         prov_pass_hash,
         prov_memo: auth::HeaderMemo::default(),

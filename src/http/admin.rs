@@ -1589,38 +1589,49 @@ async fn preview(
         .get(&phone.model)
         .ok_or_else(|| AppError::NotFound("model not loaded".into()))?;
     let found = match t.catalogue.match_path(&file) {
-        Some(FileRef::Phone { mac: m, pattern }) if m == mac => {
-            t.catalogue.file_spec(&model.id, &pattern).map(|s| {
-                (
-                    s,
-                    render_key(Some(mac), &model.id, &pattern),
-                    phone.revision,
-                )
-            })
-        }
+        Some(FileRef::Phone { mac: m, pattern }) if m == mac => t
+            .catalogue
+            .file_spec(&model.id, &pattern)
+            .map(|s| (s, Some(mac), pattern, phone.revision)),
         Some(FileRef::Common { name, .. }) => t
             .catalogue
             .file_spec(&model.id, &name)
-            .map(|s| (s, render_key(None, &model.id, &name), 0)),
+            .map(|s| (s, None, name, 0)),
         _ => None,
     };
-    let (spec, key, revision) =
+    let (spec, key_mac, name, revision) =
         found.ok_or_else(|| AppError::NotFound(format!("{} does not request {file}", model.id)))?;
+    let key = render_key(key_mac, &model.id, &name);
+    let wanted = crate::cache::FileKey {
+        key: &key,
+        model: &model.id,
+        file: &name,
+        revision,
+        digest: t.digest(&model.id),
+    };
     let (rendered, _) = st
         .cache
-        .get_or_render(&st.store, &key, revision, t.digest(&model.id), || {
-            if spec.per_phone() {
-                super::phone::render_phone(&st, &t, model, spec, &phone)
-            } else {
-                super::phone::render_common(&st, &t, model, spec)
-            }
-        })
+        .get_or_render(
+            &st.store,
+            wanted,
+            || {
+                if spec.per_phone() {
+                    super::phone::render_phone(&st, &t, model, spec, &phone)
+                        .map(|r| (r, phone.revision))
+                } else {
+                    super::phone::render_common(&st, &t, model, spec).map(|r| (r, 0))
+                }
+            },
+            || super::phone::render_common(&st, &t, model, spec).ok(),
+        )
         .await?;
-    let [etag, ct] = rendered.headers.clone();
     Ok((
         StatusCode::OK,
-        [(header::CONTENT_TYPE, ct), (header::ETAG, etag)],
-        rendered.body.clone(),
+        [
+            (header::CONTENT_TYPE, rendered.content_type.clone()),
+            (header::ETAG, rendered.etag.clone()),
+        ],
+        rendered.body()?,
     )
         .into_response())
 }

@@ -118,7 +118,7 @@ async fn authorise(st: &AppState, a: &Access<'_>, known: &mut Option<Mac>) -> Re
         .and_then(|ag| ag.mac)
         .or_else(|| mac_in_user_agent(a.ua));
     let phone = match mac {
-        Some(m) => st.store.phone_shared(m)?,
+        Some(m) => st.store.gate(m)?,
         None => None,
     };
     match &phone {

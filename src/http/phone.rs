@@ -12,12 +12,12 @@ use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
 use crate::auth::{self, BasicCredentials};
-use crate::cache::{Outcome, Rendered};
+use crate::cache::{FileKey, Outcome, Packed, Rendered};
 use crate::digest::{self, DigestResponse, NonceState};
 use crate::error::AppError;
 use crate::guard;
 use crate::model::agent::{self, Agent};
-use crate::model::{Account, Domain, FileRef, FileSpec, Mac, Member, Model, Phone};
+use crate::model::{Account, Domain, FileRef, FileSpec, Gate, Mac, Member, Model, Phone};
 use crate::model::{AuthScheme, PreviousCredentials};
 use crate::reload::Templates;
 use crate::render::{LineInput, PhoneInput, RenderContext};
@@ -239,7 +239,7 @@ async fn store_upload(
         return Err(AppError::MethodNotAllowed);
     };
     facts.mac = Some(mac.lower());
-    let Some(phone) = st.store.phone(mac)? else {
+    let Some(phone) = st.store.gate(mac)? else {
         if server_default_ok(st, creds) {
             st.metrics.unknown_mac();
             return Err(AppError::NotFound("unknown MAC".into()));
@@ -452,7 +452,7 @@ fn bootstrap_pair<'a>(st: &'a AppState, domain: Option<&'a Domain>) -> Option<(&
 /// domain, else of the server, which exchanges it for a per-device one.
 fn phone_auth(
     st: &AppState,
-    phone: &Phone,
+    phone: &Gate,
     domain: Option<&Domain>,
     c: &Presented<'_>,
     now: u64,
@@ -491,11 +491,11 @@ fn phone_auth(
 pub(crate) async fn authenticate(
     st: &AppState,
     t: &Templates,
-    phone: &Phone,
+    phone: &Gate,
     c: &Presented<'_>,
     ip: Option<IpAddr>,
     exchange: bool,
-) -> Result<Option<std::sync::Arc<Phone>>, AppError> {
+) -> Result<Option<std::sync::Arc<Gate>>, AppError> {
     let domain = match &phone.domain {
         Some(d) => st.store.domain_shared(d)?,
         None => None,
@@ -558,7 +558,7 @@ async fn exchange_bootstrap(
     bootstrap: PreviousCredentials,
     c: &Presented<'_>,
     now: u64,
-) -> Result<std::sync::Arc<Phone>, AppError> {
+) -> Result<std::sync::Arc<Gate>, AppError> {
     let issued = {
         let _w = st.store.writer();
         let Some(mut p) = st.store.phone(mac)? else {
@@ -582,7 +582,7 @@ async fn exchange_bootstrap(
     }
     let phone = st
         .store
-        .phone_shared(mac)?
+        .gate(mac)?
         .ok_or_else(|| AppError::NotFound("unknown MAC".into()))?;
     // Whoever issued it, the presented bootstrap credential must now open the phone
     // through its grace entry.
@@ -615,7 +615,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                     "the MAC in the User-Agent differs from the MAC in the path".into(),
                 ));
             }
-            let Some(phone) = st.store.phone_shared(mac)? else {
+            let Some(phone) = st.store.gate(mac)? else {
                 // Same challenge for unknown and known MACs: no enumeration.
                 if server_default_ok(st, creds) {
                     st.metrics.unknown_mac();
@@ -638,10 +638,20 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                 AppError::NotFound("this model does not request that file".into())
             })?;
             let key = render_key(Some(mac), &model.id, &pattern);
+            let file = FileKey {
+                key: &key,
+                model: &model.id,
+                file: &pattern,
+                revision: phone.revision,
+                digest: t.digest(&model.id),
+            };
             st.cache
-                .get_or_render(&st.store, &key, phone.revision, t.digest(&model.id), || {
-                    timed(st, || render_phone(st, t, model, spec, &phone))
-                })
+                .get_or_render(
+                    &st.store,
+                    file,
+                    || timed(st, || render_stored_phone(st, t, model, spec, mac)),
+                    || render_common(st, t, model, spec).ok(),
+                )
                 .await?
         }
         FileRef::Common { name, models } => {
@@ -649,7 +659,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
             // credentials, or to a known phone (MAC from the User-Agent) with its own.
             let mac = ua_mac.or_else(|| mac_in_user_agent(req.ua));
             let phone = match mac {
-                Some(m) => st.store.phone_shared(m)?,
+                Some(m) => st.store.gate(m)?,
                 None => None,
             };
             if let Some(p) = &phone {
@@ -681,10 +691,20 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                 .file_spec(&id, &name)
                 .ok_or_else(|| AppError::NotFound("no file".into()))?;
             let key = render_key(None, &id, &name);
+            let file = FileKey {
+                key: &key,
+                model: &id,
+                file: &name,
+                revision: 0,
+                digest: t.digest(&id),
+            };
             st.cache
-                .get_or_render(&st.store, &key, 0, t.digest(&id), || {
-                    timed(st, || render_common(st, t, model, spec))
-                })
+                .get_or_render(
+                    &st.store,
+                    file,
+                    || timed(st, || Ok((render_common(st, t, model, spec)?, 0))),
+                    || render_common(st, t, model, spec).ok(),
+                )
                 .await?
         }
     };
@@ -707,7 +727,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
     } {
         return Err(AppError::Forbidden("User-Agent not allowed".into()));
     }
-    Ok(respond(rendered, req.headers))
+    respond(rendered, req.headers)
 }
 
 /// Runs a cache-miss render, recording its time.
@@ -723,7 +743,7 @@ fn timed<T>(st: &AppState, render: impl FnOnce() -> T) -> T {
 fn common_model(
     t: &Templates,
     models: &[String],
-    phone: Option<&Phone>,
+    phone: Option<&Gate>,
     agent: Option<&Agent>,
 ) -> Option<String> {
     if let Some(p) = phone
@@ -763,7 +783,29 @@ pub fn phone_records<'p>(st: &AppState, phone: &'p Phone) -> Result<PhoneRecords
     Ok((domain, accounts))
 }
 
-/// Renders a phone's file from the store (the cache-miss path).
+/// Renders a phone's file from its record as stored now (the cache-miss path), with the
+/// revision it was rendered at.
+pub fn render_stored_phone(
+    st: &AppState,
+    t: &Templates,
+    model: &Model,
+    spec: &FileSpec,
+    mac: Mac,
+) -> Result<(Rendered, u64), AppError> {
+    let phone = st
+        .store
+        .phone(mac)?
+        .ok_or_else(|| AppError::NotFound("unknown MAC".into()))?;
+    if phone.model != model.id {
+        // Relinked to another model since the request looked: its file names differ.
+        return Err(AppError::NotFound(
+            "this model does not request that file".into(),
+        ));
+    }
+    Ok((render_phone(st, t, model, spec, &phone)?, phone.revision))
+}
+
+/// Renders a phone's file (the cache-miss path).
 pub fn render_phone(
     st: &AppState,
     t: &Templates,
@@ -822,26 +864,28 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
     })
 }
 
-fn respond(r: std::sync::Arc<Rendered>, headers: &HeaderMap) -> Response {
-    let [etag, ct] = r.headers.clone();
+fn respond(r: std::sync::Arc<Packed>, headers: &HeaderMap) -> Result<Response, AppError> {
     let no_cache = HeaderValue::from_static("no-cache");
-    if etag_matches(headers, &r.etag) {
-        return (
+    if etag_matches(headers, r.etag_str()) {
+        return Ok((
             StatusCode::NOT_MODIFIED,
-            [(header::ETAG, etag), (header::CACHE_CONTROL, no_cache)],
+            [
+                (header::ETAG, r.etag.clone()),
+                (header::CACHE_CONTROL, no_cache),
+            ],
         )
-            .into_response();
+            .into_response());
     }
-    (
+    Ok((
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, ct),
-            (header::ETAG, etag),
+            (header::CONTENT_TYPE, r.content_type.clone()),
+            (header::ETAG, r.etag.clone()),
             (header::CACHE_CONTROL, no_cache),
         ],
-        r.body.clone(),
+        r.body()?,
     )
-        .into_response()
+        .into_response())
 }
 
 #[cfg(test)]

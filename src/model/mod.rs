@@ -12,6 +12,7 @@ pub use catalogue::{Catalogue, FileRef, FileSpec, Format, Model};
 pub use mac::Mac;
 pub use merge::{Layer, Merged};
 pub use records::{
-    Account, AuthScheme, Domain, LineType, Member, Overrides, Phone, PreviousCredentials, Token,
+    Account, AuthScheme, Domain, Gate, LineType, Member, Overrides, Phone, PreviousCredentials,
+    Token,
 };
 pub use settings::Settings;

@@ -267,6 +267,75 @@ impl Phone {
     }
 }
 
+/// What serving a phone's cached file needs of the phone: who it is, which revision its
+/// files are at, and which credentials open it. A few dozen bytes instead of the decoded
+/// phone (settings, overrides, members), so the fetch path can keep every phone of a large
+/// fleet in memory; the whole record is read only to render.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Gate {
+    /// The MAC.
+    pub mac: Mac,
+    /// Store revision at which this phone's rendered files last changed.
+    pub revision: u64,
+    /// Model id.
+    pub model: String,
+    /// Tenant, if any.
+    pub domain: Option<String>,
+    /// The phone's own provisioning username.
+    pub provisioning_username: Option<String>,
+    /// The phone's own provisioning password.
+    pub provisioning_password: Option<String>,
+    /// The replaced credential, accepted until its time.
+    pub previous_credentials: Option<PreviousCredentials>,
+}
+
+impl From<&Phone> for Gate {
+    fn from(p: &Phone) -> Self {
+        Gate {
+            mac: p.mac,
+            revision: p.revision,
+            model: p.model.clone(),
+            domain: p.domain.clone(),
+            provisioning_username: p.provisioning_username.clone(),
+            provisioning_password: p.provisioning_password.clone(),
+            previous_credentials: p.previous_credentials.clone(),
+        }
+    }
+}
+
+impl Gate {
+    /// Approximate heap bytes (the memory tier's weigher).
+    pub fn weight(&self) -> u64 {
+        let s = |o: &Option<String>| o.as_ref().map_or(0, |s| s.len() + 16);
+        let prev = self
+            .previous_credentials
+            .as_ref()
+            .map_or(0, |p| p.username.len() + p.password.len() + 32);
+        (160 + self.model.len()
+            + s(&self.domain)
+            + s(&self.provisioning_username)
+            + s(&self.provisioning_password)
+            + prev) as u64
+    }
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("mac", &self.mac)
+            .field("revision", &self.revision)
+            .field("model", &self.model)
+            .field("domain", &self.domain)
+            .field("provisioning_username", &self.provisioning_username)
+            .field(
+                "provisioning_password",
+                &self.provisioning_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("previous_credentials", &self.previous_credentials)
+            .finish()
+    }
+}
+
 /// A domain-scoped admin token. Only the SHA-256 of the secret is ever stored; the secret
 /// itself is shown once, when the token is created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

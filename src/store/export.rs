@@ -28,6 +28,7 @@
 //! treat an export like the data folder.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 
 use serde_json::{Map, Value};
 use sled::Transactional;
@@ -424,8 +425,12 @@ impl Store {
                     StoreError::Flush("import transaction aborted".into())
                 }
             })?;
-        self.hot_phones.invalidate_all();
-        self.hot_domains.invalidate_all();
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        {
+            let _memo = self.memo_lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.gates.clear();
+            self.hot_domains.clear();
+        }
         self.db.flush().map_err(StoreError::from)?;
         Ok(())
     }

@@ -16,7 +16,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use crate::model::records::rotate;
-use crate::model::{Account, Domain, Mac, Phone, Token};
+use crate::model::{Account, Domain, Gate, Mac, Phone, Token};
 
 pub use export::{Dump, FORMAT, FORMAT_VERSION, ImportError, parse as parse_export};
 pub use keys::render_key;
@@ -102,10 +102,12 @@ pub struct Store {
     /// per admin request).
     tokens: sled::Tree,
     writer: Mutex<()>,
-    /// Decoded phones for the fetch path (bounded by bytes); see [`Store::phone_shared`].
-    hot_phones: moka::sync::Cache<Mac, Arc<Phone>>,
+    /// What the fetch path needs of each phone (bounded by bytes); see [`Store::gate`].
+    gates: quick_cache::sync::Cache<Mac, Arc<Gate>, GateWeight>,
     /// Decoded domains for the fetch path.
-    hot_domains: moka::sync::Cache<String, Arc<Domain>>,
+    hot_domains: quick_cache::sync::Cache<String, Arc<Domain>>,
+    /// Orders memo fills against commits' invalidations (see [`Store::gate`]).
+    memo_lock: Mutex<()>,
     /// Commits so far (the memo's race guard, and what a flush covers).
     commits: AtomicU64,
     /// Commits known to be on disk.
@@ -173,27 +175,27 @@ fn tx_get<T: DeserializeOwned>(
     }
 }
 
-/// Approximate heap bytes of a decoded phone (the memo's weigher).
-fn phone_weight(p: &Phone) -> u32 {
-    let settings: usize = p.settings.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
-    let overrides: usize = p
-        .overrides
-        .iter()
-        .map(|(k, v)| k.len() + v.len() + 48)
-        .sum();
-    let members: usize = p
-        .members
-        .iter()
-        .map(|m| 96 + m.id.len() + m.line_label.len() + m.hotline_destination.len())
-        .sum();
-    (256 + settings + overrides + members)
-        .try_into()
-        .unwrap_or(u32::MAX)
+/// The gate memo's weigher: approximate heap bytes per phone.
+#[derive(Debug, Clone, Copy)]
+struct GateWeight;
+
+impl quick_cache::Weighter<Mac, Arc<Gate>> for GateWeight {
+    fn weight(&self, _: &Mac, g: &Arc<Gate>) -> u64 {
+        g.weight()
+    }
 }
+
+/// Default bytes of the gate memo (about 250 bytes a phone: 100,000 phones in 32 MiB).
+pub const DEFAULT_GATE_BYTES: u64 = 32 << 20;
 
 impl Store {
     /// Opens (or creates) the store in `path`, bounding sled's page cache to `cache_bytes`.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        Self::open_with(path, cache_bytes, DEFAULT_GATE_BYTES)
+    }
+
+    /// Opens the store with `gate_bytes` for the per-phone gate memo.
+    pub fn open_with(path: &Path, cache_bytes: u64, gate_bytes: u64) -> Result<Self, StoreError> {
         let shown = path.display().to_string();
         let config = sled::Config::new().path(path).cache_capacity(cache_bytes);
         // sled 0.34 can panic on some damaged files instead of returning an error.
@@ -215,15 +217,18 @@ impl Store {
                 });
             }
         };
-        Self::from_db(db)
+        Self::from_db(db, gate_bytes)
     }
 
     /// A throw-away store (tests, benches).
     pub fn temporary() -> Result<Self, StoreError> {
-        Self::from_db(sled::Config::new().temporary(true).open()?)
+        Self::from_db(
+            sled::Config::new().temporary(true).open()?,
+            DEFAULT_GATE_BYTES,
+        )
     }
 
-    fn from_db(db: sled::Db) -> Result<Self, StoreError> {
+    fn from_db(db: sled::Db, gate_bytes: u64) -> Result<Self, StoreError> {
         let s = Store {
             domains: db.open_tree("domains")?,
             accounts: db.open_tree("accounts")?,
@@ -236,11 +241,13 @@ impl Store {
             unprovisioned: db.open_tree("unprovisioned")?,
             tokens: db.open_tree("tokens")?,
             writer: Mutex::new(()),
-            hot_phones: moka::sync::Cache::builder()
-                .max_capacity(24 << 20)
-                .weigher(|_: &Mac, p: &Arc<Phone>| phone_weight(p))
-                .build(),
-            hot_domains: moka::sync::Cache::new(10_000),
+            gates: quick_cache::sync::Cache::with_weighter(
+                (gate_bytes / 250).clamp(16, 4_000_000) as usize,
+                gate_bytes,
+                GateWeight,
+            ),
+            hot_domains: quick_cache::sync::Cache::new(10_000),
+            memo_lock: Mutex::new(()),
             commits: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
             flush_gate: tokio::sync::Mutex::new(()),
@@ -389,29 +396,30 @@ impl Store {
             .transpose()
     }
 
-    /// A phone for the fetch path: decoded once and shared until a commit changes it.
+    /// What the fetch path needs of a phone, kept in memory until a commit changes it.
     ///
-    /// Race guard: a reader notes the commit count before reading the store and drops
-    /// what it inserted if a commit happened meanwhile; a commit bumps the count before
-    /// invalidating. Either the reader sees the bump, or the commit's invalidation comes
-    /// after the insert: a stale record never stays in the memo.
-    pub fn phone_shared(&self, mac: Mac) -> Result<Option<Arc<Phone>>, StoreError> {
-        if let Some(p) = self.hot_phones.get(&mac) {
-            return Ok(Some(p));
+    /// Race guard: a reader notes the commit count before reading the store, and fills
+    /// the memo only if the count is unchanged, checked and inserted under `memo_lock`; a
+    /// commit bumps the count, then invalidates under the same lock. Either the reader
+    /// sees the bump and leaves the memo alone, or the invalidation comes after its insert:
+    /// a stale record is never in the memo, not even for a moment.
+    pub fn gate(&self, mac: Mac) -> Result<Option<Arc<Gate>>, StoreError> {
+        if let Some(g) = self.gates.get(&mac) {
+            return Ok(Some(g));
         }
         let before = self.commits.load(Ordering::SeqCst);
         let Some(p) = self.phone(mac)? else {
             return Ok(None);
         };
-        let p = Arc::new(p);
-        self.hot_phones.insert(mac, p.clone());
-        if self.commits.load(Ordering::SeqCst) != before {
-            self.hot_phones.invalidate(&mac);
+        let g = Arc::new(Gate::from(&p));
+        let _memo = self.memo_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.commits.load(Ordering::SeqCst) == before {
+            self.gates.insert(mac, g.clone());
         }
-        Ok(Some(p))
+        Ok(Some(g))
     }
 
-    /// A domain for the fetch path (same guard as [`Store::phone_shared`]).
+    /// A domain for the fetch path (same guard as [`Store::gate`]).
     pub fn domain_shared(&self, name: &str) -> Result<Option<Arc<Domain>>, StoreError> {
         if let Some(d) = self.hot_domains.get(name) {
             return Ok(Some(d));
@@ -421,9 +429,9 @@ impl Store {
             return Ok(None);
         };
         let d = Arc::new(d);
-        self.hot_domains.insert(name.to_string(), d.clone());
-        if self.commits.load(Ordering::SeqCst) != before {
-            self.hot_domains.invalidate(name);
+        let _memo = self.memo_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.commits.load(Ordering::SeqCst) == before {
+            self.hot_domains.insert(name.to_string(), d.clone());
         }
         Ok(Some(d))
     }
@@ -563,6 +571,18 @@ impl Store {
         Ok(())
     }
 
+    /// Stores `value` at `key` unless something is there already; returns what is stored
+    /// afterwards (ours, or the one that was first).
+    pub fn render_put_absent(&self, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        match self
+            .renders
+            .compare_and_swap(key, None as Option<&[u8]>, Some(value.as_slice()))?
+        {
+            Ok(()) => Ok(value),
+            Err(e) => Ok(e.current.map(|v| v.to_vec()).unwrap_or(value)),
+        }
+    }
+
     /// Drops every cached render (startup with a changed template/model set).
     pub fn render_clear(&self) -> Result<(), StoreError> {
         self.renders.clear()?;
@@ -678,14 +698,17 @@ impl Store {
                 TransactionError::Storage(e) => StoreError::Sled(e),
             })?;
         self.commits.fetch_add(1, Ordering::SeqCst);
-        for (mac, _) in &change.phones {
-            self.hot_phones.invalidate(mac);
-        }
-        for mac in &change.touch {
-            self.hot_phones.invalidate(mac);
-        }
-        for (name, _) in &change.domains {
-            self.hot_domains.invalidate(name);
+        {
+            let _memo = self.memo_lock.lock().unwrap_or_else(|p| p.into_inner());
+            for (mac, _) in &change.phones {
+                self.gates.remove(mac);
+            }
+            for mac in &change.touch {
+                self.gates.remove(mac);
+            }
+            for (name, _) in &change.domains {
+                self.hot_domains.remove(name);
+            }
         }
         for (mac, p) in &change.phones {
             if p.is_none() {
@@ -708,7 +731,7 @@ mod tests {
     }
 
     #[test]
-    fn the_phone_memo_never_keeps_a_stale_record() {
+    fn the_gate_memo_never_keeps_a_stale_record() {
         let s = Arc::new(Store::temporary().unwrap());
         let p = Phone::new(mac(2), "m".into());
         s.commit(&Change {
@@ -722,7 +745,7 @@ mod tests {
                 let (s, stop) = (s.clone(), stop.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        let _ = s.phone_shared(mac(2)).unwrap();
+                        let _ = s.gate(mac(2)).unwrap();
                     }
                 })
             })
@@ -737,7 +760,7 @@ mod tests {
                     ..Default::default()
                 })
                 .unwrap();
-            let got = s.phone_shared(mac(2)).unwrap().unwrap();
+            let got = s.gate(mac(2)).unwrap().unwrap();
             assert_eq!(
                 (got.revision, got.model.as_str()),
                 (last, format!("m{i}").as_str())
@@ -747,7 +770,7 @@ mod tests {
         for r in readers {
             r.join().unwrap();
         }
-        assert_eq!(s.phone_shared(mac(2)).unwrap().unwrap().revision, last);
+        assert_eq!(s.gate(mac(2)).unwrap().unwrap().revision, last);
     }
 
     #[test]
