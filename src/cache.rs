@@ -67,9 +67,9 @@ pub struct Packed {
     revision: u64,
     /// Template/model digest it was rendered at.
     digest: u64,
-    /// The `ETag` header value (quoted strong tag).
-    pub etag: HeaderValue,
-    /// The `Content-Type` header value.
+    /// The quoted strong tag (`"` + 20 hex digits + `"`).
+    etag: [u8; ETAG_LEN],
+    /// The `Content-Type` header value (one shared value per content type).
     pub content_type: HeaderValue,
     /// User-Agent substrings the phone's accounts require.
     pub allowed_user_agents: Box<[String]>,
@@ -77,8 +77,11 @@ pub struct Packed {
     raw_len: u32,
     /// The dictionary `data` is compressed against; `None`: `data` is the file.
     dict: Option<Arc<Dict>>,
-    data: Bytes,
+    data: Box<[u8]>,
 }
+
+/// Length of a quoted ETag as [`Rendered::new`] makes it.
+const ETAG_LEN: usize = 22;
 
 /// An LZ4 dictionary: a file rendered without phone data.
 #[derive(Debug)]
@@ -102,21 +105,30 @@ impl Dict {
 const FORMAT: u8 = 0xA2;
 
 impl Packed {
-    fn pack(r: &Rendered, revision: u64, digest: u64, dict: Option<Arc<Dict>>) -> Self {
+    fn pack(
+        r: &Rendered,
+        revision: u64,
+        digest: u64,
+        dict: Option<Arc<Dict>>,
+        content_type: HeaderValue,
+    ) -> Self {
         let compressed = dict.as_ref().and_then(|d| {
             let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(r.body.len())];
             let n = lz4_flex::block::compress_into_with_dict(&r.body, &mut out, &d.bytes).ok()?;
             // Only worth it when it saves a quarter.
             (n < r.body.len() * 3 / 4).then(|| {
                 out.truncate(n);
-                Bytes::from(out)
+                out.into_boxed_slice()
             })
         });
-        let [etag, content_type] = r.headers.clone();
         let (dict, data) = match compressed {
             Some(c) => (dict, c),
-            None => (None, r.body.clone()),
+            None => (None, r.body.to_vec().into_boxed_slice()),
         };
+        let mut etag = [b'"'; ETAG_LEN];
+        if r.etag.len() == ETAG_LEN {
+            etag.copy_from_slice(r.etag.as_bytes());
+        }
         Packed {
             revision,
             digest,
@@ -132,7 +144,7 @@ impl Packed {
     /// The file's bytes.
     pub fn body(&self) -> Result<Bytes, AppError> {
         let Some(d) = &self.dict else {
-            return Ok(self.data.clone());
+            return Ok(Bytes::copy_from_slice(&self.data));
         };
         let mut out = vec![0u8; self.raw_len as usize];
         match lz4_flex::block::decompress_into_with_dict(&self.data, &mut out, &d.bytes) {
@@ -144,15 +156,21 @@ impl Packed {
         }
     }
 
-    /// The ETag as text (without the header machinery).
+    /// The ETag as text.
     pub fn etag_str(&self) -> &str {
-        self.etag.to_str().unwrap_or("")
+        std::str::from_utf8(&self.etag).unwrap_or("")
     }
 
-    /// Bytes this entry holds in memory (the tier's weigher).
+    /// The `ETag` header value.
+    pub fn etag_header(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.etag).unwrap_or(HeaderValue::from_static("\"\""))
+    }
+
+    /// Bytes this entry holds in memory (the tier's weigher): the struct and its `Arc`, the
+    /// tier's entry and key, the packed body.
     fn weight(&self) -> u64 {
         let uas: usize = self.allowed_user_agents.iter().map(|s| s.len() + 24).sum();
-        (self.data.len() + uas + 200) as u64
+        (self.data.len() + uas + 176) as u64
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -163,7 +181,7 @@ impl Packed {
         v.extend_from_slice(&self.dict.as_ref().map_or(0, |d| d.id).to_be_bytes());
         v.push(u8::from(self.dict.is_some()));
         v.extend_from_slice(&self.raw_len.to_be_bytes());
-        push_str(&mut v, self.etag.as_bytes());
+        push_str(&mut v, &self.etag);
         push_str(&mut v, self.content_type.as_bytes());
         v.push(self.allowed_user_agents.len().min(255) as u8);
         for s in self.allowed_user_agents.iter().take(255) {
@@ -181,6 +199,7 @@ impl Packed {
         revision: u64,
         digest: u64,
         dict: impl FnOnce() -> Option<Arc<Dict>>,
+        content_type: impl FnOnce(&[u8]) -> Option<HeaderValue>,
     ) -> Option<Self> {
         if *b.first()? != FORMAT {
             return None;
@@ -198,8 +217,8 @@ impl Packed {
         };
         let raw_len = u32_at(22)?;
         let mut pos = 26;
-        let etag = HeaderValue::from_bytes(take(b, &mut pos)?).ok()?;
-        let content_type = HeaderValue::from_bytes(take(b, &mut pos)?).ok()?;
+        let etag: [u8; ETAG_LEN] = take(b, &mut pos)?.try_into().ok()?;
+        let content_type = content_type(take(b, &mut pos)?)?;
         let n = *b.get(pos)? as usize;
         pos += 1;
         let mut allowed = Vec::with_capacity(n);
@@ -214,7 +233,7 @@ impl Packed {
             allowed_user_agents: allowed.into_boxed_slice(),
             raw_len,
             dict,
-            data: Bytes::copy_from_slice(b.get(pos..)?),
+            data: b.get(pos..)?.into(),
         };
         // A damaged body is a miss, not an error served to a phone.
         p.body().ok().map(|_| p)
@@ -280,6 +299,8 @@ pub struct Cache {
     hot: quick_cache::sync::Cache<Vec<u8>, Arc<Packed>, PackedWeight>,
     /// Dictionaries by their store key (a few per model).
     dicts: RwLock<HashMap<Vec<u8>, Arc<Dict>>>,
+    /// Content-Type header values, one shared by every file of that type.
+    content_types: Mutex<Vec<HeaderValue>>,
 }
 
 /// Default bytes of the memory tier (about 320 bytes a packed phone file: 100,000 phones
@@ -313,7 +334,26 @@ impl Cache {
                 PackedWeight,
             ),
             dicts: RwLock::default(),
+            content_types: Mutex::default(),
         }
+    }
+
+    /// The shared header value for a content type (a handful exist).
+    fn content_type(&self, v: &[u8]) -> Option<HeaderValue> {
+        let mut known = self.content_types.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = known.iter().find(|h| h.as_bytes() == v) {
+            return Some(h.clone());
+        }
+        let h = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(v)).ok()?;
+        if known.len() < 64 {
+            known.push(h.clone());
+        }
+        Some(h)
+    }
+
+    /// The memory tier: ("files", bytes weighed, entries).
+    pub fn memory(&self) -> (&'static str, u64, u64) {
+        ("files", self.hot.weight(), self.hot.len() as u64)
     }
 
     /// How many renders this process has done (tests use it to prove unaffected phones
@@ -351,7 +391,10 @@ impl Cache {
                     self.renders
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let dict = self.dict(store, &file, Some(dictionary))?;
-                    let p = Packed::pack(&r, revision, file.digest, dict);
+                    let ct = self
+                        .content_type(r.headers[1].as_bytes())
+                        .unwrap_or_else(|| r.headers[1].clone());
+                    let p = Packed::pack(&r, revision, file.digest, dict, ct);
                     store.render_put(key, p.encode())?;
                     let p = Arc::new(p);
                     self.hot.insert(key.to_vec(), p.clone());
@@ -409,12 +452,18 @@ impl Cache {
         };
         let no_make: Option<fn() -> Option<Rendered>> = None;
         let mut dict_err = None;
-        let found = Packed::decode(&v, file.revision, file.digest, || {
-            self.dict(store, file, no_make)
-                .map_err(|e| dict_err = Some(e))
-                .ok()
-                .flatten()
-        })
+        let found = Packed::decode(
+            &v,
+            file.revision,
+            file.digest,
+            || {
+                self.dict(store, file, no_make)
+                    .map_err(|e| dict_err = Some(e))
+                    .ok()
+                    .flatten()
+            },
+            |ct| self.content_type(ct),
+        )
         .map(Arc::new);
         if let Some(e) = dict_err {
             return Err(e);
@@ -448,6 +497,10 @@ mod tests {
         )
     }
 
+    fn ct(v: &[u8]) -> Option<HeaderValue> {
+        HeaderValue::from_bytes(v).ok()
+    }
+
     const BASE: &str = "#!version:1.0.0.1\naccount.1.enable = 0\naccount.1.label = \naccount.1.user_name = \nlocal_time.time_zone = +1\nsip.trust_ctrl = 1\nphone_setting.backlight_time = 60\n";
 
     #[test]
@@ -457,7 +510,7 @@ mod tests {
             .replace("label = ", "label = 201");
         let r = rendered(&body);
         let d = Arc::new(Dict::new(BASE.as_bytes()));
-        let p = Packed::pack(&r, 7, 9, Some(d.clone()));
+        let p = Packed::pack(&r, 7, 9, Some(d.clone()), r.headers[1].clone());
         assert!(
             p.dict.is_some(),
             "a file close to its dictionary is compressed"
@@ -470,36 +523,43 @@ mod tests {
         );
         assert_eq!(p.body().unwrap(), body.as_bytes());
         let e = p.encode();
-        let back = Packed::decode(&e, 7, 9, || Some(d.clone())).unwrap();
+        let back = Packed::decode(&e, 7, 9, || Some(d.clone()), ct).unwrap();
         assert_eq!(back.body().unwrap(), body.as_bytes());
-        assert_eq!(back.etag, r.headers[0]);
+        assert_eq!(back.etag_header(), r.headers[0]);
+        assert_eq!(back.etag_str(), r.etag);
         assert_eq!(back.content_type, r.headers[1]);
         assert_eq!(&*back.allowed_user_agents, &["Yealink".to_string()]);
-        assert!(Packed::decode(&e, 8, 9, || Some(d.clone())).is_none());
-        assert!(Packed::decode(&e, 7, 8, || Some(d.clone())).is_none());
-        assert!(Packed::decode(&e[..10], 7, 9, || Some(d.clone())).is_none());
+        assert!(Packed::decode(&e, 8, 9, || Some(d.clone()), ct).is_none());
+        assert!(Packed::decode(&e, 7, 8, || Some(d.clone()), ct).is_none());
+        assert!(Packed::decode(&e[..10], 7, 9, || Some(d.clone()), ct).is_none());
         // The dictionary it was packed against, or nothing.
-        assert!(Packed::decode(&e, 7, 9, || None).is_none());
+        assert!(Packed::decode(&e, 7, 9, || None, ct).is_none());
         let other = Arc::new(Dict::new(b"something else"));
-        assert!(Packed::decode(&e, 7, 9, || Some(other)).is_none());
+        assert!(Packed::decode(&e, 7, 9, || Some(other), ct).is_none());
         // A damaged body is a miss.
         let mut bad = e.clone();
         let n = bad.len();
         bad.truncate(n - 3);
-        assert!(Packed::decode(&bad, 7, 9, || Some(d.clone())).is_none());
+        assert!(Packed::decode(&bad, 7, 9, || Some(d.clone()), ct).is_none());
         // The layout before packing (revision first) is not read as this one.
         let mut old = 7u64.to_be_bytes().to_vec();
         old.extend_from_slice(&e[9..]);
-        assert!(Packed::decode(&old, 7, 9, || Some(d.clone())).is_none());
+        assert!(Packed::decode(&old, 7, 9, || Some(d.clone()), ct).is_none());
     }
 
     #[test]
     fn a_file_unlike_its_dictionary_is_kept_as_is() {
         let r = rendered("short and unrelated");
-        let p = Packed::pack(&r, 1, 9, Some(Arc::new(Dict::new(BASE.as_bytes()))));
+        let p = Packed::pack(
+            &r,
+            1,
+            9,
+            Some(Arc::new(Dict::new(BASE.as_bytes()))),
+            r.headers[1].clone(),
+        );
         assert!(p.dict.is_none());
         assert_eq!(p.body().unwrap(), "short and unrelated".as_bytes());
-        let back = Packed::decode(&p.encode(), 1, 9, || None).unwrap();
+        let back = Packed::decode(&p.encode(), 1, 9, || None, ct).unwrap();
         assert_eq!(back.body().unwrap(), "short and unrelated".as_bytes());
     }
 

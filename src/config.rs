@@ -212,8 +212,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// sled page cache in bytes.
     pub store_cache_bytes: u64,
-    /// Memory tier of the fetch path in bytes: half for packed files, half for the
-    /// per-phone gates.
+    /// Memory tier of the fetch path in bytes: two thirds for packed files, one third for
+    /// the per-phone gates.
     pub memory_cache_bytes: u64,
     /// Server-wide defaults.
     pub defaults: Settings,

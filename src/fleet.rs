@@ -1,9 +1,12 @@
 //! What phones did: the last fetch of every known phone, and the MACs that asked with the
 //! server-default credentials but are not linked (`GET /api/v1/unprovisioned`).
 //!
-//! The fetch path only inserts into an in-memory map under a short lock; a background task
-//! writes the batch to sled every [`FLUSH_EVERY`]. Audit records live in their own trees, so
-//! they never bump a revision or invalidate a cached file.
+//! The fetch path only inserts a compact record (time, IP, status, User-Agent, file) into an
+//! in-memory map under a short lock; a background task writes them to sled every
+//! [`FLUSH_EVERY`], in batches of [`WRITE_CHUNK`] so that neither memory nor sled's batch
+//! lock grows with the fleet (a reboot storm of 100,000 phones is 100,000 new records).
+//! Audit records live in their own trees, so they never bump a revision or invalidate a
+//! cached file.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,6 +25,9 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
 /// this often per phone (memory always has the exact time). Keeps a reboot storm or a fleet
 /// polling every minute from turning into one store write per request.
 pub const TOUCH_PERSIST_EVERY: u64 = 300;
+
+/// Audit records written per sled batch (each batch holds sled's write lock briefly).
+pub const WRITE_CHUNK: usize = 1000;
 
 /// Most unprovisioned MACs kept; past it the least recently seen is dropped.
 pub const UNPROVISIONED_CAP: usize = 10_000;
@@ -82,11 +88,42 @@ struct Persisted {
     unix: u64,
 }
 
+/// A fetch as the request path records it: what [`Fetch`] shows, without the text the
+/// User-Agent and the time can give back when it is read or written.
+#[derive(Debug, Clone)]
+struct Seen {
+    unix: u64,
+    ip: std::net::IpAddr,
+    status: u16,
+    user_agent: Box<str>,
+    file: Box<str>,
+}
+
+impl Seen {
+    fn signature(&self) -> u64 {
+        signature(&self.ip, &self.user_agent, &self.file, self.status)
+    }
+
+    fn to_fetch(&self) -> Fetch {
+        let agent = crate::model::agent::parse(&self.user_agent);
+        Fetch {
+            time: rfc3339(self.unix),
+            ip: self.ip.to_string(),
+            user_agent: self.user_agent.to_string(),
+            file: self.file.to_string(),
+            status: self.status,
+            vendor: agent.as_ref().map(|a| a.vendor.to_string()),
+            model: agent.as_ref().map(|a| a.model.clone()),
+            firmware: agent.map(|a| a.firmware),
+        }
+    }
+}
+
 /// Fetch records not yet in the store.
 #[derive(Debug, Default)]
 struct Pending {
     /// Records whose content differs from the stored one.
-    full: HashMap<Mac, Fetch>,
+    full: HashMap<Mac, Seen>,
     /// Phones whose latest fetch repeats the stored record: only the time (unix s) is new.
     touched: HashMap<Mac, u64>,
     /// What the store holds, as far as this process wrote it.
@@ -99,12 +136,6 @@ pub struct Fleet {
     pending_fetches: Mutex<Pending>,
     unprovisioned: Mutex<HashMap<Mac, Unprovisioned>>,
     dirty_unprovisioned: Mutex<Vec<(Mac, bool)>>,
-}
-
-fn now() -> (String, u64) {
-    let t = SystemTime::now();
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    (humantime::format_rfc3339_seconds(t).to_string(), secs)
 }
 
 fn unix_now() -> u64 {
@@ -200,7 +231,6 @@ impl Fleet {
         mac: Mac,
         ip: std::net::IpAddr,
         user_agent: &str,
-        agent: Option<&Agent>,
         file: &str,
         status: u16,
     ) {
@@ -216,16 +246,12 @@ impl Fleet {
             p.touched.insert(mac, unix_now());
             return;
         }
-        let (time, _) = now();
-        let f = Fetch {
-            time,
-            ip: ip.to_string(),
-            user_agent: user_agent.to_string(),
-            file: file.to_string(),
+        let f = Seen {
+            unix: unix_now(),
+            ip,
             status,
-            vendor: agent.map(|a| a.vendor.to_string()),
-            model: agent.map(|a| a.model.clone()),
-            firmware: agent.map(|a| a.firmware.clone()),
+            user_agent: user_agent.into(),
+            file: file.into(),
         };
         p.touched.remove(&mac);
         p.full.insert(mac, f);
@@ -233,7 +259,8 @@ impl Fleet {
 
     /// Records a request of an unlinked MAC that passed the server-default credentials.
     pub fn unprovisioned_seen(&self, mac: Mac, ip: &str, agent: Option<&Agent>, file: &str) {
-        let (time, unix) = now();
+        let unix = unix_now();
+        let time = rfc3339(unix);
         let mut map = self.lock_unprovisioned();
         let mut dropped = None;
         if !map.contains_key(&mac)
@@ -287,7 +314,7 @@ impl Fleet {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             if let Some(f) = p.full.get(&mac) {
-                return Ok(Some(f.clone()));
+                return Ok(Some(f.to_fetch()));
             }
             p.touched.get(&mac).copied()
         };
@@ -311,7 +338,7 @@ impl Fleet {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             if let Some(f) = p.full.get(&mac) {
-                return Ok(unix_of(&f.time));
+                return Ok(Some(f.unix));
             }
             if let Some(t) = p.touched.get(&mac) {
                 return Ok(Some(*t));
@@ -340,20 +367,59 @@ impl Fleet {
         Ok(out)
     }
 
-    /// Writes pending records to the store (one batch per tree).
+    /// Writes pending records to the store, [`WRITE_CHUNK`] at a time. The request path's
+    /// lock is held only to take the pending map and to note what was written, never while
+    /// records are read, serialised or written. A record that repeats the stored one (a
+    /// phone fetching as it did before this process started) and whose stored time is
+    /// recent enough is not written again: only its time moves, as for any repeat.
     pub fn flush(&self, store: &Store) -> Result<(), StoreError> {
-        let now = unix_now();
-        let (full, due) = {
-            let mut p = self
-                .pending_fetches
+        let lock = || {
+            self.pending_fetches
                 .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let full = std::mem::take(&mut p.full);
-            for (m, f) in &full {
-                let ip = f.ip.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-                let sig = signature(&ip, &f.user_agent, &f.file, f.status);
-                p.persisted.insert(*m, Persisted { sig, unix: now });
+                .unwrap_or_else(|p| p.into_inner())
+        };
+        let full: Vec<(Mac, Seen)> = std::mem::take(&mut lock().full).into_iter().collect();
+        for chunk in full.chunks(WRITE_CHUNK) {
+            let mut records = Vec::with_capacity(chunk.len());
+            let mut noted = Vec::with_capacity(chunk.len());
+            for (m, f) in chunk {
+                let sig = f.signature();
+                let stored = store
+                    .last_fetch(*m)?
+                    .and_then(|v| serde_json::from_slice::<Fetch>(&v).ok())
+                    .and_then(|s| {
+                        let ip = s.ip.parse().ok()?;
+                        let same = signature(&ip, &s.user_agent, &s.file, s.status) == sig;
+                        same.then(|| unix_of(&s.time)).flatten()
+                    })
+                    .filter(|t| f.unix.saturating_sub(*t) < TOUCH_PERSIST_EVERY);
+                match stored {
+                    Some(t) => noted.push((*m, sig, t, Some(f.unix))),
+                    None => {
+                        if let Ok(v) = serde_json::to_vec(&f.to_fetch()) {
+                            records.push((*m, v));
+                        }
+                        noted.push((*m, sig, f.unix, None));
+                    }
+                }
             }
+            if !records.is_empty() {
+                store.audit_write(records, Vec::new())?;
+            }
+            let mut p = lock();
+            for (m, sig, unix, touched) in noted {
+                p.persisted.insert(m, Persisted { sig, unix });
+                if let Some(t) = touched
+                    && !p.full.contains_key(&m)
+                {
+                    let at = p.touched.entry(m).or_insert(t);
+                    *at = (*at).max(t);
+                }
+            }
+        }
+        drop(full);
+        let due = {
+            let mut p = lock();
             let mut due = Vec::new();
             let Pending {
                 touched, persisted, ..
@@ -372,12 +438,9 @@ impl Fleet {
                     s.unix = *t;
                 }
             }
-            (full, due)
+            due
         };
-        let mut fetches: Vec<(Mac, Vec<u8>)> = full
-            .into_iter()
-            .filter_map(|(m, f)| serde_json::to_vec(&f).ok().map(|v| (m, v)))
-            .collect();
+        let mut fetches: Vec<(Mac, Vec<u8>)> = Vec::new();
         for (m, t) in due {
             let stored: Option<Fetch> = store
                 .last_fetch(m)?
@@ -387,6 +450,9 @@ impl Fleet {
                 if let Ok(v) = serde_json::to_vec(&f) {
                     fetches.push((m, v));
                 }
+            }
+            if fetches.len() >= WRITE_CHUNK {
+                store.audit_write(std::mem::take(&mut fetches), Vec::new())?;
             }
         }
         let dirty = std::mem::take(
@@ -465,11 +531,68 @@ mod tests {
         assert_eq!(again.lock_unprovisioned().len(), UNPROVISIONED_CAP);
         let mac = Mac::parse_plain("001565aabbcc").unwrap();
         let ip = std::net::IpAddr::from([10, 0, 0, 2]);
-        f.fetched(mac, ip, "ua", a.as_ref(), "001565aabbcc.cfg", 200);
+        f.fetched(
+            mac,
+            ip,
+            "Yealink SIP-T46S 66.86.0.15 00:15:65:00:00:01",
+            "001565aabbcc.cfg",
+            200,
+        );
         assert_eq!(f.last_fetch(&store, mac).unwrap().unwrap().status, 200);
         f.flush(&store).unwrap();
         let stored = f.last_fetch(&store, mac).unwrap().unwrap();
         assert_eq!(stored.model.as_deref(), Some("SIP-T46S"));
+    }
+
+    #[test]
+    fn after_a_restart_a_repeated_fetch_is_not_written_again() {
+        let store = Store::temporary().unwrap();
+        let mac = Mac::parse_plain("001565aabbcc").unwrap();
+        let ip = std::net::IpAddr::from([10, 0, 0, 2]);
+        let before = Fleet::default();
+        before.fetched(mac, ip, "ua", "001565aabbcc.cfg", 200);
+        before.flush(&store).unwrap();
+        let stored = store.last_fetch(mac).unwrap().unwrap();
+        // A new process: nothing noted in memory yet.
+        let after = Fleet::default();
+        after.fetched(mac, ip, "ua", "001565aabbcc.cfg", 200);
+        after.flush(&store).unwrap();
+        assert_eq!(store.last_fetch(mac).unwrap().unwrap(), stored);
+        assert!(
+            after
+                .pending_fetches
+                .lock()
+                .unwrap()
+                .touched
+                .contains_key(&mac)
+        );
+        // The next repeat is a touch at once; anything else is written.
+        after.fetched(mac, ip, "ua", "001565aabbcc.cfg", 200);
+        assert!(after.pending_fetches.lock().unwrap().full.is_empty());
+        after.fetched(mac, ip, "ua", "001565aabbcc.cfg", 404);
+        after.flush(&store).unwrap();
+        let v: Fetch = serde_json::from_slice(&store.last_fetch(mac).unwrap().unwrap()).unwrap();
+        assert_eq!(v.status, 404);
+        // A stored record older than TOUCH_PERSIST_EVERY is written again.
+        let old = Fleet::default();
+        {
+            let mut p = old.pending_fetches.lock().unwrap();
+            p.full.insert(
+                mac,
+                Seen {
+                    unix: unix_now() + TOUCH_PERSIST_EVERY + 5,
+                    ip,
+                    status: 404,
+                    user_agent: "ua".into(),
+                    file: "001565aabbcc.cfg".into(),
+                },
+            );
+        }
+        old.flush(&store).unwrap();
+        assert_ne!(
+            store.last_fetch(mac).unwrap().unwrap(),
+            serde_json::to_vec(&v).unwrap()
+        );
     }
 
     #[test]
@@ -478,12 +601,12 @@ mod tests {
         let f = Fleet::default();
         let mac = Mac::parse_plain("001565aabbcc").unwrap();
         let ip = std::net::IpAddr::from([10, 0, 0, 2]);
-        f.fetched(mac, ip, "ua", None, "001565aabbcc.cfg", 200);
+        f.fetched(mac, ip, "ua", "001565aabbcc.cfg", 200);
         f.flush(&store).unwrap();
         let first = store.last_fetch(mac).unwrap().unwrap();
         // The same request again: memory only (nothing pending in full), the store keeps
         // its record until TOUCH_PERSIST_EVERY has passed.
-        f.fetched(mac, ip, "ua", None, "001565aabbcc.cfg", 200);
+        f.fetched(mac, ip, "ua", "001565aabbcc.cfg", 200);
         {
             let p = f.pending_fetches.lock().unwrap();
             assert!(p.full.is_empty());
@@ -504,7 +627,7 @@ mod tests {
         let shown = f.last_fetch(&store, mac).unwrap().unwrap();
         assert_eq!(shown.file, "001565aabbcc.cfg");
         // Anything else changing is a full record at once.
-        f.fetched(mac, ip, "ua", None, "y000000000066.cfg", 200);
+        f.fetched(mac, ip, "ua", "y000000000066.cfg", 200);
         assert_eq!(
             f.last_fetch(&store, mac).unwrap().unwrap().file,
             "y000000000066.cfg"

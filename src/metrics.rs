@@ -207,12 +207,11 @@ impl Metrics {
     }
 
     /// The exposition (OpenMetrics text, ending in `# EOF`).
-    pub fn encode(&self, store_bytes: u64, phones: u64) -> Result<String, std::fmt::Error> {
+    pub fn encode(&self, gauges: Gauges) -> Result<String, std::fmt::Error> {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Snapshot {
             counters: self.counters.clone(),
-            store_bytes,
-            phones,
+            gauges,
         }));
         let mut out = String::with_capacity(4096);
         prometheus_client::encoding::text::encode(&mut out, &registry)?;
@@ -220,12 +219,22 @@ impl Metrics {
     }
 }
 
+/// Sizes read at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// Store size on disk.
+    pub store_bytes: u64,
+    /// Phones in the store.
+    pub phones: u64,
+    /// The fetch path's memory tiers: (`files` | `gates`, bytes weighed, entries).
+    pub tiers: [(&'static str, u64, u64); 2],
+}
+
 /// What one scrape reports.
 #[derive(Debug)]
 struct Snapshot {
     counters: Arc<Counters>,
-    store_bytes: u64,
-    phones: u64,
+    gauges: Gauges,
 }
 
 fn counter(
@@ -327,14 +336,34 @@ impl Collector for Snapshot {
             "Phone requests refused with 429 by the failed-authentication throttle",
             c.throttled.load(Relaxed),
         )?;
-        let g = ConstGauge::new(i64::try_from(self.store_bytes).unwrap_or(i64::MAX));
+        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+        for (name, help, unit, pick) in [
+            (
+                "autoprov_memory_tier_size",
+                "Bytes held by the fetch path's memory tiers (files: packed rendered files; gates: per-phone revision and credentials)",
+                Some(&Unit::Bytes),
+                (|t: &(&str, u64, u64)| t.1) as fn(&(&str, u64, u64)) -> u64,
+            ),
+            (
+                "autoprov_memory_tier_entries",
+                "Entries in the fetch path's memory tiers",
+                None,
+                |t: &(&str, u64, u64)| t.2,
+            ),
+        ] {
+            let mut m = e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+            for t in &self.gauges.tiers {
+                gauge(pick(t)).encode(m.encode_family(&[("tier", t.0)])?)?;
+            }
+        }
+        let g = gauge(self.gauges.store_bytes);
         g.encode(e.encode_descriptor(
             "autoprov_store_size",
             "Size of the store on disk",
             Some(&Unit::Bytes),
             g.metric_type(),
         )?)?;
-        let g = ConstGauge::new(i64::try_from(self.phones).unwrap_or(i64::MAX));
+        let g = gauge(self.gauges.phones);
         g.encode(e.encode_descriptor(
             "autoprov_phones",
             "Phones in the store",
@@ -374,7 +403,12 @@ pub async fn scrape(State(st): State<AppState>, headers: HeaderMap) -> Response 
         tokio::task::spawn_blocking(move || (s.store.size_on_disk(), s.store.phone_count() as u64))
             .await
             .unwrap_or((0, 0));
-    match st.metrics.encode(sizes.0, sizes.1) {
+    let gauges = Gauges {
+        store_bytes: sizes.0,
+        phones: sizes.1,
+        tiers: [st.cache.memory(), st.store.gate_memory()],
+    };
+    match st.metrics.encode(gauges) {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -418,7 +452,13 @@ mod tests {
         m.request(Kind::Admin, UNKNOWN_VENDOR, 401);
         m.request(Kind::Other, 0, 42); // out of range: ignored, no panic
         m.rendered(Duration::from_millis(3));
-        let text = m.encode(1234, 5).unwrap();
+        let text = m
+            .encode(Gauges {
+                store_bytes: 1234,
+                phones: 5,
+                tiers: [("files", 300, 1), ("gates", 200, 1)],
+            })
+            .unwrap();
         assert!(text.contains(
             "autoprov_requests_total{kind=\"phone\",status=\"200\",vendor=\"yealink\"} 2\n"
         ));
@@ -430,6 +470,8 @@ mod tests {
         assert!(text.contains("autoprov_render_seconds_bucket{le=\"0.0025\"} 0\n"));
         assert!(text.contains("autoprov_store_size_bytes 1234\n"));
         assert!(text.contains("autoprov_phones 5\n"));
+        assert!(text.contains("autoprov_memory_tier_size_bytes{tier=\"files\"} 300\n"));
+        assert!(text.contains("autoprov_memory_tier_entries{tier=\"gates\"} 1\n"));
         assert!(text.ends_with("# EOF\n"));
     }
 }

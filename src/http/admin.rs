@@ -1622,14 +1622,14 @@ async fn preview(
                     super::phone::render_common(&st, &t, model, spec).map(|r| (r, 0))
                 }
             },
-            || super::phone::render_common(&st, &t, model, spec).ok(),
+            || super::phone::render_dictionary(&st, &t, model, spec),
         )
         .await?;
     Ok((
         StatusCode::OK,
         [
             (header::CONTENT_TYPE, rendered.content_type.clone()),
-            (header::ETAG, rendered.etag.clone()),
+            (header::ETAG, rendered.etag_header()),
         ],
         rendered.body()?,
     )

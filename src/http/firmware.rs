@@ -92,7 +92,6 @@ pub async fn fetch(
             mac,
             ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
             ua,
-            agent.as_ref(),
             &file,
             resp.status().as_u16(),
         );

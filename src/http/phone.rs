@@ -74,7 +74,6 @@ pub async fn fetch(
             mac,
             peer_ip.unwrap_or(UNSPECIFIED),
             ua,
-            agent.as_ref(),
             &file,
             resp.status().as_u16(),
         );
@@ -458,15 +457,15 @@ fn phone_auth(
     now: u64,
 ) -> Opened {
     let matches = |(u, p): (&str, &str)| c.matches(u, p);
-    let previous = |prev: &Option<PreviousCredentials>| {
-        prev.as_ref()
-            .is_some_and(|pc| pc.valid_at(now) && matches((&pc.username, &pc.password)))
+    let previous = |prev: Option<&PreviousCredentials>| {
+        prev.is_some_and(|pc| pc.valid_at(now) && matches((&pc.username, &pc.password)))
     };
     let verdict = |ok: bool| if ok { Opened::Yes } else { Opened::No };
-    if let Some(own) = pair(&phone.provisioning_username, &phone.provisioning_password) {
-        return verdict(matches(own) || previous(&phone.previous_credentials));
+    let prev_own = phone.previous_credentials.as_deref();
+    if let Some(own) = &phone.provisioning {
+        return verdict(matches((&own.0, &own.1)) || previous(prev_own));
     }
-    if previous(&phone.previous_credentials) {
+    if previous(prev_own) {
         return Opened::Yes;
     }
     if bootstrap_pair(st, domain).is_some_and(matches) {
@@ -474,9 +473,9 @@ fn phone_auth(
     }
     if let Some(d) = domain {
         if let Some(shared) = pair(&d.provisioning_username, &d.provisioning_password) {
-            return verdict(matches(shared) || previous(&d.previous_credentials));
+            return verdict(matches(shared) || previous(d.previous_credentials.as_ref()));
         }
-        if previous(&d.previous_credentials) {
+        if previous(d.previous_credentials.as_ref()) {
             return Opened::Yes;
         }
     }
@@ -650,7 +649,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                     &st.store,
                     file,
                     || timed(st, || render_stored_phone(st, t, model, spec, mac)),
-                    || render_common(st, t, model, spec).ok(),
+                    || render_dictionary(st, t, model, spec),
                 )
                 .await?
         }
@@ -703,7 +702,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                     &st.store,
                     file,
                     || timed(st, || Ok((render_common(st, t, model, spec)?, 0))),
-                    || render_common(st, t, model, spec).ok(),
+                    || render_dictionary(st, t, model, spec),
                 )
                 .await?
         }
@@ -747,9 +746,9 @@ fn common_model(
     agent: Option<&Agent>,
 ) -> Option<String> {
     if let Some(p) = phone
-        && models.contains(&p.model)
+        && models.iter().any(|m| **m == *p.model)
     {
-        return Some(p.model.clone());
+        return Some(p.model.to_string());
     }
     if let Some(a) = agent
         && let Some(id) = models.iter().find(|id| {
@@ -834,6 +833,40 @@ pub fn render_phone(
     ))
 }
 
+/// The text a file is packed against in the cache: the file rendered for the sample phone
+/// (made-up accounts, no domain: nothing of any real phone), or for a common file the file
+/// itself. Phones of one model differ from it in a few values.
+pub fn render_dictionary(
+    st: &AppState,
+    t: &Templates,
+    model: &Model,
+    spec: &FileSpec,
+) -> Option<Rendered> {
+    if !spec.per_phone() {
+        return render_common(st, t, model, spec).ok();
+    }
+    let (mut phone, accounts) = crate::sample_phone(model, "sample.invalid");
+    phone.domain = None;
+    let lines = phone
+        .members
+        .iter()
+        .zip(&accounts)
+        .map(|(member, account)| LineInput { member, account })
+        .collect();
+    let input = PhoneInput {
+        model,
+        server: &st.server_defaults,
+        domain: None,
+        phone: Some(&phone),
+        lines,
+    };
+    let body = t
+        .engine
+        .render(spec, &RenderContext::build(&input), &phone.overrides)
+        .ok()?;
+    Some(Rendered::new(body, spec.content_type.clone(), Vec::new()))
+}
+
 /// Renders a model's common file (model and server defaults only).
 pub fn render_common(
     st: &AppState,
@@ -870,7 +903,7 @@ fn respond(r: std::sync::Arc<Packed>, headers: &HeaderMap) -> Result<Response, A
         return Ok((
             StatusCode::NOT_MODIFIED,
             [
-                (header::ETAG, r.etag.clone()),
+                (header::ETAG, r.etag_header()),
                 (header::CACHE_CONTROL, no_cache),
             ],
         )
@@ -880,7 +913,7 @@ fn respond(r: std::sync::Arc<Packed>, headers: &HeaderMap) -> Result<Response, A
         StatusCode::OK,
         [
             (header::CONTENT_TYPE, r.content_type.clone()),
-            (header::ETAG, r.etag.clone()),
+            (header::ETAG, r.etag_header()),
             (header::CACHE_CONTROL, no_cache),
         ],
         r.body()?,

@@ -268,9 +268,10 @@ impl Phone {
 }
 
 /// What serving a phone's cached file needs of the phone: who it is, which revision its
-/// files are at, and which credentials open it. A few dozen bytes instead of the decoded
-/// phone (settings, overrides, members), so the fetch path can keep every phone of a large
-/// fleet in memory; the whole record is read only to render.
+/// files are at, and which credentials open it. About a hundred bytes instead of the
+/// decoded phone (settings, overrides, members), so the fetch path can keep every phone of
+/// a large fleet in memory; the whole record is read only to render. Model and domain
+/// names are shared between the gates of one store (see `Store::gate`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Gate {
     /// The MAC.
@@ -278,44 +279,44 @@ pub struct Gate {
     /// Store revision at which this phone's rendered files last changed.
     pub revision: u64,
     /// Model id.
-    pub model: String,
+    pub model: std::sync::Arc<str>,
     /// Tenant, if any.
-    pub domain: Option<String>,
-    /// The phone's own provisioning username.
-    pub provisioning_username: Option<String>,
-    /// The phone's own provisioning password.
-    pub provisioning_password: Option<String>,
+    pub domain: Option<std::sync::Arc<str>>,
+    /// The phone's own provisioning credential (username, password), when it has both.
+    pub provisioning: Option<Box<(String, String)>>,
     /// The replaced credential, accepted until its time.
-    pub previous_credentials: Option<PreviousCredentials>,
-}
-
-impl From<&Phone> for Gate {
-    fn from(p: &Phone) -> Self {
-        Gate {
-            mac: p.mac,
-            revision: p.revision,
-            model: p.model.clone(),
-            domain: p.domain.clone(),
-            provisioning_username: p.provisioning_username.clone(),
-            provisioning_password: p.provisioning_password.clone(),
-            previous_credentials: p.previous_credentials.clone(),
-        }
-    }
+    pub previous_credentials: Option<Box<PreviousCredentials>>,
 }
 
 impl Gate {
-    /// Approximate heap bytes (the memory tier's weigher).
+    /// The gate of `p`; `intern` shares the model and domain names.
+    pub fn of(p: &Phone, mut intern: impl FnMut(&str) -> std::sync::Arc<str>) -> Self {
+        let provisioning = match (&p.provisioning_username, &p.provisioning_password) {
+            (Some(u), Some(pw)) => Some(Box::new((u.clone(), pw.clone()))),
+            _ => None,
+        };
+        Gate {
+            mac: p.mac,
+            revision: p.revision,
+            model: intern(&p.model),
+            domain: p.domain.as_deref().map(&mut intern),
+            provisioning,
+            previous_credentials: p.previous_credentials.clone().map(Box::new),
+        }
+    }
+
+    /// Approximate bytes held per gate in memory (the memory tier's weigher): the struct,
+    /// its `Arc`, the tier's entry and the boxed credentials.
     pub fn weight(&self) -> u64 {
-        let s = |o: &Option<String>| o.as_ref().map_or(0, |s| s.len() + 16);
+        let own = self
+            .provisioning
+            .as_ref()
+            .map_or(0, |b| b.0.len() + b.1.len() + 64);
         let prev = self
             .previous_credentials
             .as_ref()
-            .map_or(0, |p| p.username.len() + p.password.len() + 32);
-        (160 + self.model.len()
-            + s(&self.domain)
-            + s(&self.provisioning_username)
-            + s(&self.provisioning_password)
-            + prev) as u64
+            .map_or(0, |p| p.username.len() + p.password.len() + 72);
+        (128 + own + prev) as u64
     }
 }
 
@@ -326,10 +327,9 @@ impl std::fmt::Debug for Gate {
             .field("revision", &self.revision)
             .field("model", &self.model)
             .field("domain", &self.domain)
-            .field("provisioning_username", &self.provisioning_username)
             .field(
-                "provisioning_password",
-                &self.provisioning_password.as_ref().map(|_| "<redacted>"),
+                "provisioning_username",
+                &self.provisioning.as_ref().map(|b| &b.0),
             )
             .field("previous_credentials", &self.previous_credentials)
             .finish()

@@ -108,6 +108,8 @@ pub struct Store {
     hot_domains: quick_cache::sync::Cache<String, Arc<Domain>>,
     /// Orders memo fills against commits' invalidations (see [`Store::gate`]).
     memo_lock: Mutex<()>,
+    /// Model and domain names shared by the gates.
+    names: Mutex<std::collections::HashSet<Arc<str>>>,
     /// Commits so far (the memo's race guard, and what a flush covers).
     commits: AtomicU64,
     /// Commits known to be on disk.
@@ -248,6 +250,7 @@ impl Store {
             ),
             hot_domains: quick_cache::sync::Cache::new(10_000),
             memo_lock: Mutex::new(()),
+            names: Mutex::default(),
             commits: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
             flush_gate: tokio::sync::Mutex::new(()),
@@ -411,12 +414,31 @@ impl Store {
         let Some(p) = self.phone(mac)? else {
             return Ok(None);
         };
-        let g = Arc::new(Gate::from(&p));
+        let g = {
+            let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+            if names.len() > 100_000 {
+                // Names of deleted domains and models accumulate; start over now and then.
+                names.clear();
+            }
+            Arc::new(Gate::of(&p, |n| match names.get(n) {
+                Some(a) => a.clone(),
+                None => {
+                    let a: Arc<str> = n.into();
+                    names.insert(a.clone());
+                    a
+                }
+            }))
+        };
         let _memo = self.memo_lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.commits.load(Ordering::SeqCst) == before {
             self.gates.insert(mac, g.clone());
         }
         Ok(Some(g))
+    }
+
+    /// The gate memo: ("gates", bytes weighed, entries).
+    pub fn gate_memory(&self) -> (&'static str, u64, u64) {
+        ("gates", self.gates.weight(), self.gates.len() as u64)
     }
 
     /// A domain for the fetch path (same guard as [`Store::gate`]).
@@ -762,7 +784,7 @@ mod tests {
                 .unwrap();
             let got = s.gate(mac(2)).unwrap().unwrap();
             assert_eq!(
-                (got.revision, got.model.as_str()),
+                (got.revision, &*got.model),
                 (last, format!("m{i}").as_str())
             );
         }
