@@ -1,12 +1,15 @@
 //! What phones did: the last fetch of every known phone, and the MACs that asked with the
 //! server-default credentials but are not linked (`GET /api/v1/unprovisioned`).
 //!
-//! The fetch path only inserts a compact record (time, IP, status, User-Agent, file) into an
-//! in-memory map under a short lock; a background task writes them to sled every
-//! [`FLUSH_EVERY`], in batches of [`WRITE_CHUNK`] so that neither memory nor sled's batch
-//! lock grows with the fleet (a reboot storm of 100,000 phones is 100,000 new records).
-//! Audit records live in their own trees, so they never bump a revision or invalidate a
-//! cached file.
+//! Last fetches live in memory (one compact record per phone) and in the append-only
+//! [`crate::journal`] beside the store, not in sled: a reboot storm is one record per phone
+//! and request, and sled's write path held far more memory than the records themselves
+//! (about 100 MB for a 100,000-phone storm) and slowed its readers. The fetch path only
+//! updates the map under a short lock; a repeat of a phone's last request (same IP,
+//! User-Agent, file and status) only moves its time, without allocating. A thread writes
+//! what changed every [`FLUSH_EVERY`], [`WRITE_CHUNK`] records at a time. Unprovisioned
+//! MACs (at most [`UNPROVISIONED_CAP`]) stay in their sled tree. Neither ever bumps a
+//! revision or invalidates a cached file.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,19 +17,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::journal::{self, Journal, Record};
 use crate::model::Mac;
 use crate::model::agent::Agent;
 use crate::store::{Store, StoreError};
 
-/// How often pending audit records are written to the store.
+/// How often changed audit records are written.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
 
-/// A fetch that repeats the stored one except for its time is written to the store at most
-/// this often per phone (memory always has the exact time). Keeps a reboot storm or a fleet
-/// polling every minute from turning into one store write per request.
+/// A fetch that repeats the phone's last one except for its time is written to the journal
+/// at most this often per phone (memory always has the exact time). Keeps a fleet polling
+/// every minute from turning into one write per request.
 pub const TOUCH_PERSIST_EVERY: u64 = 300;
 
-/// Audit records written per sled batch (each batch holds sled's write lock briefly).
+/// Records written per chunk (the fetch path's lock is taken once per chunk).
 pub const WRITE_CHUNK: usize = 1000;
 
 /// Most unprovisioned MACs kept; past it the least recently seen is dropped.
@@ -81,37 +85,26 @@ pub struct Unprovisioned {
     pub last_unix: u64,
 }
 
-/// What was last written for a phone: a signature of everything but the time, and the time.
-#[derive(Debug, Clone, Copy)]
-struct Persisted {
-    sig: u64,
-    unix: u64,
-}
-
-/// A fetch as the request path records it: what [`Fetch`] shows, without the text the
-/// User-Agent and the time can give back when it is read or written.
+/// One phone's last fetch in memory.
 #[derive(Debug, Clone)]
-struct Seen {
-    unix: u64,
-    ip: std::net::IpAddr,
-    status: u16,
-    user_agent: Box<str>,
-    file: Box<str>,
+struct Last {
+    rec: Record,
+    /// Time of the version written to the journal (0: none yet).
+    journaled: u64,
+    /// Queued in `Fetches::dirty` for the next write.
+    dirty: bool,
 }
 
-impl Seen {
-    fn signature(&self) -> u64 {
-        signature(&self.ip, &self.user_agent, &self.file, self.status)
-    }
-
+impl Last {
     fn to_fetch(&self) -> Fetch {
-        let agent = crate::model::agent::parse(&self.user_agent);
+        let r = &self.rec;
+        let agent = crate::model::agent::parse(&r.user_agent);
         Fetch {
-            time: rfc3339(self.unix),
-            ip: self.ip.to_string(),
-            user_agent: self.user_agent.to_string(),
-            file: self.file.to_string(),
-            status: self.status,
+            time: rfc3339(r.unix),
+            ip: r.ip.to_string(),
+            user_agent: r.user_agent.to_string(),
+            file: r.file.to_string(),
+            status: r.status,
             vendor: agent.as_ref().map(|a| a.vendor.to_string()),
             model: agent.as_ref().map(|a| a.model.clone()),
             firmware: agent.map(|a| a.firmware),
@@ -119,21 +112,19 @@ impl Seen {
     }
 }
 
-/// Fetch records not yet in the store.
+/// Every phone's last fetch, and which changed since the last write.
 #[derive(Debug, Default)]
-struct Pending {
-    /// Records whose content differs from the stored one.
-    full: HashMap<Mac, Seen>,
-    /// Phones whose latest fetch repeats the stored record: only the time (unix s) is new.
-    touched: HashMap<Mac, u64>,
-    /// What the store holds, as far as this process wrote it.
-    persisted: HashMap<Mac, Persisted>,
+struct Fetches {
+    last: HashMap<Mac, Last>,
+    dirty: Vec<Mac>,
 }
 
 /// In-memory audit state.
 #[derive(Debug, Default)]
 pub struct Fleet {
-    pending_fetches: Mutex<Pending>,
+    fetches: Mutex<Fetches>,
+    /// `None`: memory only (tests).
+    journal: Option<Mutex<Journal>>,
     unprovisioned: Mutex<HashMap<Mac, Unprovisioned>>,
     dirty_unprovisioned: Mutex<Vec<(Mac, bool)>>,
 }
@@ -189,14 +180,6 @@ pub fn parse_time(s: &str) -> Option<u64> {
     u64::try_from(local - offset).ok()
 }
 
-/// Signature of a fetch without its time.
-fn signature(ip: &std::net::IpAddr, user_agent: &str, file: &str, status: u16) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (ip, user_agent, file, status).hash(&mut h);
-    h.finish()
-}
-
 fn truncate_str(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
@@ -206,9 +189,10 @@ fn truncate_str(s: &str, max: usize) -> &str {
 }
 
 impl Fleet {
-    /// Loads the stored unprovisioned MACs.
-    pub fn load(store: &Store) -> Result<Self, StoreError> {
-        let f = Fleet::default();
+    /// Loads the stored unprovisioned MACs and, with a data folder, the fetch journal in it
+    /// (moving any last fetches an older autoprov kept in the store into it).
+    pub fn load(store: &Store, data: Option<&std::path::Path>) -> Result<Self, StoreError> {
+        let mut f = Fleet::default();
         {
             let mut map = f.lock_unprovisioned();
             for (mac, v) in store.unprovisioned()? {
@@ -217,15 +201,89 @@ impl Fleet {
                 }
             }
         }
+        let Some(data) = data else {
+            return Ok(f);
+        };
+        let path = data.join("fetches.journal");
+        let journal_err = |source| StoreError::Journal {
+            path: path.display().to_string(),
+            source,
+        };
+        let (mut journal, records, clean) = Journal::open(&path).map_err(journal_err)?;
+        let read = records.len() as u64;
+        let mut last: HashMap<Mac, Last> = HashMap::with_capacity(records.len());
+        for rec in records {
+            let unix = rec.unix;
+            last.insert(
+                rec.mac,
+                Last {
+                    rec,
+                    journaled: unix,
+                    dirty: false,
+                },
+            );
+        }
+        // Last fetches as an earlier autoprov kept them (JSON in the store's `fetches` tree).
+        let legacy = store.legacy_fetches()?;
+        let migrated = !legacy.is_empty();
+        for (mac, v) in legacy {
+            let Ok(old) = serde_json::from_slice::<Fetch>(&v) else {
+                continue;
+            };
+            let unix = unix_of(&old.time).unwrap_or(0);
+            if last.get(&mac).is_some_and(|l| l.rec.unix >= unix) {
+                continue;
+            }
+            let rec = Record {
+                mac,
+                unix,
+                status: old.status,
+                ip: old
+                    .ip
+                    .parse()
+                    .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+                user_agent: old.user_agent.into(),
+                file: old.file.into(),
+            };
+            last.insert(
+                mac,
+                Last {
+                    rec,
+                    journaled: unix,
+                    dirty: false,
+                },
+            );
+        }
+        if migrated || !clean || read > 2 * last.len() as u64 + 1000 {
+            let mut buf = Vec::new();
+            for l in last.values() {
+                journal::encode(&mut buf, &l.rec);
+            }
+            journal
+                .rewrite(&buf, last.len() as u64)
+                .map_err(journal_err)?;
+            if migrated {
+                store.clear_legacy_fetches()?;
+            }
+        }
+        f.fetches = Mutex::new(Fetches {
+            last,
+            dirty: Vec::new(),
+        });
+        f.journal = Some(Mutex::new(journal));
         Ok(f)
+    }
+
+    fn lock_fetches(&self) -> std::sync::MutexGuard<'_, Fetches> {
+        self.fetches.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_unprovisioned(&self) -> std::sync::MutexGuard<'_, HashMap<Mac, Unprovisioned>> {
         self.unprovisioned.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a known phone's request. A request that repeats the phone's stored record
-    /// (same IP, User-Agent, file, status) only moves its time, without allocating.
+    /// Records a known phone's request. A request that repeats the phone's last one (same
+    /// IP, User-Agent, file, status) only moves its time, without allocating.
     pub fn fetched(
         &self,
         mac: Mac,
@@ -236,25 +294,53 @@ impl Fleet {
     ) {
         let user_agent = truncate_str(user_agent, 256);
         let file = truncate_str(file, 128);
-        let sig = signature(&ip, user_agent, file, status);
-        let mut p = self
-            .pending_fetches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if p.persisted.get(&mac).is_some_and(|s| s.sig == sig) {
-            p.full.remove(&mac);
-            p.touched.insert(mac, unix_now());
-            return;
+        let now = unix_now();
+        let mut f = self.lock_fetches();
+        let Fetches { last, dirty } = &mut *f;
+        match last.get_mut(&mac) {
+            Some(l)
+                if l.rec.ip == ip
+                    && l.rec.status == status
+                    && *l.rec.user_agent == *user_agent
+                    && *l.rec.file == *file =>
+            {
+                l.rec.unix = now;
+                if !l.dirty && now.saturating_sub(l.journaled) >= TOUCH_PERSIST_EVERY {
+                    l.dirty = true;
+                    dirty.push(mac);
+                }
+            }
+            found => {
+                let rec = Record {
+                    mac,
+                    unix: now,
+                    status,
+                    ip,
+                    user_agent: user_agent.into(),
+                    file: file.into(),
+                };
+                match found {
+                    Some(l) => {
+                        l.rec = rec;
+                        if !l.dirty {
+                            l.dirty = true;
+                            dirty.push(mac);
+                        }
+                    }
+                    None => {
+                        last.insert(
+                            mac,
+                            Last {
+                                rec,
+                                journaled: 0,
+                                dirty: true,
+                            },
+                        );
+                        dirty.push(mac);
+                    }
+                }
+            }
         }
-        let f = Seen {
-            unix: unix_now(),
-            ip,
-            status,
-            user_agent: user_agent.into(),
-            file: file.into(),
-        };
-        p.touched.remove(&mac);
-        p.full.insert(mac, f);
     }
 
     /// Records a request of an unlinked MAC that passed the server-default credentials.
@@ -306,48 +392,14 @@ impl Fleet {
         dirty.push((mac, true));
     }
 
-    /// A phone's last fetch: pending first, else stored.
-    pub fn last_fetch(&self, store: &Store, mac: Mac) -> Result<Option<Fetch>, StoreError> {
-        let touched = {
-            let p = self
-                .pending_fetches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(f) = p.full.get(&mac) {
-                return Ok(Some(f.to_fetch()));
-            }
-            p.touched.get(&mac).copied()
-        };
-        let stored: Option<Fetch> = store
-            .last_fetch(mac)?
-            .and_then(|v| serde_json::from_slice(&v).ok());
-        Ok(stored.map(|mut f| {
-            if let Some(t) = touched {
-                f.time = rfc3339(t);
-            }
-            f
-        }))
+    /// A phone's last fetch.
+    pub fn last_fetch(&self, mac: Mac) -> Option<Fetch> {
+        self.lock_fetches().last.get(&mac).map(Last::to_fetch)
     }
 
-    /// When a phone last fetched (unix seconds): pending first, else stored. Reads no more
-    /// than [`Fleet::last_fetch`] does, for list filters.
-    pub fn last_fetch_unix(&self, store: &Store, mac: Mac) -> Result<Option<u64>, StoreError> {
-        {
-            let p = self
-                .pending_fetches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(f) = p.full.get(&mac) {
-                return Ok(Some(f.unix));
-            }
-            if let Some(t) = p.touched.get(&mac) {
-                return Ok(Some(*t));
-            }
-        }
-        Ok(store
-            .last_fetch(mac)?
-            .and_then(|v| serde_json::from_slice::<Fetch>(&v).ok())
-            .and_then(|f| unix_of(&f.time)))
+    /// When a phone last fetched (unix seconds), for list filters.
+    pub fn last_fetch_unix(&self, mac: Mac) -> Option<u64> {
+        self.lock_fetches().last.get(&mac).map(|l| l.rec.unix)
     }
 
     /// Unprovisioned MACs, most recently seen first, leaving out those linked since.
@@ -367,93 +419,55 @@ impl Fleet {
         Ok(out)
     }
 
-    /// Writes pending records to the store, [`WRITE_CHUNK`] at a time. The request path's
-    /// lock is held only to take the pending map and to note what was written, never while
-    /// records are read, serialised or written. A record that repeats the stored one (a
-    /// phone fetching as it did before this process started) and whose stored time is
-    /// recent enough is not written again: only its time moves, as for any repeat.
+    /// Writes what changed: last fetches to the journal, [`WRITE_CHUNK`] at a time (the
+    /// fetch path's lock is held only to copy a chunk), rewriting the journal when it holds
+    /// more than twice the live records; unprovisioned MACs to the store.
     pub fn flush(&self, store: &Store) -> Result<(), StoreError> {
-        let lock = || {
-            self.pending_fetches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-        };
-        let full: Vec<(Mac, Seen)> = std::mem::take(&mut lock().full).into_iter().collect();
-        for chunk in full.chunks(WRITE_CHUNK) {
-            let mut records = Vec::with_capacity(chunk.len());
-            let mut noted = Vec::with_capacity(chunk.len());
-            for (m, f) in chunk {
-                let sig = f.signature();
-                let stored = store
-                    .last_fetch(*m)?
-                    .and_then(|v| serde_json::from_slice::<Fetch>(&v).ok())
-                    .and_then(|s| {
-                        let ip = s.ip.parse().ok()?;
-                        let same = signature(&ip, &s.user_agent, &s.file, s.status) == sig;
-                        same.then(|| unix_of(&s.time)).flatten()
-                    })
-                    .filter(|t| f.unix.saturating_sub(*t) < TOUCH_PERSIST_EVERY);
-                match stored {
-                    Some(t) => noted.push((*m, sig, t, Some(f.unix))),
-                    None => {
-                        if let Ok(v) = serde_json::to_vec(&f.to_fetch()) {
-                            records.push((*m, v));
+        if let Some(j) = &self.journal {
+            let journal_err = |source| StoreError::Journal {
+                path: "fetches.journal".into(),
+                source,
+            };
+            let dirty = std::mem::take(&mut self.lock_fetches().dirty);
+            let mut buf = Vec::new();
+            for chunk in dirty.chunks(WRITE_CHUNK) {
+                buf.clear();
+                let mut n = 0;
+                {
+                    let mut f = self.lock_fetches();
+                    for mac in chunk {
+                        if let Some(l) = f.last.get_mut(mac)
+                            && l.dirty
+                        {
+                            l.dirty = false;
+                            l.journaled = l.rec.unix;
+                            journal::encode(&mut buf, &l.rec);
+                            n += 1;
                         }
-                        noted.push((*m, sig, f.unix, None));
                     }
                 }
+                j.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .append(&buf, n)
+                    .map_err(journal_err)?;
             }
-            if !records.is_empty() {
-                store.audit_write(records, Vec::new())?;
-            }
-            let mut p = lock();
-            for (m, sig, unix, touched) in noted {
-                p.persisted.insert(m, Persisted { sig, unix });
-                if let Some(t) = touched
-                    && !p.full.contains_key(&m)
-                {
-                    let at = p.touched.entry(m).or_insert(t);
-                    *at = (*at).max(t);
+            let live = self.lock_fetches().last.len() as u64;
+            let mut jl = j.lock().unwrap_or_else(|p| p.into_inner());
+            if jl.records() > 2 * live + 10_000 {
+                let macs: Vec<Mac> = self.lock_fetches().last.keys().copied().collect();
+                buf.clear();
+                for chunk in macs.chunks(WRITE_CHUNK) {
+                    let f = self.lock_fetches();
+                    for mac in chunk {
+                        if let Some(l) = f.last.get(mac) {
+                            journal::encode(&mut buf, &l.rec);
+                        }
+                    }
                 }
+                jl.rewrite(&buf, macs.len() as u64).map_err(journal_err)?;
             }
-        }
-        drop(full);
-        let due = {
-            let mut p = lock();
-            let mut due = Vec::new();
-            let Pending {
-                touched, persisted, ..
-            } = &mut *p;
-            touched.retain(|m, t| {
-                let last = persisted.get(m).map_or(0, |s| s.unix);
-                if t.saturating_sub(last) >= TOUCH_PERSIST_EVERY {
-                    due.push((*m, *t));
-                    false
-                } else {
-                    true
-                }
-            });
-            for (m, t) in &due {
-                if let Some(s) = persisted.get_mut(m) {
-                    s.unix = *t;
-                }
-            }
-            due
-        };
-        let mut fetches: Vec<(Mac, Vec<u8>)> = Vec::new();
-        for (m, t) in due {
-            let stored: Option<Fetch> = store
-                .last_fetch(m)?
-                .and_then(|v| serde_json::from_slice(&v).ok());
-            if let Some(mut f) = stored {
-                f.time = rfc3339(t);
-                if let Ok(v) = serde_json::to_vec(&f) {
-                    fetches.push((m, v));
-                }
-            }
-            if fetches.len() >= WRITE_CHUNK {
-                store.audit_write(std::mem::take(&mut fetches), Vec::new())?;
-            }
+        } else {
+            self.lock_fetches().dirty.clear();
         }
         let dirty = std::mem::take(
             &mut *self
@@ -478,10 +492,10 @@ impl Fleet {
                 })
                 .collect()
         };
-        if fetches.is_empty() && unprov.is_empty() {
+        if unprov.is_empty() {
             return Ok(());
         }
-        store.audit_write(fetches, unprov)
+        store.audit_write(unprov)
     }
 }
 
@@ -516,7 +530,7 @@ mod tests {
     }
 
     #[test]
-    fn bounded_and_flushed() {
+    fn unprovisioned_bounded_and_flushed() {
         let store = Store::temporary().unwrap();
         let f = Fleet::default();
         let a = crate::model::agent::parse("Yealink SIP-T46S 66.86.0.15 00:15:65:00:00:01");
@@ -527,113 +541,109 @@ mod tests {
         assert_eq!(f.lock_unprovisioned().len(), UNPROVISIONED_CAP);
         f.flush(&store).unwrap();
         assert_eq!(store.unprovisioned().unwrap().len(), UNPROVISIONED_CAP);
-        let again = Fleet::load(&store).unwrap();
+        let again = Fleet::load(&store, None).unwrap();
         assert_eq!(again.lock_unprovisioned().len(), UNPROVISIONED_CAP);
-        let mac = Mac::parse_plain("001565aabbcc").unwrap();
-        let ip = std::net::IpAddr::from([10, 0, 0, 2]);
-        f.fetched(
-            mac,
-            ip,
-            "Yealink SIP-T46S 66.86.0.15 00:15:65:00:00:01",
-            "001565aabbcc.cfg",
-            200,
-        );
-        assert_eq!(f.last_fetch(&store, mac).unwrap().unwrap().status, 200);
-        f.flush(&store).unwrap();
-        let stored = f.last_fetch(&store, mac).unwrap().unwrap();
-        assert_eq!(stored.model.as_deref(), Some("SIP-T46S"));
+    }
+
+    fn journal_records(dir: &std::path::Path) -> Vec<Record> {
+        Journal::open(&dir.join("fetches.journal")).unwrap().1
     }
 
     #[test]
-    fn after_a_restart_a_repeated_fetch_is_not_written_again() {
+    fn last_fetches_survive_a_restart_through_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
         let store = Store::temporary().unwrap();
         let mac = Mac::parse_plain("001565aabbcc").unwrap();
         let ip = std::net::IpAddr::from([10, 0, 0, 2]);
-        let before = Fleet::default();
-        before.fetched(mac, ip, "ua", "001565aabbcc.cfg", 200);
-        before.flush(&store).unwrap();
-        let stored = store.last_fetch(mac).unwrap().unwrap();
-        // A new process: nothing noted in memory yet.
-        let after = Fleet::default();
-        after.fetched(mac, ip, "ua", "001565aabbcc.cfg", 200);
-        after.flush(&store).unwrap();
-        assert_eq!(store.last_fetch(mac).unwrap().unwrap(), stored);
+        let ua = "Yealink SIP-T46S 66.86.0.15 00:15:65:aa:bb:cc";
+        let f = Fleet::load(&store, Some(dir.path())).unwrap();
+        f.fetched(mac, ip, ua, "001565aabbcc.cfg", 200);
+        let shown = f.last_fetch(mac).unwrap();
+        assert_eq!(
+            (shown.status, shown.model.as_deref(), shown.ip.as_str()),
+            (200, Some("SIP-T46S"), "10.0.0.2")
+        );
         assert!(
-            after
-                .pending_fetches
-                .lock()
-                .unwrap()
-                .touched
-                .contains_key(&mac)
+            journal_records(dir.path()).is_empty(),
+            "written by flush only"
         );
-        // The next repeat is a touch at once; anything else is written.
-        after.fetched(mac, ip, "ua", "001565aabbcc.cfg", 200);
-        assert!(after.pending_fetches.lock().unwrap().full.is_empty());
-        after.fetched(mac, ip, "ua", "001565aabbcc.cfg", 404);
-        after.flush(&store).unwrap();
-        let v: Fetch = serde_json::from_slice(&store.last_fetch(mac).unwrap().unwrap()).unwrap();
-        assert_eq!(v.status, 404);
-        // A stored record older than TOUCH_PERSIST_EVERY is written again.
-        let old = Fleet::default();
-        {
-            let mut p = old.pending_fetches.lock().unwrap();
-            p.full.insert(
-                mac,
-                Seen {
-                    unix: unix_now() + TOUCH_PERSIST_EVERY + 5,
-                    ip,
-                    status: 404,
-                    user_agent: "ua".into(),
-                    file: "001565aabbcc.cfg".into(),
-                },
-            );
-        }
-        old.flush(&store).unwrap();
-        assert_ne!(
-            store.last_fetch(mac).unwrap().unwrap(),
-            serde_json::to_vec(&v).unwrap()
-        );
+        f.flush(&store).unwrap();
+        assert_eq!(journal_records(dir.path()).len(), 1);
+        drop(f);
+        let f = Fleet::load(&store, Some(dir.path())).unwrap();
+        assert_eq!(f.last_fetch(mac), Some(shown.clone()));
+        assert_eq!(f.last_fetch_unix(mac), unix_of(&shown.time));
+        // A repeat after the restart is a touch: nothing new to write.
+        f.fetched(mac, ip, ua, "001565aabbcc.cfg", 200);
+        f.flush(&store).unwrap();
+        assert_eq!(journal_records(dir.path()).len(), 1);
     }
 
     #[test]
     fn repeated_fetches_only_move_the_time_and_are_written_rarely() {
+        let dir = tempfile::tempdir().unwrap();
         let store = Store::temporary().unwrap();
-        let f = Fleet::default();
+        let f = Fleet::load(&store, Some(dir.path())).unwrap();
         let mac = Mac::parse_plain("001565aabbcc").unwrap();
         let ip = std::net::IpAddr::from([10, 0, 0, 2]);
         f.fetched(mac, ip, "ua", "001565aabbcc.cfg", 200);
         f.flush(&store).unwrap();
-        let first = store.last_fetch(mac).unwrap().unwrap();
-        // The same request again: memory only (nothing pending in full), the store keeps
-        // its record until TOUCH_PERSIST_EVERY has passed.
+        for _ in 0..100 {
+            f.fetched(mac, ip, "ua", "001565aabbcc.cfg", 200);
+        }
+        assert!(f.lock_fetches().dirty.is_empty());
+        f.flush(&store).unwrap();
+        assert_eq!(journal_records(dir.path()).len(), 1);
+        // Pretend the written record is old: the next touch is written, with its time.
+        f.lock_fetches().last.get_mut(&mac).unwrap().journaled = 0;
         f.fetched(mac, ip, "ua", "001565aabbcc.cfg", 200);
-        {
-            let p = f.pending_fetches.lock().unwrap();
-            assert!(p.full.is_empty());
-            assert!(p.touched.contains_key(&mac));
+        f.flush(&store).unwrap();
+        assert_eq!(journal_records(dir.path()).len(), 2);
+        // Anything else changing is written at the next flush.
+        f.fetched(mac, ip, "ua", "y000000000066.cfg", 200);
+        assert_eq!(f.last_fetch(mac).unwrap().file, "y000000000066.cfg");
+        f.flush(&store).unwrap();
+        let recs = journal_records(dir.path());
+        assert_eq!(&*recs.last().unwrap().file, "y000000000066.cfg");
+    }
+
+    #[test]
+    fn the_journal_is_compacted_and_older_store_records_move_into_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::temporary().unwrap();
+        let ip = std::net::IpAddr::from([10, 0, 0, 2]);
+        let mac = |i: u64| Mac::parse_plain(&format!("{:012x}", 0x001565000000u64 + i)).unwrap();
+        let f = Fleet::load(&store, Some(dir.path())).unwrap();
+        // 3 phones × 5000 different files: 15,000 records, 3 live.
+        for round in 0..5000 {
+            for i in 0..3 {
+                f.fetched(mac(i), ip, "ua", &format!("{round}.cfg"), 200);
+            }
+            if round % 1000 == 999 {
+                f.flush(&store).unwrap();
+            }
         }
         f.flush(&store).unwrap();
-        assert_eq!(store.last_fetch(mac).unwrap().unwrap(), first);
-        // Pretend the stored record is old: the touch is then written, with the new time.
-        f.pending_fetches
-            .lock()
-            .unwrap()
-            .persisted
-            .get_mut(&mac)
-            .unwrap()
-            .unix = 0;
-        f.flush(&store).unwrap();
-        assert!(f.pending_fetches.lock().unwrap().touched.is_empty());
-        let shown = f.last_fetch(&store, mac).unwrap().unwrap();
-        assert_eq!(shown.file, "001565aabbcc.cfg");
-        // Anything else changing is a full record at once.
-        f.fetched(mac, ip, "ua", "y000000000066.cfg", 200);
-        assert_eq!(
-            f.last_fetch(&store, mac).unwrap().unwrap().file,
-            "y000000000066.cfg"
-        );
-        f.flush(&store).unwrap();
-        let v: Fetch = serde_json::from_slice(&store.last_fetch(mac).unwrap().unwrap()).unwrap();
-        assert_eq!(v.file, "y000000000066.cfg");
+        assert!(journal_records(dir.path()).len() <= 10_006);
+        drop(f);
+        // A last fetch the store held (JSON, as an earlier autoprov wrote it).
+        let old = Fetch {
+            time: "2026-01-02T03:04:05Z".into(),
+            ip: "10.9.9.9".into(),
+            user_agent: "ua".into(),
+            file: "old.cfg".into(),
+            status: 200,
+            vendor: None,
+            model: None,
+            firmware: None,
+        };
+        store
+            .put_legacy_fetch(mac(7), serde_json::to_vec(&old).unwrap())
+            .unwrap();
+        let f = Fleet::load(&store, Some(dir.path())).unwrap();
+        assert_eq!(f.last_fetch(mac(7)), Some(old));
+        assert_eq!(f.last_fetch(mac(2)).unwrap().file, "4999.cfg");
+        assert!(store.legacy_fetches().unwrap().is_empty());
+        assert_eq!(journal_records(dir.path()).len(), 4);
     }
 }

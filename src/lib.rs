@@ -17,6 +17,7 @@ pub mod error;
 pub mod fleet;
 pub mod guard;
 pub mod http;
+pub mod journal;
 pub mod metrics;
 pub mod model;
 pub mod reload;
@@ -376,7 +377,7 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
         || store.any_domain(|d| d.auth_scheme == Some(model::AuthScheme::Digest))?;
 
     let models = templates.catalogue.models().count();
-    let fleet = fleet::Fleet::load(&store)?;
+    let fleet = fleet::Fleet::load(&store, Some(&config.data))?;
     let state = AppState(Arc::new(Inner {
         store,
         templates: arc_swap::ArcSwap::from_pointee(templates),

@@ -1069,7 +1069,7 @@ async fn get_phone(
     let mac = parse_mac("mac", &mac)?;
     let p = phone_or_404(&st, &a, mac)?;
     let mut v = phone_json(&p);
-    v["last-fetch"] = json!(st.fleet.last_fetch(&st.store, mac)?);
+    v["last-fetch"] = json!(st.fleet.last_fetch(mac));
     Ok(Json(v))
 }
 
@@ -1122,25 +1122,14 @@ async fn list_phones(
             })
         })
         .transpose()?;
-    // The filter cannot return an error: the first one is kept and answered after the scan.
-    let failed = std::cell::RefCell::new(None);
     let phones = st.store.phones(after, limit, &|p| {
         a.sees_phone(p)
             && q.domain
                 .as_ref()
                 .is_none_or(|d| p.domain.as_ref() == Some(d))
             && q.model.as_ref().is_none_or(|m| &p.model == m)
-            && since.is_none_or(|since| match st.fleet.last_fetch_unix(&st.store, p.mac) {
-                Ok(last) => last.is_none_or(|t| t < since),
-                Err(e) => {
-                    failed.borrow_mut().get_or_insert(e);
-                    false
-                }
-            })
+            && since.is_none_or(|since| st.fleet.last_fetch_unix(p.mac).is_none_or(|t| t < since))
     })?;
-    if let Some(e) = failed.into_inner() {
-        return Err(e.into());
-    }
     let next = if phones.len() == limit {
         phones.last().map(|p| p.mac.lower())
     } else {
@@ -1149,7 +1138,7 @@ async fn list_phones(
     let mut list = Vec::with_capacity(phones.len());
     for p in &phones {
         let mut v = phone_json(p);
-        v["last-fetch"] = json!(st.fleet.last_fetch(&st.store, p.mac)?);
+        v["last-fetch"] = json!(st.fleet.last_fetch(p.mac));
         list.push(v);
     }
     Ok(Json(json!({ "phones": list, "next": next })))

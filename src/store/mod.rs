@@ -67,6 +67,15 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// The fetch journal could not be read or written.
+    #[error("fetch journal {path}")]
+    Journal {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The flush task did not finish.
     #[error("flush task: {0}")]
     Flush(String),
@@ -321,19 +330,12 @@ impl Store {
         self.db.size_on_disk().unwrap_or(0)
     }
 
-    /// Writes a batch of audit records (last fetch per phone, unprovisioned MACs) outside
-    /// the record transaction: they never change a revision, so they never invalidate a
-    /// cached file. `None` removes.
+    /// Writes unprovisioned-MAC records outside the record transaction: they never change
+    /// a revision, so they never invalidate a cached file. `None` removes.
     pub fn audit_write(
         &self,
-        fetches: Vec<(Mac, Vec<u8>)>,
         unprovisioned: Vec<(Mac, Option<Vec<u8>>)>,
     ) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
-        for (mac, v) in fetches {
-            b.insert(&mac.lower().into_bytes()[..], v);
-        }
-        self.fetches.apply_batch(b)?;
         let mut b = sled::Batch::default();
         for (mac, v) in unprovisioned {
             match v {
@@ -345,9 +347,34 @@ impl Store {
         Ok(())
     }
 
-    /// A phone's last fetch record, as stored.
-    pub fn last_fetch(&self, mac: Mac) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.fetches.get(mac.lower())?.map(|v| v.to_vec()))
+    /// Last fetches as autoprov kept them in the store before the fetch journal (JSON by
+    /// MAC); read once, to move them into the journal.
+    pub fn legacy_fetches(&self) -> Result<Vec<(Mac, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.fetches.iter() {
+            let (k, v) = kv?;
+            if let Ok(mac) = std::str::from_utf8(&k)
+                .map_err(|_| ())
+                .and_then(|k| Mac::parse_plain(k).map_err(|_| ()))
+            {
+                out.push((mac, v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Empties the old last-fetch tree (its records are in the journal now).
+    pub fn clear_legacy_fetches(&self) -> Result<(), StoreError> {
+        self.fetches.clear()?;
+        Ok(())
+    }
+
+    /// Writes a last-fetch record the way autoprov did before the journal (tests of the
+    /// move).
+    #[cfg(test)]
+    pub fn put_legacy_fetch(&self, mac: Mac, json: Vec<u8>) -> Result<(), StoreError> {
+        self.fetches.insert(mac.lower().into_bytes(), json)?;
+        Ok(())
     }
 
     /// Every stored unprovisioned record.
