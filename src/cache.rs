@@ -565,10 +565,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_restarted_process_reads_what_the_last_one_packed() {
-        let dir = tempfile::tempdir().unwrap();
+        let store = Store::temporary().unwrap();
         let body = BASE.replace("label = ", "label = 301");
         {
-            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            // The first process.
             let cache = Cache::default();
             let (p, o) = cache
                 .get_or_render(
@@ -581,9 +581,8 @@ mod tests {
                 .unwrap();
             assert_eq!((o, p.body().unwrap()), (Outcome::Miss, body.clone().into()));
             assert!(p.dict.is_some());
-            store.flush_sync().unwrap();
         }
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        // The next one: nothing in memory, entry and dictionary in the store.
         let cache = Cache::default();
         let (p, o) = cache
             .get_or_render(

@@ -209,10 +209,8 @@ impl Fleet {
             path: path.display().to_string(),
             source,
         };
-        let (mut journal, records, clean) = Journal::open(&path).map_err(journal_err)?;
-        let read = records.len() as u64;
-        let mut last: HashMap<Mac, Last> = HashMap::with_capacity(records.len());
-        for rec in records {
+        let mut last: HashMap<Mac, Last> = HashMap::new();
+        let (mut journal, clean) = Journal::open(&path, |rec| {
             let unix = rec.unix;
             last.insert(
                 rec.mac,
@@ -222,7 +220,9 @@ impl Fleet {
                     dirty: false,
                 },
             );
-        }
+        })
+        .map_err(journal_err)?;
+        let read = journal.records();
         // Last fetches as an earlier autoprov kept them (JSON in the store's `fetches` tree).
         let legacy = store.legacy_fetches()?;
         let migrated = !legacy.is_empty();
@@ -546,7 +546,9 @@ mod tests {
     }
 
     fn journal_records(dir: &std::path::Path) -> Vec<Record> {
-        Journal::open(&dir.join("fetches.journal")).unwrap().1
+        let mut got = Vec::new();
+        Journal::open(&dir.join("fetches.journal"), |r| got.push(r)).unwrap();
+        got
     }
 
     #[test]

@@ -58,17 +58,20 @@ pub fn encode(out: &mut Vec<u8>, r: &Record) {
 }
 
 /// Decodes records from `b` (after the magic) until the end or the first record that is
-/// torn or invalid; also returns whether everything was read.
-pub fn decode(b: &[u8]) -> (Vec<Record>, bool) {
-    let mut out = Vec::new();
+/// torn or invalid, giving each to `each`; returns how many and whether everything was read.
+pub fn decode(b: &[u8], mut each: impl FnMut(Record)) -> (u64, bool) {
     let mut pos = 0;
+    let mut n = 0;
     while pos < b.len() {
         match decode_one(b, &mut pos) {
-            Some(r) => out.push(r),
-            None => return (out, false),
+            Some(r) => {
+                each(r);
+                n += 1;
+            }
+            None => return (n, false),
         }
     }
-    (out, true)
+    (n, true)
 }
 
 fn decode_one(b: &[u8], pos: &mut usize) -> Option<Record> {
@@ -111,10 +114,11 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal at `path` and reads back its records, oldest first. A
-    /// file that does not start with the magic, or ends in a torn record, is read as far as
-    /// it goes; [`Journal::rewrite`] replaces it.
-    pub fn open(path: &Path) -> std::io::Result<(Self, Vec<Record>, bool)> {
+    /// Opens (or creates) the journal at `path`, giving its records to `each`, oldest first;
+    /// also returns whether the file read cleanly. A file that does not start with the
+    /// magic, or ends in a torn record, is read as far as it goes; [`Journal::rewrite`]
+    /// replaces it.
+    pub fn open(path: &Path, each: impl FnMut(Record)) -> std::io::Result<(Self, bool)> {
         let mut bytes = Vec::new();
         match File::open(path) {
             Ok(mut f) => {
@@ -124,8 +128,8 @@ impl Journal {
             Err(e) => return Err(e),
         }
         let (records, clean) = match bytes.strip_prefix(MAGIC) {
-            Some(body) => decode(body),
-            None => (Vec::new(), bytes.is_empty()),
+            Some(body) => decode(body, each),
+            None => (0, bytes.is_empty()),
         };
         let mut file = OpenOptions::new().create(true).append(true).open(path)?;
         if bytes.is_empty() {
@@ -134,9 +138,9 @@ impl Journal {
         let j = Journal {
             path: path.to_path_buf(),
             file,
-            records: records.len() as u64,
+            records,
         };
-        Ok((j, records, clean))
+        Ok((j, clean))
     }
 
     /// Records in the file, live and garbage.
@@ -191,18 +195,30 @@ mod tests {
         }
     }
 
+    fn open(path: &Path) -> (Journal, Vec<Record>, bool) {
+        let mut got = Vec::new();
+        let (j, clean) = Journal::open(path, |r| got.push(r)).unwrap();
+        (j, got, clean)
+    }
+
+    fn decode_all(b: &[u8]) -> (Vec<Record>, bool) {
+        let mut got = Vec::new();
+        let (_, clean) = decode(b, |r| got.push(r));
+        (got, clean)
+    }
+
     #[test]
     fn appends_survive_a_reopen_and_a_torn_tail_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fetches.journal");
-        let (mut j, got, clean) = Journal::open(&path).unwrap();
+        let (mut j, got, clean) = open(&path);
         assert!(got.is_empty() && clean);
         let mut buf = Vec::new();
         encode(&mut buf, &record(1, "Yealink SIP-T46S 66.86.0.15"));
         encode(&mut buf, &record(2, ""));
         j.append(&buf, 2).unwrap();
         drop(j);
-        let (j, got, clean) = Journal::open(&path).unwrap();
+        let (j, got, clean) = open(&path);
         assert_eq!(
             got,
             vec![record(1, "Yealink SIP-T46S 66.86.0.15"), record(2, "")]
@@ -214,13 +230,13 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&buf[..5]).unwrap();
         drop(f);
-        let (mut j, got, clean) = Journal::open(&path).unwrap();
+        let (mut j, got, clean) = open(&path);
         assert_eq!(got.len(), 2);
         assert!(!clean);
         let mut one = Vec::new();
         encode(&mut one, &record(3, "x"));
         j.rewrite(&one, 1).unwrap();
-        let (_, got, clean) = Journal::open(&path).unwrap();
+        let (_, got, clean) = open(&path);
         assert_eq!((got, clean), (vec![record(3, "x")], true));
     }
 
@@ -229,7 +245,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fetches.journal");
         std::fs::write(&path, b"not a journal").unwrap();
-        let (_, got, clean) = Journal::open(&path).unwrap();
+        let (_, got, clean) = open(&path);
         assert!(got.is_empty() && !clean);
     }
 
@@ -241,13 +257,13 @@ mod tests {
             unix in any::<u64>(),
             status in any::<u16>(),
         ) {
-            let _ = decode(&junk);
+            let _ = decode_all(&junk);
             let mut r = record(7, &ua);
             r.unix = unix;
             r.status = status;
             let mut buf = Vec::new();
             encode(&mut buf, &r);
-            prop_assert_eq!(decode(&buf), (vec![r], true));
+            prop_assert_eq!(decode_all(&buf), (vec![r], true));
         }
     }
 }

@@ -348,7 +348,7 @@ impl Store {
     }
 
     /// What makes the store non-empty, if anything: an entry of a data tree other than the
-    /// `schema` marker a fresh store writes.
+    /// `schema` marker and the phone count a fresh store writes.
     pub fn holds_data(&self) -> Result<Option<String>, StoreError> {
         let mut names: Vec<Vec<u8>> = self.db.tree_names().iter().map(|n| n.to_vec()).collect();
         names.sort();
@@ -359,7 +359,8 @@ impl Store {
             }
             for k in self.db.open_tree(&name)?.iter().keys() {
                 let k = k?;
-                if !(text == "meta" && &k[..] == b"schema") {
+                // A fresh store writes its schema marker and a phone count of zero.
+                if !(text == "meta" && (&k[..] == b"schema" || &k[..] == b"phone_count")) {
                     return Ok(Some(format!("tree {text} has entries")));
                 }
             }
@@ -425,6 +426,7 @@ impl Store {
                     StoreError::Flush("import transaction aborted".into())
                 }
             })?;
+        self.recount_phones()?;
         self.commits.fetch_add(1, Ordering::SeqCst);
         {
             let _memo = self.memo_lock.lock().unwrap_or_else(|p| p.into_inner());

@@ -21,6 +21,9 @@ use crate::model::{Account, Domain, Gate, Mac, Phone, Token};
 pub use export::{Dump, FORMAT, FORMAT_VERSION, ImportError, parse as parse_export};
 pub use keys::render_key;
 
+/// Meta key of the phone count (see [`Store::phone_count`]).
+const PHONE_COUNT: &str = "phone_count";
+
 /// Current on-disk schema version.
 pub const SCHEMA_VERSION: u8 = 1;
 
@@ -266,6 +269,9 @@ impl Store {
             credential_grace: AtomicU64::new(crate::guard::DEFAULT_CREDENTIAL_GRACE),
             db,
         };
+        if s.meta.get(PHONE_COUNT)?.is_none() {
+            s.recount_phones()?;
+        }
         match s.meta.get("schema")? {
             Some(v) if v.first().copied().unwrap_or(0) > SCHEMA_VERSION => {
                 return Err(StoreError::Schema { found: v[0] });
@@ -575,8 +581,23 @@ impl Store {
     }
 
     /// Number of phones.
+    ///
+    /// Kept in the meta tree by every commit's transaction (exact, and a scrape does not walk
+    /// the phone tree); a store from before the count is counted once when it opens.
     pub fn phone_count(&self) -> usize {
-        self.phones.len()
+        self.meta
+            .get(PHONE_COUNT)
+            .ok()
+            .flatten()
+            .map_or(0, |v| keys::be_u64(&v) as usize)
+    }
+
+    /// Sets the phone count from a walk of the phone tree (stores from before the count,
+    /// and after an import).
+    fn recount_phones(&self) -> Result<(), StoreError> {
+        self.meta
+            .insert(PHONE_COUNT, &(self.phones.len() as u64).to_be_bytes())?;
+        Ok(())
     }
 
     /// Every record (domains, accounts, phones, indexes, meta, token hashes), not the render cache, as
@@ -655,6 +676,7 @@ impl Store {
         let rev = trees
             .transaction(
                 |(domains, accounts, phones, by_domain, by_account, meta, tokens)| {
+                    let mut added: i64 = 0;
                     let rev = meta.get("revision")?.map_or(0, |v| keys::be_u64(&v)) + 1;
                     meta.insert("revision", &rev.to_be_bytes())?;
                     for (k, v) in &change.meta {
@@ -698,6 +720,7 @@ impl Store {
                     for (mac, p) in &change.phones {
                         let key = mac.bytes();
                         let old: Option<Phone> = tx_get(phones, "phones", &key)?;
+                        added += i64::from(p.is_some()) - i64::from(old.is_some());
                         if let Some(old) = &old {
                             if let Some(d) = &old.domain {
                                 by_domain.remove(keys::index(d, *mac))?;
@@ -739,13 +762,19 @@ impl Store {
                             phones.insert(&key, enc(&p))?;
                         }
                     }
-                    Ok(rev)
+                    if added != 0 {
+                        let n = meta.get(PHONE_COUNT)?.map_or(0, |v| keys::be_u64(&v));
+                        let n = n.saturating_add_signed(added);
+                        meta.insert(PHONE_COUNT, &n.to_be_bytes())?;
+                    }
+                    Ok((rev, added))
                 },
             )
             .map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => StoreError::Sled(e),
             })?;
+        let rev = rev.0;
         self.commits.fetch_add(1, Ordering::SeqCst);
         {
             let _memo = self.memo_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -820,6 +849,30 @@ mod tests {
             r.join().unwrap();
         }
         assert_eq!(s.gate(mac(2)).unwrap().unwrap().revision, last);
+    }
+
+    #[test]
+    fn the_phone_count_is_kept_by_commits_and_recounted_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), 1 << 20).unwrap();
+            assert_eq!(s.phone_count(), 0);
+            let put = |n: u8| (mac(n), Some(Phone::new(mac(n), "m".into())));
+            s.commit(&Change {
+                phones: vec![put(1), put(2), put(3)],
+                ..Default::default()
+            })
+            .unwrap();
+            // Rewriting a phone is not a new one; deleting one that is gone changes nothing.
+            s.commit(&Change {
+                phones: vec![put(1), (mac(2), None), (mac(9), None)],
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(s.phone_count(), 2);
+            s.flush_sync().unwrap();
+        }
+        assert_eq!(Store::open(dir.path(), 1 << 20).unwrap().phone_count(), 2);
     }
 
     #[test]
