@@ -67,12 +67,12 @@ pub struct Packed {
     revision: u64,
     /// Template/model digest it was rendered at.
     digest: u64,
-    /// The quoted strong tag (`"` + 20 hex digits + `"`).
-    etag: [u8; ETAG_LEN],
-    /// The `Content-Type` header value (one shared value per content type).
-    pub content_type: HeaderValue,
-    /// User-Agent substrings the phone's accounts require.
-    pub allowed_user_agents: Box<[String]>,
+    /// The strong tag's 10 bytes (shown as 20 hex digits in quotes).
+    etag: [u8; 10],
+    /// Index of the Content-Type in the cache's table of them.
+    content_type: u8,
+    /// User-Agent substrings the phone's accounts require (`None`: any).
+    allowed: Option<Arc<[String]>>,
     /// Length of the file.
     raw_len: u32,
     /// The dictionary `data` is compressed against; `None`: `data` is the file.
@@ -82,6 +82,31 @@ pub struct Packed {
 
 /// Length of a quoted ETag as [`Rendered::new`] makes it.
 const ETAG_LEN: usize = 22;
+
+/// The 10 bytes of a quoted ETag as [`Rendered::new`] makes it (`None` for anything else).
+fn etag_bytes(quoted: &[u8]) -> Option<[u8; 10]> {
+    let hex = quoted.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if hex.len() != 20 {
+        return None;
+    }
+    let mut out = [0u8; 10];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The quoted ETag of 10 bytes.
+fn etag_quoted(b: &[u8; 10]) -> [u8; ETAG_LEN] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'"'; ETAG_LEN];
+    for (i, v) in b.iter().enumerate() {
+        out[1 + 2 * i] = HEX[(v >> 4) as usize];
+        out[2 + 2 * i] = HEX[(v & 15) as usize];
+    }
+    out
+}
 
 /// An LZ4 dictionary: a file rendered without phone data.
 #[derive(Debug)]
@@ -110,7 +135,7 @@ impl Packed {
         revision: u64,
         digest: u64,
         dict: Option<Arc<Dict>>,
-        content_type: HeaderValue,
+        content_type: u8,
     ) -> Self {
         let compressed = dict.as_ref().and_then(|d| {
             let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(r.body.len())];
@@ -125,16 +150,13 @@ impl Packed {
             Some(c) => (dict, c),
             None => (None, r.body.to_vec().into_boxed_slice()),
         };
-        let mut etag = [b'"'; ETAG_LEN];
-        if r.etag.len() == ETAG_LEN {
-            etag.copy_from_slice(r.etag.as_bytes());
-        }
         Packed {
             revision,
             digest,
-            etag,
+            etag: etag_bytes(r.etag.as_bytes()).unwrap_or_default(),
             content_type,
-            allowed_user_agents: r.allowed_user_agents.clone().into_boxed_slice(),
+            allowed: (!r.allowed_user_agents.is_empty())
+                .then(|| r.allowed_user_agents.clone().into()),
             raw_len: u32::try_from(r.body.len()).unwrap_or(u32::MAX),
             dict,
             data,
@@ -156,24 +178,33 @@ impl Packed {
         }
     }
 
-    /// The ETag as text.
-    pub fn etag_str(&self) -> &str {
-        std::str::from_utf8(&self.etag).unwrap_or("")
+    /// The quoted ETag.
+    pub fn etag(&self) -> [u8; ETAG_LEN] {
+        etag_quoted(&self.etag)
     }
 
     /// The `ETag` header value.
     pub fn etag_header(&self) -> HeaderValue {
-        HeaderValue::from_bytes(&self.etag).unwrap_or(HeaderValue::from_static("\"\""))
+        HeaderValue::from_bytes(&self.etag()).unwrap_or(HeaderValue::from_static("\"\""))
+    }
+
+    /// User-Agent substrings the phone's accounts require (all of them must appear).
+    pub fn allowed_user_agents(&self) -> &[String] {
+        self.allowed.as_deref().unwrap_or_default()
     }
 
     /// Bytes this entry holds in memory (the tier's weigher): the struct and its `Arc`, the
     /// tier's entry and key, the packed body.
     fn weight(&self) -> u64 {
-        let uas: usize = self.allowed_user_agents.iter().map(|s| s.len() + 24).sum();
-        (self.data.len() + uas + 176) as u64
+        let uas: usize = self
+            .allowed_user_agents()
+            .iter()
+            .map(|s| s.len() + 24)
+            .sum();
+        (self.data.len() + uas + 144) as u64
     }
 
-    fn encode(&self) -> Vec<u8> {
+    fn encode(&self, content_type: &[u8]) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.data.len() + 96);
         v.push(FORMAT);
         v.extend_from_slice(&self.revision.to_be_bytes());
@@ -181,10 +212,10 @@ impl Packed {
         v.extend_from_slice(&self.dict.as_ref().map_or(0, |d| d.id).to_be_bytes());
         v.push(u8::from(self.dict.is_some()));
         v.extend_from_slice(&self.raw_len.to_be_bytes());
-        push_str(&mut v, &self.etag);
-        push_str(&mut v, self.content_type.as_bytes());
-        v.push(self.allowed_user_agents.len().min(255) as u8);
-        for s in self.allowed_user_agents.iter().take(255) {
+        push_str(&mut v, &self.etag());
+        push_str(&mut v, content_type);
+        v.push(self.allowed_user_agents().len().min(255) as u8);
+        for s in self.allowed_user_agents().iter().take(255) {
             push_str(&mut v, s.as_bytes());
         }
         v.extend_from_slice(&self.data);
@@ -199,7 +230,7 @@ impl Packed {
         revision: u64,
         digest: u64,
         dict: impl FnOnce() -> Option<Arc<Dict>>,
-        content_type: impl FnOnce(&[u8]) -> Option<HeaderValue>,
+        content_type: impl FnOnce(&[u8]) -> Option<u8>,
     ) -> Option<Self> {
         if *b.first()? != FORMAT {
             return None;
@@ -217,7 +248,7 @@ impl Packed {
         };
         let raw_len = u32_at(22)?;
         let mut pos = 26;
-        let etag: [u8; ETAG_LEN] = take(b, &mut pos)?.try_into().ok()?;
+        let etag = etag_bytes(take(b, &mut pos)?)?;
         let content_type = content_type(take(b, &mut pos)?)?;
         let n = *b.get(pos)? as usize;
         pos += 1;
@@ -230,7 +261,7 @@ impl Packed {
             digest,
             etag,
             content_type,
-            allowed_user_agents: allowed.into_boxed_slice(),
+            allowed: (!allowed.is_empty()).then(|| allowed.into()),
             raw_len,
             dict,
             data: b.get(pos..)?.into(),
@@ -299,8 +330,9 @@ pub struct Cache {
     hot: quick_cache::sync::Cache<Vec<u8>, Arc<Packed>, PackedWeight>,
     /// Dictionaries by their store key (a few per model).
     dicts: RwLock<HashMap<Vec<u8>, Arc<Dict>>>,
-    /// Content-Type header values, one shared by every file of that type.
-    content_types: Mutex<Vec<HeaderValue>>,
+    /// Content-Type header values, one shared by every file of that type; entries name
+    /// theirs by index (at most 256).
+    content_types: RwLock<Vec<HeaderValue>>,
 }
 
 /// Default bytes of the memory tier (about 320 bytes a packed phone file: 100,000 phones
@@ -334,21 +366,38 @@ impl Cache {
                 PackedWeight,
             ),
             dicts: RwLock::default(),
-            content_types: Mutex::default(),
+            content_types: RwLock::default(),
         }
     }
 
-    /// The shared header value for a content type (a handful exist).
-    fn content_type(&self, v: &[u8]) -> Option<HeaderValue> {
-        let mut known = self.content_types.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = known.iter().find(|h| h.as_bytes() == v) {
-            return Some(h.clone());
+    /// The index of a content type in the table (added when new; `None` when the table is
+    /// full or the value is not a valid header value).
+    fn content_type_index(&self, v: &[u8]) -> Option<u8> {
+        let find = |known: &[HeaderValue]| known.iter().position(|h| h.as_bytes() == v);
+        if let Some(i) = find(&self.content_types.read().unwrap_or_else(|p| p.into_inner())) {
+            return u8::try_from(i).ok();
         }
-        let h = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(v)).ok()?;
-        if known.len() < 64 {
-            known.push(h.clone());
+        let mut known = self
+            .content_types
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = find(&known) {
+            return u8::try_from(i).ok();
         }
-        Some(h)
+        let h = HeaderValue::from_bytes(v).ok()?;
+        let i = u8::try_from(known.len()).ok()?;
+        known.push(h);
+        Some(i)
+    }
+
+    /// The Content-Type header value of an entry.
+    pub fn content_type(&self, p: &Packed) -> HeaderValue {
+        self.content_types
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(p.content_type as usize)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("application/octet-stream"))
     }
 
     /// The memory tier: ("files", bytes weighed, entries).
@@ -392,10 +441,13 @@ impl Cache {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let dict = self.dict(store, &file, Some(dictionary))?;
                     let ct = self
-                        .content_type(r.headers[1].as_bytes())
-                        .unwrap_or_else(|| r.headers[1].clone());
+                        .content_type_index(r.headers[1].as_bytes())
+                        .ok_or_else(|| AppError::Io {
+                            what: "caching a file",
+                            source: std::io::Error::other("more than 256 content types"),
+                        })?;
                     let p = Packed::pack(&r, revision, file.digest, dict, ct);
-                    store.render_put(key, p.encode())?;
+                    store.render_put(key, p.encode(r.headers[1].as_bytes()))?;
                     let p = Arc::new(p);
                     self.hot.insert(key.to_vec(), p.clone());
                     Ok((p, Outcome::Miss))
@@ -462,7 +514,7 @@ impl Cache {
                     .ok()
                     .flatten()
             },
-            |ct| self.content_type(ct),
+            |ct| self.content_type_index(ct),
         )
         .map(Arc::new);
         if let Some(e) = dict_err {
@@ -497,8 +549,8 @@ mod tests {
         )
     }
 
-    fn ct(v: &[u8]) -> Option<HeaderValue> {
-        HeaderValue::from_bytes(v).ok()
+    fn ct(v: &[u8]) -> Option<u8> {
+        (v == b"text/plain").then_some(0)
     }
 
     const BASE: &str = "#!version:1.0.0.1\naccount.1.enable = 0\naccount.1.label = \naccount.1.user_name = \nlocal_time.time_zone = +1\nsip.trust_ctrl = 1\nphone_setting.backlight_time = 60\n";
@@ -510,7 +562,7 @@ mod tests {
             .replace("label = ", "label = 201");
         let r = rendered(&body);
         let d = Arc::new(Dict::new(BASE.as_bytes()));
-        let p = Packed::pack(&r, 7, 9, Some(d.clone()), r.headers[1].clone());
+        let p = Packed::pack(&r, 7, 9, Some(d.clone()), 0);
         assert!(
             p.dict.is_some(),
             "a file close to its dictionary is compressed"
@@ -522,13 +574,13 @@ mod tests {
             body.len()
         );
         assert_eq!(p.body().unwrap(), body.as_bytes());
-        let e = p.encode();
+        let e = p.encode(b"text/plain");
         let back = Packed::decode(&e, 7, 9, || Some(d.clone()), ct).unwrap();
         assert_eq!(back.body().unwrap(), body.as_bytes());
         assert_eq!(back.etag_header(), r.headers[0]);
-        assert_eq!(back.etag_str(), r.etag);
-        assert_eq!(back.content_type, r.headers[1]);
-        assert_eq!(&*back.allowed_user_agents, &["Yealink".to_string()]);
+        assert_eq!(&back.etag()[..], r.etag.as_bytes());
+        assert_eq!(back.content_type, 0);
+        assert_eq!(back.allowed_user_agents(), &["Yealink".to_string()]);
         assert!(Packed::decode(&e, 8, 9, || Some(d.clone()), ct).is_none());
         assert!(Packed::decode(&e, 7, 8, || Some(d.clone()), ct).is_none());
         assert!(Packed::decode(&e[..10], 7, 9, || Some(d.clone()), ct).is_none());
@@ -548,18 +600,21 @@ mod tests {
     }
 
     #[test]
+    fn etags_pack_to_ten_bytes_and_back() {
+        let r = rendered("x");
+        let b = etag_bytes(r.etag.as_bytes()).unwrap();
+        assert_eq!(&etag_quoted(&b)[..], r.etag.as_bytes());
+        assert_eq!(etag_bytes(b"\"abc\""), None);
+        assert_eq!(etag_bytes(b"\"zz345678901234567890\""), None);
+    }
+
+    #[test]
     fn a_file_unlike_its_dictionary_is_kept_as_is() {
         let r = rendered("short and unrelated");
-        let p = Packed::pack(
-            &r,
-            1,
-            9,
-            Some(Arc::new(Dict::new(BASE.as_bytes()))),
-            r.headers[1].clone(),
-        );
+        let p = Packed::pack(&r, 1, 9, Some(Arc::new(Dict::new(BASE.as_bytes()))), 0);
         assert!(p.dict.is_none());
         assert_eq!(p.body().unwrap(), "short and unrelated".as_bytes());
-        let back = Packed::decode(&p.encode(), 1, 9, || None, ct).unwrap();
+        let back = Packed::decode(&p.encode(b"text/plain"), 1, 9, || None, ct).unwrap();
         assert_eq!(back.body().unwrap(), "short and unrelated".as_bytes());
     }
 

@@ -349,7 +349,7 @@ impl Config {
             models,
             templates,
             log_format: LogFormat::Text,
-            store_cache_bytes: 16 << 20,
+            store_cache_bytes: 4 << 20,
             memory_cache_bytes: 64 << 20,
             defaults: Settings::new(),
             security: crate::guard::Security::default(),
@@ -437,7 +437,7 @@ impl Config {
                 key: format!("{}: {key}", path.display()),
                 message,
             })?;
-        let mb = fc.store_cache_mb.unwrap_or(32);
+        let mb = fc.store_cache_mb.unwrap_or(4);
         if mb == 0 || mb > 65536 {
             return Err(ConfigError::Value {
                 key: "store-cache-mb".into(),

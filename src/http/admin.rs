@@ -1617,7 +1617,7 @@ async fn preview(
     Ok((
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, rendered.content_type.clone()),
+            (header::CONTENT_TYPE, st.cache.content_type(&rendered)),
             (header::ETAG, rendered.etag_header()),
         ],
         rendered.body()?,
@@ -1646,7 +1646,7 @@ async fn explain(
     let inputs = crate::render::explain::Inputs {
         model,
         server: &st.server_defaults,
-        domain: domain.as_ref(),
+        domain: domain.as_deref(),
         phone: &phone,
         lines: accounts.iter().map(|(m, a)| (*m, a)).collect(),
     };

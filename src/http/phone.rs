@@ -717,16 +717,16 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
             "miss"
         }
     });
-    if !rendered.allowed_user_agents.is_empty() && {
+    if !rendered.allowed_user_agents().is_empty() && {
         let ua_lower = req.ua.to_ascii_lowercase();
         !rendered
-            .allowed_user_agents
+            .allowed_user_agents()
             .iter()
             .all(|a| ua_lower.contains(&a.to_ascii_lowercase()))
     } {
         return Err(AppError::Forbidden("User-Agent not allowed".into()));
     }
-    respond(rendered, req.headers)
+    respond(st, rendered, req.headers)
 }
 
 /// Runs a cache-miss render, recording its time.
@@ -765,12 +765,12 @@ fn common_model(
 }
 
 /// A phone's domain and its members with their accounts.
-pub type PhoneRecords<'p> = (Option<Domain>, Vec<(&'p Member, Account)>);
+pub type PhoneRecords<'p> = (Option<std::sync::Arc<Domain>>, Vec<(&'p Member, Account)>);
 
 /// The phone's domain and its members' accounts (members whose account is gone are skipped).
 pub fn phone_records<'p>(st: &AppState, phone: &'p Phone) -> Result<PhoneRecords<'p>, AppError> {
     let domain = match &phone.domain {
-        Some(d) => st.store.domain(d)?,
+        Some(d) => st.store.domain_shared(d)?,
         None => None,
     };
     let mut accounts = Vec::with_capacity(phone.members.len());
@@ -820,7 +820,7 @@ pub fn render_phone(
     let input = PhoneInput {
         model,
         server: &st.server_defaults,
-        domain: domain.as_ref(),
+        domain: domain.as_deref(),
         phone: Some(phone),
         lines,
     };
@@ -845,8 +845,11 @@ pub fn render_dictionary(
     if !spec.per_phone() {
         return render_common(st, t, model, spec).ok();
     }
-    let (mut phone, accounts) = crate::sample_phone(model, "sample.invalid");
+    let (mut phone, mut accounts) = crate::sample_phone(model, "sample.invalid");
     phone.domain = None;
+    // Most phones carry one line: the dictionary that matches them best has one.
+    phone.members.truncate(1);
+    accounts.truncate(1);
     let lines = phone
         .members
         .iter()
@@ -887,19 +890,22 @@ pub fn render_common(
     Ok(Rendered::new(body, spec.content_type.clone(), vec![]))
 }
 
-fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+fn etag_matches(headers: &HeaderMap, etag: &[u8]) -> bool {
     headers.get_all(header::IF_NONE_MATCH).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .map(str::trim)
-                .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+        v.as_bytes().split(|b| *b == b',').any(|t| {
+            let t = t.trim_ascii();
+            t == b"*" || t.strip_prefix(b"W/").unwrap_or(t) == etag
         })
     })
 }
 
-fn respond(r: std::sync::Arc<Packed>, headers: &HeaderMap) -> Result<Response, AppError> {
+fn respond(
+    st: &AppState,
+    r: std::sync::Arc<Packed>,
+    headers: &HeaderMap,
+) -> Result<Response, AppError> {
     let no_cache = HeaderValue::from_static("no-cache");
-    if etag_matches(headers, r.etag_str()) {
+    if etag_matches(headers, &r.etag()) {
         return Ok((
             StatusCode::NOT_MODIFIED,
             [
@@ -912,7 +918,7 @@ fn respond(r: std::sync::Arc<Packed>, headers: &HeaderMap) -> Result<Response, A
     Ok((
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, r.content_type.clone()),
+            (header::CONTENT_TYPE, st.cache.content_type(&r)),
             (header::ETAG, r.etag_header()),
             (header::CACHE_CONTROL, no_cache),
         ],
