@@ -491,6 +491,15 @@ impl Cache {
         Ok(Some(d))
     }
 
+    /// Loads `file` from the store into the memory tier if it is there and valid (startup
+    /// warm-up): whether it was; `None` when the tier is nine-tenths full, to stop.
+    pub fn warm(&self, store: &Store, file: &FileKey<'_>) -> Result<Option<bool>, AppError> {
+        if self.hot.weight() >= self.hot.capacity() / 10 * 9 {
+            return Ok(None);
+        }
+        Ok(Some(self.lookup(store, file)?.is_some()))
+    }
+
     /// Memory first (valid only at the revision and digest), then the store.
     fn lookup(&self, store: &Store, file: &FileKey<'_>) -> Result<Option<Arc<Packed>>, AppError> {
         if let Some(h) = self.hot.get(file.key)

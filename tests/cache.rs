@@ -252,3 +252,69 @@ async fn restart_keeps_data_and_cache_validity() {
     let (state, _) = autoprov::init(&config).unwrap();
     assert!(state.store.phone(mac).unwrap().is_some());
 }
+
+#[tokio::test]
+async fn a_restarted_server_warms_its_memory_tiers_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = autoprov::config::Config::for_test(
+        dir.path().join("data"),
+        common::repo("models"),
+        common::repo("templates"),
+    );
+    let mac = autoprov::model::Mac::parse(A).unwrap();
+    let fetch = |url: String| async move {
+        let r = reqwest::Client::new()
+            .get(format!("{url}/{A}.cfg"))
+            .basic_auth("u", Some("p"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    };
+    let serve = |state: autoprov::AppState| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(autoprov::serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        (url, tx, task)
+    };
+    // First process: the phone's file is rendered and packed into the store.
+    let first = {
+        let (state, _) = autoprov::init(&config).unwrap();
+        let mut phone = autoprov::model::Phone::new(mac, "yealink-t46s".into());
+        phone.provisioning_username = Some("u".into());
+        phone.provisioning_password = Some("p".into());
+        state
+            .store
+            .commit(&autoprov::store::Change {
+                phones: vec![(mac, Some(phone))],
+                ..Default::default()
+            })
+            .unwrap();
+        let (url, stop, task) = serve(state.clone()).await;
+        let body = fetch(url).await;
+        assert_eq!(state.cache.render_count(), 1);
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+        state.store.flush().await.unwrap();
+        body
+    };
+    // Second process: warmed before any request, then served without rendering.
+    let (state, _) = autoprov::init(&config).unwrap();
+    assert_eq!(state.cache.memory().2, 0);
+    autoprov::warm_up(state.clone()).unwrap().join().unwrap();
+    assert_eq!(state.cache.memory().2, 1, "the packed file is in memory");
+    assert_eq!(
+        state.store.gate_memory().2,
+        1,
+        "the phone's gate is in memory"
+    );
+    let (url, stop, task) = serve(state.clone()).await;
+    assert_eq!(fetch(url).await, first);
+    assert_eq!(state.cache.render_count(), 0);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

@@ -447,13 +447,19 @@ impl Store {
         let Some(p) = self.phone(mac)? else {
             return Ok(None);
         };
+        Ok(Some(self.remember_gate(&p, before)))
+    }
+
+    /// The gate of `p`, put in the memo unless a commit happened since `before` (the commit
+    /// count noted before `p` was read).
+    fn remember_gate(&self, p: &Phone, before: u64) -> Arc<Gate> {
         let g = {
             let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
             if names.len() > 100_000 {
                 // Names of deleted domains and models accumulate; start over now and then.
                 names.clear();
             }
-            Arc::new(Gate::of(&p, |n| match names.get(n) {
+            Arc::new(Gate::of(p, |n| match names.get(n) {
                 Some(a) => a.clone(),
                 None => {
                     let a: Arc<str> = n.into();
@@ -464,9 +470,37 @@ impl Store {
         };
         let _memo = self.memo_lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.commits.load(Ordering::SeqCst) == before {
-            self.gates.insert(mac, g.clone());
+            self.gates.insert(p.mac, g.clone());
         }
-        Ok(Some(g))
+        g
+    }
+
+    /// Fills the gate memo from the phone tree, in MAC order, giving each gate to `each`
+    /// until it returns false or the memo is nine-tenths full (startup warm-up: a fleet
+    /// that reboots after the server did is then served from memory).
+    pub fn warm_gates(&self, mut each: impl FnMut(&Gate) -> bool) -> Result<u64, StoreError> {
+        let mut iter = self.phones.iter();
+        let mut n = 0;
+        loop {
+            if self.gates.weight() >= self.gates.capacity() / 10 * 9 {
+                break;
+            }
+            // Noted before the record is read: the iterator reads lazily.
+            let before = self.commits.load(Ordering::SeqCst);
+            let Some(kv) = iter.next() else {
+                break;
+            };
+            let (_, v) = kv?;
+            let Ok(p) = dec::<Phone>("phones", &v) else {
+                continue;
+            };
+            let g = self.remember_gate(&p, before);
+            n += 1;
+            if !each(&g) {
+                break;
+            }
+        }
+        Ok(n)
     }
 
     /// The gate memo: ("gates", bytes weighed, entries).
