@@ -226,16 +226,8 @@ async fn concurrent_cold_fetches_render_once() {
     assert_eq!(s.renders(), n + 1);
 }
 
-#[tokio::test]
-async fn restart_keeps_data_and_cache_validity() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = autoprov::config::Config::for_test(
-        dir.path().join("data"),
-        common::repo("models"),
-        common::repo("templates"),
-    );
-    let (state, startup) = autoprov::init(&config).unwrap();
-    let mac = autoprov::model::Mac::parse(A).unwrap();
+/// A T46S with its own provisioning credential `u`/`p`, committed directly.
+fn store_phone(state: &autoprov::AppState, mac: autoprov::model::Mac) {
     let mut phone = autoprov::model::Phone::new(mac, "yealink-t46s".into());
     phone.provisioning_username = Some("u".into());
     phone.provisioning_password = Some("p".into());
@@ -246,6 +238,15 @@ async fn restart_keeps_data_and_cache_validity() {
             ..Default::default()
         })
         .unwrap();
+}
+
+#[tokio::test]
+async fn restart_keeps_data_and_cache_validity() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config_in(dir.path());
+    let (state, startup) = autoprov::init(&config).unwrap();
+    let mac = autoprov::model::Mac::parse(A).unwrap();
+    store_phone(&state, mac);
     state.store.flush().await.unwrap();
     drop(state);
     drop(startup);
@@ -256,11 +257,7 @@ async fn restart_keeps_data_and_cache_validity() {
 #[tokio::test]
 async fn a_restarted_server_warms_its_memory_tiers_from_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let config = autoprov::config::Config::for_test(
-        dir.path().join("data"),
-        common::repo("models"),
-        common::repo("templates"),
-    );
+    let config = common::config_in(dir.path());
     let mac = autoprov::model::Mac::parse(A).unwrap();
     let fetch = |url: String| async move {
         let r = reqwest::Client::new()
@@ -284,16 +281,7 @@ async fn a_restarted_server_warms_its_memory_tiers_from_the_store() {
     // First process: the phone's file is rendered and packed into the store.
     let first = {
         let (state, _) = autoprov::init(&config).unwrap();
-        let mut phone = autoprov::model::Phone::new(mac, "yealink-t46s".into());
-        phone.provisioning_username = Some("u".into());
-        phone.provisioning_password = Some("p".into());
-        state
-            .store
-            .commit(&autoprov::store::Change {
-                phones: vec![(mac, Some(phone))],
-                ..Default::default()
-            })
-            .unwrap();
+        store_phone(&state, mac);
         let (url, stop, task) = serve(state.clone()).await;
         let body = fetch(url).await;
         assert_eq!(state.cache.render_count(), 1);

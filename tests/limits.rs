@@ -371,11 +371,7 @@ async fn overlong_headers_get_431_and_the_server_carries_on() {
 #[tokio::test]
 async fn shutdown_stops_accepting_and_lets_an_in_flight_request_finish() {
     let dir = tempfile::tempdir().unwrap();
-    let config = autoprov::config::Config::for_test(
-        dir.path().join("data"),
-        common::repo("models"),
-        common::repo("templates"),
-    );
+    let config = common::config_in(dir.path());
     let (state, startup) = autoprov::init(&config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();

@@ -111,11 +111,7 @@ async fn walkthrough() {
 #[tokio::test]
 async fn first_start_files_and_reuse() {
     let dir = tempfile::tempdir().unwrap();
-    let config = autoprov::config::Config::for_test(
-        dir.path().join("data"),
-        common::repo("models"),
-        common::repo("templates"),
-    );
+    let config = common::config_in(dir.path());
     let (state, first) = autoprov::init(&config).unwrap();
     let token = first.new_admin_token.clone().unwrap();
     let (u, p) = first.new_provisioning_credentials.clone().unwrap();

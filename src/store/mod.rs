@@ -189,6 +189,21 @@ fn tx_get<T: DeserializeOwned>(
     }
 }
 
+/// The records of a tree keyed by lowercase MAC text (keys that are not a MAC are skipped).
+fn by_mac_text(tree: &sled::Tree) -> Result<Vec<(Mac, Vec<u8>)>, StoreError> {
+    let mut out = Vec::new();
+    for kv in tree.iter() {
+        let (k, v) = kv?;
+        if let Some(mac) = std::str::from_utf8(&k)
+            .ok()
+            .and_then(|k| Mac::parse_plain(k).ok())
+        {
+            out.push((mac, v.to_vec()));
+        }
+    }
+    Ok(out)
+}
+
 /// The gate memo's weigher: approximate heap bytes per phone.
 #[derive(Debug, Clone, Copy)]
 struct GateWeight;
@@ -356,17 +371,7 @@ impl Store {
     /// Last fetches as autoprov kept them in the store before the fetch journal (JSON by
     /// MAC); read once, to move them into the journal.
     pub fn legacy_fetches(&self) -> Result<Vec<(Mac, Vec<u8>)>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.fetches.iter() {
-            let (k, v) = kv?;
-            if let Ok(mac) = std::str::from_utf8(&k)
-                .map_err(|_| ())
-                .and_then(|k| Mac::parse_plain(k).map_err(|_| ()))
-            {
-                out.push((mac, v.to_vec()));
-            }
-        }
-        Ok(out)
+        by_mac_text(&self.fetches)
     }
 
     /// Empties the old last-fetch tree (its records are in the journal now).
@@ -385,17 +390,7 @@ impl Store {
 
     /// Every stored unprovisioned record.
     pub fn unprovisioned(&self) -> Result<Vec<(Mac, Vec<u8>)>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.unprovisioned.iter() {
-            let (k, v) = kv?;
-            if let Ok(mac) = std::str::from_utf8(&k)
-                .map_err(|_| ())
-                .and_then(|s| Mac::parse_plain(s).map_err(|_| ()))
-            {
-                out.push((mac, v.to_vec()));
-            }
-        }
-        Ok(out)
+        by_mac_text(&self.unprovisioned)
     }
 
     /// A meta value.

@@ -23,6 +23,11 @@ pub fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// The test configuration with its data folder in `dir` (the shipped models and templates).
+pub fn config_in(dir: &std::path::Path) -> Config {
+    Config::for_test(dir.join("data"), repo("models"), repo("templates"))
+}
+
 impl TestServer {
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
