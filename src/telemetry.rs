@@ -32,8 +32,8 @@ pub fn init(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
 /// Facts a handler adds to its response for the request line.
 #[derive(Debug, Clone, Default)]
 pub struct RequestFacts {
-    /// The phone's MAC.
-    pub mac: Option<String>,
+    /// The phone's MAC (formatted only when the line is written).
+    pub mac: Option<crate::model::Mac>,
     /// `hit` or `miss`.
     pub cache: Option<&'static str>,
     /// The vendor the User-Agent names (phone requests), for the metrics.
@@ -62,7 +62,7 @@ pub async fn log_requests(req: Request, next: Next) -> Response {
         path = %path,
         status,
         latency_us = micros,
-        mac = facts.mac.as_deref(),
+        mac = facts.mac.as_ref().map(tracing::field::display),
         cache = facts.cache,
         "request"
     );

@@ -115,6 +115,11 @@ async fn logs_carry_no_secrets() {
         logs.contains("status=200"),
         "request lines are logged: {logs}"
     );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("path=/001565aabbcc.cfg") && l.contains("mac=001565aabbcc")),
+        "a phone's request line names its MAC: {logs}"
+    );
     for secret in [
         "SIP-SECRET-123",
         "PROV-SECRET-456",

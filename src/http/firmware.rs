@@ -76,7 +76,7 @@ pub async fn fetch(
         Err(e) => Err(e),
     };
     if let Some(mac) = known {
-        facts.mac = Some(mac.lower());
+        facts.mac = Some(mac);
     }
     let mut resp = match result {
         Ok(r) => r,

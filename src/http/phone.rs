@@ -237,7 +237,7 @@ async fn store_upload(
     let Some(mac) = upload_mac(file) else {
         return Err(AppError::MethodNotAllowed);
     };
-    facts.mac = Some(mac.lower());
+    facts.mac = Some(mac);
     let Some(phone) = st.store.gate(mac)? else {
         if server_default_ok(st, creds) {
             st.metrics.unknown_mac();
@@ -608,7 +608,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
     let ua_mac = req.agent.and_then(|a| a.mac);
     let (rendered, outcome) = match fref {
         FileRef::Phone { mac, pattern } => {
-            req.facts.mac = Some(mac.lower());
+            req.facts.mac = Some(mac);
             if ua_mac.is_some_and(|m| m != mac) {
                 return Err(AppError::Forbidden(
                     "the MAC in the User-Agent differs from the MAC in the path".into(),
@@ -663,7 +663,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
             };
             if let Some(p) = &phone {
                 req.known = Some(p.mac);
-                req.facts.mac = Some(p.mac.lower());
+                req.facts.mac = Some(p.mac);
             }
             match &phone {
                 // Common files carry no secrets: a bootstrap credential reads them without

@@ -341,7 +341,8 @@ impl Catalogue {
         self.get(id)?
             .files
             .iter()
-            .find(|f| f.name.replace("{MAC}", "{mac}").eq_ignore_ascii_case(name))
+            // `{MAC}` and `{mac}` are equal ignoring ASCII case, like the rest of the name.
+            .find(|f| f.name.eq_ignore_ascii_case(name))
     }
 }
 
