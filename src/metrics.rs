@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -376,9 +375,7 @@ impl Collector for Snapshot {
 
 /// Counts every request by kind, status and vendor (the phone handler names the vendor in
 /// its [`RequestFacts`]), and admin 401s as authentication failures.
-pub async fn count_requests(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let kind = kind_of(req.uri().path());
-    let resp = next.run(req).await;
+pub fn count_request(st: &AppState, kind: Kind, resp: &Response) {
     let status = resp.status().as_u16();
     let vendor = vendor_index(
         resp.extensions()
@@ -389,7 +386,6 @@ pub async fn count_requests(State(st): State<AppState>, req: Request, next: Next
     if kind == Kind::Admin && status == 401 {
         st.metrics.auth_failure(Kind::Admin);
     }
-    resp
 }
 
 /// `GET /metrics`: the exposition; with `metrics-token` set, only for

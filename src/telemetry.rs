@@ -4,7 +4,6 @@
 use std::time::Instant;
 
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::config::LogFormat;
@@ -40,31 +39,37 @@ pub struct RequestFacts {
     pub vendor: Option<&'static str>,
 }
 
-/// Logs one line per request when the response is ready: method, path, status, latency,
-/// and the handler's facts. Never the query string, headers or bodies (secrets live there).
-pub async fn log_requests(req: Request, next: Next) -> Response {
-    if !tracing::enabled!(tracing::Level::INFO) {
-        return next.run(req).await;
+/// What the request line needs of a request, taken before it is handled (only when the
+/// line will be written).
+#[derive(Debug)]
+pub struct RequestLine {
+    start: Instant,
+    method: axum::http::Method,
+    path: String,
+}
+
+impl RequestLine {
+    /// Notes the request if request lines are logged (level `info`).
+    pub fn start(req: &Request) -> Option<Self> {
+        tracing::enabled!(tracing::Level::INFO).then(|| RequestLine {
+            start: Instant::now(),
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+        })
     }
-    let start = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let resp = next.run(req).await;
-    let facts = resp
-        .extensions()
-        .get::<RequestFacts>()
-        .cloned()
-        .unwrap_or_default();
-    let status = resp.status().as_u16();
-    let micros = start.elapsed().as_micros() as u64;
-    tracing::info!(
-        method = %method,
-        path = %path,
-        status,
-        latency_us = micros,
-        mac = facts.mac.as_ref().map(tracing::field::display),
-        cache = facts.cache,
-        "request"
-    );
-    resp
+
+    /// Logs one line for the response: method, path, status, latency, and the handler's
+    /// facts. Never the query string, headers or bodies (secrets live there).
+    pub fn finish(self, resp: &Response) {
+        let facts = resp.extensions().get::<RequestFacts>();
+        tracing::info!(
+            method = %self.method,
+            path = %self.path,
+            status = resp.status().as_u16(),
+            latency_us = self.start.elapsed().as_micros() as u64,
+            mac = facts.and_then(|f| f.mac.as_ref()).map(tracing::field::display),
+            cache = facts.and_then(|f| f.cache),
+            "request"
+        );
+    }
 }
