@@ -13,12 +13,12 @@ mod tokens;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::{Request, State};
 use axum::handler::Handler;
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
 
 use crate::AppState;
 use crate::error::AppError;
@@ -106,6 +106,9 @@ pub fn router(state: AppState) -> Router {
         .merge(phone)
         .merge(firmware)
         .fallback(|| async { AppError::NotFound("not found".into()).into_phone_response() })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), frontline))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            frontline,
+        ))
         .with_state(state)
 }

@@ -614,7 +614,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                     "the MAC in the User-Agent differs from the MAC in the path".into(),
                 ));
             }
-            let Some(phone) = st.store.gate(mac)? else {
+            let Some((phone, just_read)) = st.store.gate_or_phone(mac)? else {
                 // Same challenge for unknown and known MACs: no enumeration.
                 if server_default_ok(st, creds) {
                     st.metrics.unknown_mac();
@@ -648,7 +648,11 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                 .get_or_render(
                     &st.store,
                     file,
-                    || timed(st, || render_stored_phone(st, t, model, spec, mac)),
+                    || {
+                        // The record read for the gate, unless a bootstrap exchange moved on.
+                        let fresh = just_read.filter(|p| p.revision == phone.revision);
+                        timed(st, || render_stored_phone(st, t, model, spec, mac, fresh))
+                    },
                     || render_dictionary(st, t, model, spec),
                 )
                 .await?
@@ -782,19 +786,24 @@ pub fn phone_records<'p>(st: &AppState, phone: &'p Phone) -> Result<PhoneRecords
     Ok((domain, accounts))
 }
 
-/// Renders a phone's file from its record as stored now (the cache-miss path), with the
-/// revision it was rendered at.
+/// Renders a phone's file from its record as stored now, or from `fresh` (the record
+/// read moments ago for the gate), with the revision it was rendered at (the cache-miss
+/// path).
 pub fn render_stored_phone(
     st: &AppState,
     t: &Templates,
     model: &Model,
     spec: &FileSpec,
     mac: Mac,
+    fresh: Option<Phone>,
 ) -> Result<(Rendered, u64), AppError> {
-    let phone = st
-        .store
-        .phone(mac)?
-        .ok_or_else(|| AppError::NotFound("unknown MAC".into()))?;
+    let phone = match fresh {
+        Some(p) => p,
+        None => st
+            .store
+            .phone(mac)?
+            .ok_or_else(|| AppError::NotFound("unknown MAC".into()))?,
+    };
     if phone.model != model.id {
         // Relinked to another model since the request looked: its file names differ.
         return Err(AppError::NotFound(

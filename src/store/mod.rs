@@ -435,14 +435,23 @@ impl Store {
     /// sees the bump and leaves the memo alone, or the invalidation comes after its insert:
     /// a stale record is never in the memo, not even for a moment.
     pub fn gate(&self, mac: Mac) -> Result<Option<Arc<Gate>>, StoreError> {
+        Ok(self.gate_or_phone(mac)?.map(|(g, _)| g))
+    }
+
+    /// [`Store::gate`], with the whole phone when the memo missed and it was read from the
+    /// store just now (a cold fetch renders from it instead of reading it again).
+    pub fn gate_or_phone(
+        &self,
+        mac: Mac,
+    ) -> Result<Option<(Arc<Gate>, Option<Phone>)>, StoreError> {
         if let Some(g) = self.gates.get(&mac) {
-            return Ok(Some(g));
+            return Ok(Some((g, None)));
         }
         let before = self.commits.load(Ordering::SeqCst);
         let Some(p) = self.phone(mac)? else {
             return Ok(None);
         };
-        Ok(Some(self.remember_gate(&p, before)))
+        Ok(Some((self.remember_gate(&p, before), Some(p))))
     }
 
     /// The gate of `p`, put in the memo unless a commit happened since `before` (the commit
