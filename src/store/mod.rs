@@ -204,6 +204,9 @@ fn by_mac_text(tree: &sled::Tree) -> Result<Vec<(Mac, Vec<u8>)>, StoreError> {
     Ok(out)
 }
 
+/// A phone's gate, with the whole record when it was just read from the store.
+pub type GateRead = (Arc<Gate>, Option<Phone>);
+
 /// The gate memo's weigher: approximate heap bytes per phone.
 #[derive(Debug, Clone, Copy)]
 struct GateWeight;
@@ -440,10 +443,7 @@ impl Store {
 
     /// [`Store::gate`], with the whole phone when the memo missed and it was read from the
     /// store just now (a cold fetch renders from it instead of reading it again).
-    pub fn gate_or_phone(
-        &self,
-        mac: Mac,
-    ) -> Result<Option<(Arc<Gate>, Option<Phone>)>, StoreError> {
+    pub fn gate_or_phone(&self, mac: Mac) -> Result<Option<GateRead>, StoreError> {
         if let Some(g) = self.gates.get(&mac) {
             return Ok(Some((g, None)));
         }
