@@ -494,11 +494,20 @@ impl Store {
             let Some(kv) = iter.next() else {
                 break;
             };
-            let (_, v) = kv?;
-            let Ok(p) = dec::<Phone>("phones", &v) else {
-                continue;
+            let (k, v) = kv?;
+            let g = match <[u8; 6]>::try_from(&k[..])
+                .ok()
+                .and_then(|m| self.gates.get(&Mac::from_bytes(m)))
+            {
+                // Already there (a request was first): nothing to decode.
+                Some(g) => g,
+                None => {
+                    let Ok(p) = dec::<Phone>("phones", &v) else {
+                        continue;
+                    };
+                    self.remember_gate(&p, before)
+                }
             };
-            let g = self.remember_gate(&p, before);
             n += 1;
             if !each(&g) {
                 break;
