@@ -490,8 +490,11 @@ pub fn warm_up(state: AppState) -> Option<std::thread::JoinHandle<()>> {
             let t = state.templates();
             let mut files = 0u64;
             let mut failed = None;
+            // Nothing rendered yet (a fresh store, or templates changed): gates only, so a
+            // cold storm arriving now is not slowed by lookups that cannot find anything.
+            let any_files = !matches!(state.store.renders_empty(), Ok(true));
             let phones = state.store.warm_gates(|g| {
-                let Some(model) = t.catalogue.get(&g.model) else {
+                let Some(model) = t.catalogue.get(&g.model).filter(|_| any_files) else {
                     return true;
                 };
                 for spec in model.files.iter().filter(|f| f.per_phone()) {

@@ -682,6 +682,11 @@ impl Store {
         Ok(self.renders.get(key)?)
     }
 
+    /// Whether no file has been rendered into the store (fresh, or cleared at startup).
+    pub fn renders_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.renders.first()?.is_none())
+    }
+
     /// Stores a render.
     pub fn render_put(&self, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
         self.renders.insert(key, value)?;
