@@ -126,6 +126,9 @@ impl Dict {
     }
 }
 
+/// Largest file length an entry may claim (rendered files are a few KiB).
+const MAX_FILE: u32 = 16 << 20;
+
 /// Marks the stored entry format (an older layout starts with a revision's zero byte).
 const FORMAT: u8 = 0xA2;
 
@@ -247,6 +250,10 @@ impl Packed {
             _ => return None,
         };
         let raw_len = u32_at(22)?;
+        if raw_len > MAX_FILE {
+            // A damaged length must not become a huge allocation.
+            return None;
+        }
         let mut pos = 26;
         let etag = etag_bytes(take(b, &mut pos)?)?;
         let content_type = content_type(take(b, &mut pos)?)?;
@@ -602,6 +609,10 @@ mod tests {
         let n = bad.len();
         bad.truncate(n - 3);
         assert!(Packed::decode(&bad, 7, 9, || Some(d.clone()), ct).is_none());
+        // A damaged length is refused before anything is allocated for it.
+        let mut huge = e.clone();
+        huge[22..26].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(Packed::decode(&huge, 7, 9, || Some(d.clone()), ct).is_none());
         // The layout before packing (revision first) is not read as this one.
         let mut old = 7u64.to_be_bytes().to_vec();
         old.extend_from_slice(&e[9..]);
