@@ -17,40 +17,26 @@ use sha2::{Digest, Sha256};
 use crate::error::AppError;
 use crate::store::Store;
 
-/// A rendered file, ready to serve.
+/// A file just rendered, before it is packed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rendered {
-    /// Quoted strong ETag (hash of the bytes).
-    pub etag: String,
+    /// The strong ETag's 10 bytes (the first 10 of the SHA-256 of the body).
+    pub etag: [u8; 10],
     /// Content-Type.
     pub content_type: String,
     /// User-Agent substrings the phone's accounts require.
     pub allowed_user_agents: Vec<String>,
-    /// The bytes (cheap to clone into a response).
+    /// The bytes.
     pub body: Bytes,
-    /// `etag` and `content_type` as ready header values (built once, not per response).
-    pub headers: [axum::http::HeaderValue; 2],
-}
-
-fn header_values(etag: &str, content_type: &str) -> [axum::http::HeaderValue; 2] {
-    use axum::http::HeaderValue;
-    [
-        HeaderValue::from_str(etag).unwrap_or(HeaderValue::from_static("\"\"")),
-        HeaderValue::from_str(content_type)
-            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
-    ]
 }
 
 impl Rendered {
     /// Wraps freshly rendered bytes, computing the ETag.
     pub fn new(body: Vec<u8>, content_type: String, allowed_user_agents: Vec<String>) -> Self {
         let h = Sha256::digest(&body);
-        let etag = format!(
-            "\"{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}\"",
-            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]
-        );
+        let mut etag = [0u8; 10];
+        etag.copy_from_slice(&h[..10]);
         Rendered {
-            headers: header_values(&etag, &content_type),
             etag,
             content_type,
             allowed_user_agents,
@@ -80,10 +66,10 @@ pub struct Packed {
     data: Box<[u8]>,
 }
 
-/// Length of a quoted ETag as [`Rendered::new`] makes it.
+/// Length of a quoted ETag: `"` + 20 hex digits + `"`.
 const ETAG_LEN: usize = 22;
 
-/// The 10 bytes of a quoted ETag as [`Rendered::new`] makes it (`None` for anything else).
+/// The 10 bytes of a quoted ETag as stored (`None` for anything else).
 fn etag_bytes(quoted: &[u8]) -> Option<[u8; 10]> {
     let hex = quoted.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
     if hex.len() != 20 {
@@ -156,7 +142,7 @@ impl Packed {
         Packed {
             revision,
             digest,
-            etag: etag_bytes(r.etag.as_bytes()).unwrap_or_default(),
+            etag: r.etag,
             content_type,
             allowed: (!r.allowed_user_agents.is_empty())
                 .then(|| r.allowed_user_agents.clone().into()),
@@ -448,13 +434,13 @@ impl Cache {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let dict = self.dict(store, &file, Some(dictionary))?;
                     let ct = self
-                        .content_type_index(r.headers[1].as_bytes())
+                        .content_type_index(r.content_type.as_bytes())
                         .ok_or_else(|| AppError::Io {
                             what: "caching a file",
                             source: std::io::Error::other("more than 256 content types"),
                         })?;
                     let p = Packed::pack(&r, revision, file.digest, dict, ct);
-                    store.render_put(key, p.encode(r.headers[1].as_bytes()))?;
+                    store.render_put(key, p.encode(r.content_type.as_bytes()))?;
                     let p = Arc::new(p);
                     self.hot.insert(key.to_vec(), p.clone());
                     Ok((p, Outcome::Miss))
@@ -593,8 +579,11 @@ mod tests {
         let e = p.encode(b"text/plain");
         let back = Packed::decode(&e, 7, 9, || Some(d.clone()), ct).unwrap();
         assert_eq!(back.body().unwrap(), body.as_bytes());
-        assert_eq!(back.etag_header(), r.headers[0]);
-        assert_eq!(&back.etag()[..], r.etag.as_bytes());
+        assert_eq!(back.etag, r.etag);
+        assert_eq!(
+            back.etag_header(),
+            HeaderValue::from_bytes(&etag_quoted(&r.etag)).unwrap()
+        );
         assert_eq!(back.content_type, 0);
         assert_eq!(back.allowed_user_agents(), &["Yealink".to_string()]);
         assert!(Packed::decode(&e, 8, 9, || Some(d.clone()), ct).is_none());
@@ -622,8 +611,10 @@ mod tests {
     #[test]
     fn etags_pack_to_ten_bytes_and_back() {
         let r = rendered("x");
-        let b = etag_bytes(r.etag.as_bytes()).unwrap();
-        assert_eq!(&etag_quoted(&b)[..], r.etag.as_bytes());
+        let quoted = etag_quoted(&r.etag);
+        assert_eq!(quoted[0], b'"');
+        assert!(quoted[1..21].iter().all(u8::is_ascii_hexdigit));
+        assert_eq!(etag_bytes(&quoted), Some(r.etag));
         assert_eq!(etag_bytes(b"\"abc\""), None);
         assert_eq!(etag_bytes(b"\"zz345678901234567890\""), None);
     }

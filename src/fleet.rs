@@ -222,7 +222,6 @@ impl Fleet {
             );
         })
         .map_err(journal_err)?;
-        let read = journal.records();
         // Last fetches as an earlier autoprov kept them (JSON in the store's `fetches` tree).
         let legacy = store.legacy_fetches()?;
         let migrated = !legacy.is_empty();
@@ -254,7 +253,7 @@ impl Fleet {
                 },
             );
         }
-        if migrated || !clean || read > 2 * last.len() as u64 + 1000 {
+        if migrated || !clean || journal.wants_rewrite(last.len() as u64) {
             let mut buf = Vec::new();
             for l in last.values() {
                 journal::encode(&mut buf, &l.rec);
@@ -424,8 +423,14 @@ impl Fleet {
     /// more than twice the live records; unprovisioned MACs to the store.
     pub fn flush(&self, store: &Store) -> Result<(), StoreError> {
         if let Some(j) = &self.journal {
+            let path = j
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .path()
+                .display()
+                .to_string();
             let journal_err = |source| StoreError::Journal {
-                path: "fetches.journal".into(),
+                path: path.clone(),
                 source,
             };
             let dirty = std::mem::take(&mut self.lock_fetches().dirty);
@@ -453,7 +458,7 @@ impl Fleet {
             }
             let live = self.lock_fetches().last.len() as u64;
             let mut jl = j.lock().unwrap_or_else(|p| p.into_inner());
-            if jl.records() > 2 * live + 10_000 {
+            if jl.wants_rewrite(live) {
                 let macs: Vec<Mac> = self.lock_fetches().last.keys().copied().collect();
                 buf.clear();
                 for chunk in macs.chunks(WRITE_CHUNK) {

@@ -148,6 +148,17 @@ impl Journal {
         self.records
     }
 
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file holds enough garbage beside `live` records to be rewritten: more
+    /// than twice as many records, and at least 10,000 of garbage.
+    pub fn wants_rewrite(&self, live: u64) -> bool {
+        self.records > 2 * live + 10_000
+    }
+
     /// Appends `n` encoded records.
     pub fn append(&mut self, encoded: &[u8], n: u64) -> std::io::Result<()> {
         if encoded.is_empty() {

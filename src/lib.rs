@@ -478,8 +478,8 @@ impl AuditWriter {
     }
 }
 
-/// Fills the fetch path's memory tiers from the store on a background thread (about a
-/// second for 100,000 phones): after a power cut that took the server down too, the fleet
+/// Fills the fetch path's memory tiers from the store on a background thread (0.6 s for
+/// 100,000 phones and their files on an idle 2-core VM): after a power cut that took the server down too, the fleet
 /// coming back is served from memory instead of from sled. Stops when a tier is nearly
 /// full; requests meanwhile are served as usual.
 pub fn warm_up(state: AppState) -> Option<std::thread::JoinHandle<()>> {
@@ -498,7 +498,7 @@ pub fn warm_up(state: AppState) -> Option<std::thread::JoinHandle<()>> {
                     return true;
                 };
                 for spec in model.files.iter().filter(|f| f.per_phone()) {
-                    let pattern = spec.name.replace("{MAC}", "{mac}").to_ascii_lowercase();
+                    let pattern = spec.pattern();
                     let key = store::render_key(Some(g.mac), &model.id, &pattern);
                     let file = cache::FileKey {
                         key: &key,

@@ -15,19 +15,6 @@ use serde_json::{Value, json};
 const YEALINK: &str = "001565000001";
 const SNOM: &str = "000413000002";
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let dest = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
-}
-
 /// The shipped models and templates, copied where a test may edit them.
 struct Files {
     _dir: tempfile::TempDir,
@@ -39,8 +26,8 @@ impl Files {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (models, templates) = (dir.path().join("models"), dir.path().join("templates"));
-        copy_dir(&repo("models"), &models);
-        copy_dir(&repo("templates"), &templates);
+        common::copy_dir(&repo("models"), &models);
+        common::copy_dir(&repo("templates"), &templates);
         Files {
             _dir: dir,
             models,

@@ -9,24 +9,11 @@ use std::process::{Command, Stdio};
 use autoprov::config::Config;
 use common::repo;
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let dest = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
-}
-
 fn init_error(edit: impl FnOnce(&std::path::Path, &std::path::Path)) -> String {
     let dir = tempfile::tempdir().unwrap();
     let (models, templates) = (dir.path().join("models"), dir.path().join("templates"));
-    copy_dir(&repo("models"), &models);
-    copy_dir(&repo("templates"), &templates);
+    common::copy_dir(&repo("models"), &models);
+    common::copy_dir(&repo("templates"), &templates);
     edit(&models, &templates);
     let config = Config::for_test(dir.path().join("data"), models, templates);
     let err = autoprov::init(&config).expect_err("startup must fail");

@@ -57,6 +57,11 @@ impl FileSpec {
     pub fn per_phone(&self) -> bool {
         self.name.contains("{mac}") || self.name.contains("{MAC}")
     }
+
+    /// The name as [`Catalogue::match_path`] reports it: lowercase, MAC as `{mac}`.
+    pub fn pattern(&self) -> String {
+        self.name.replace("{MAC}", "{mac}").to_ascii_lowercase()
+    }
 }
 
 /// A phone model as declared in `models/<id>.toml`.
@@ -275,9 +280,9 @@ impl Catalogue {
         for m in list {
             for f in &m.files {
                 if f.per_phone() {
-                    let lower = f.name.replace("{MAC}", "{mac}");
-                    if let Some((pre, suf)) = lower.split_once("{mac}") {
-                        let key = (pre.to_ascii_lowercase(), suf.to_ascii_lowercase());
+                    let pattern = f.pattern();
+                    if let Some((pre, suf)) = pattern.split_once("{mac}") {
+                        let key = (pre.to_string(), suf.to_string());
                         if !cat.patterns.contains(&key) {
                             cat.patterns.push(key);
                         }

@@ -23,6 +23,20 @@ pub fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// Copies a folder tree (models and templates a test edits).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
 /// The test configuration with its data folder in `dir` (the shipped models and templates).
 pub fn config_in(dir: &std::path::Path) -> Config {
     Config::for_test(dir.join("data"), repo("models"), repo("templates"))
