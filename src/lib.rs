@@ -562,11 +562,18 @@ pub async fn serve_listeners(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = http::router(state.clone());
+    let routes = http::routes(state.clone());
     let flusher = AuditWriter::start(state.clone());
     let _warming = warm_up(state.clone());
-    let result =
-        server::run_listeners(listeners.http, listeners.https, app, state.limits, shutdown).await;
+    let result = server::run_listeners(
+        listeners.http,
+        listeners.https,
+        state.clone(),
+        routes,
+        state.limits,
+        shutdown,
+    )
+    .await;
     flusher.stop();
     if let Err(e) = state.fleet.flush(&state.store) {
         tracing::warn!(error = %render::error_chain(&e), "writing the fetch audit failed");

@@ -24,20 +24,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Extension;
 use axum::Router;
-use axum::extract::ConnectInfo;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tower::Layer;
 
+use crate::AppState;
 use crate::config::Limits;
+use crate::http::Front;
 
 /// Largest request line + headers accepted (431 past it).
 pub const MAX_HEADER_BYTES: usize = 16 << 10;
@@ -73,7 +71,8 @@ async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, Socket
 pub async fn run_listeners(
     listener: Option<TcpListener>,
     https: Option<(TcpListener, TlsAcceptor)>,
-    app: Router,
+    state: AppState,
+    routes: Router,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
@@ -126,9 +125,7 @@ pub async fn run_listeners(
         }
         // Small responses on keep-alive connections: no Nagle delay (as axum::serve).
         let _ = stream.set_nodelay(true);
-        // What `into_make_service_with_connect_info` did: the peer address as a request
-        // extension, for `ConnectInfo<SocketAddr>` extractors.
-        let svc = TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(app.clone()));
+        let svc = Front::new(state.clone(), routes.clone(), peer);
         if let Some(tls) = tls {
             let (tls, http, watcher) = (tls.clone(), http.clone(), graceful.watcher());
             let handshake = limits.header_read_timeout;

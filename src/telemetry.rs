@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use axum::extract::Request;
 use axum::response::Response;
 
 use crate::config::LogFormat;
@@ -59,7 +58,7 @@ pub struct RequestLine {
 
 impl RequestLine {
     /// Notes the request if request lines are logged (level `info`).
-    pub fn start(req: &Request) -> Option<Self> {
+    pub fn start<B>(req: &axum::http::Request<B>) -> Option<Self> {
         tracing::enabled!(tracing::Level::INFO).then(|| RequestLine {
             start: Instant::now(),
             method: req.method().clone(),

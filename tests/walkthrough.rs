@@ -93,6 +93,10 @@ async fn walkthrough() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["etag"].to_str().unwrap(), etag2);
+    assert_eq!(
+        r.headers()["content-length"],
+        body.len().to_string().as_str()
+    );
     assert!(r.text().await.unwrap().is_empty());
 
     // The admin preview is byte-identical to what the phone gets.
@@ -139,4 +143,81 @@ async fn first_start_files_and_reuse() {
     let (_, second) = autoprov::init(&config).unwrap();
     assert!(second.new_admin_token.is_none());
     assert!(second.new_provisioning_credentials.is_none());
+}
+
+/// The server answers a plain phone path without the router; a percent-encoded spelling of
+/// the same name goes through the router's `/{file}` route. Both must answer alike, for
+/// every kind of answer a phone gets.
+#[tokio::test]
+async fn direct_and_routed_phone_requests_agree() {
+    let s = TestServer::start().await;
+    s.seed_domain("example.com").await;
+    s.seed_account(
+        "example.com",
+        "1004",
+        "1004a",
+        "001565aabbcc",
+        "yealink-t46s",
+    )
+    .await;
+    let direct = "/001565aabbcc.cfg";
+    let routed = "/%3001565aabbcc.cfg";
+    let etag = s.fetch_text("001565aabbcc.cfg").await.1;
+    let wrong = ("nobody", "wrong");
+    let prov = (s.prov.0.as_str(), s.prov.1.as_str());
+    type Case<'a> = (
+        &'a str,
+        reqwest::Method,
+        Option<(&'a str, &'a str)>,
+        Option<&'a str>,
+        u16,
+    );
+    let cases: [Case; 6] = [
+        ("ok", reqwest::Method::GET, Some(prov), None, 200),
+        ("head", reqwest::Method::HEAD, Some(prov), None, 200),
+        ("no credentials", reqwest::Method::GET, None, None, 401),
+        (
+            "wrong credentials",
+            reqwest::Method::GET,
+            Some(wrong),
+            None,
+            401,
+        ),
+        (
+            "not modified",
+            reqwest::Method::GET,
+            Some(prov),
+            Some(&etag),
+            304,
+        ),
+        ("unknown MAC", reqwest::Method::GET, Some(prov), None, 404),
+    ];
+    for (what, method, creds, tag, status) in cases {
+        let mut seen = Vec::new();
+        for path in [direct, routed] {
+            let path = if what == "unknown MAC" {
+                path.replace("aabbcc", "000001")
+            } else {
+                path.to_string()
+            };
+            let mut rb = s.client.request(method.clone(), format!("{}{path}", s.url));
+            if let Some((u, p)) = creds {
+                rb = rb.basic_auth(u, Some(p));
+            }
+            if let Some(t) = tag {
+                rb = rb.header("if-none-match", t);
+            }
+            let r = rb.send().await.unwrap();
+            let mut headers: Vec<(String, String)> = r
+                .headers()
+                .iter()
+                .filter(|(k, _)| *k != "date")
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+                .collect();
+            headers.sort();
+            seen.push((r.status(), headers, r.bytes().await.unwrap()));
+        }
+        assert_eq!(seen[0].0.as_u16(), status, "{what}");
+        assert_eq!(seen[0], seen[1], "{what}: direct and routed answers differ");
+    }
 }

@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::phone::{
     Presented, admit, authenticate, challenge, client_address, count_failure, ip_text,
-    mac_in_user_agent, server_default_ok, user_agent,
+    mac_in_user_agent, peer_of, server_default_ok, user_agent,
 };
 use crate::AppState;
 use crate::error::AppError;
@@ -47,7 +47,7 @@ pub async fn fetch(
     request: Request,
 ) -> Response {
     let headers = request.headers();
-    let ip = client_address(&st, peer, headers);
+    let ip = client_address(&st, peer_of(peer), headers);
     let ua = user_agent(headers);
     let agent = agent::parse(ua);
     let target = request.uri().path_and_query().map_or("/", |p| p.as_str());

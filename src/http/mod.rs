@@ -33,7 +33,7 @@ pub const URI_LIMIT: usize = 8 << 10;
 /// Screens every request before routing: a request target over [`URI_LIMIT`] is a 414; a
 /// second `Authorization` header is a 400 (which one counts would be a guess, and a proxy
 /// may have checked the other). Answers in the admin or the phone error shape.
-fn screen(req: &Request) -> Option<Response> {
+fn screen<B>(req: &axum::http::Request<B>) -> Option<Response> {
     let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     let e = if len > URI_LIMIT {
         AppError::UriTooLong(URI_LIMIT)
@@ -55,30 +55,124 @@ fn screen(req: &Request) -> Option<Response> {
     })
 }
 
-/// The one layer in front of the router, outermost first: the request line (when logged),
-/// the request metrics, the request timeout (408 after `limits.request_timeout`, body read
-/// included), the screening. One layer, not four: each axum layer boxes a future per
-/// request, and four of them took a fifth of a cached fetch's throughput.
-async fn frontline(State(st): State<AppState>, req: Request, next: Next) -> Response {
+/// The front line of every request, outermost first: the request line (when logged), the
+/// request metrics, the request timeout (408 after `limits.request_timeout`, body read
+/// included), the screening; then `handle`. One function for the router's layer and for
+/// [`Front`]'s direct phone route, so both behave the same.
+async fn front_line<B, F, Fut>(st: &AppState, req: axum::http::Request<B>, handle: F) -> Response
+where
+    F: FnOnce(axum::http::Request<B>) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let line = crate::telemetry::RequestLine::start(&req);
     let kind = crate::metrics::kind_of(req.uri().path());
     let resp = match screen(&req) {
         Some(refused) => refused,
-        None => match tokio::time::timeout(st.limits.request_timeout, next.run(req)).await {
-            Ok(resp) => resp,
-            Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+        None => match within(st.limits.request_timeout, handle(req)).await {
+            Some(resp) => resp,
+            None => StatusCode::REQUEST_TIMEOUT.into_response(),
         },
     };
-    crate::metrics::count_request(&st, kind, &resp);
+    crate::metrics::count_request(st, kind, &resp);
     if let Some(line) = line {
         line.finish(&resp);
     }
     resp
 }
 
-/// Builds the whole app: [`frontline`] (request log → metrics → timeout → screening), then
-/// the router; the admin routes have their body limit (1 MiB).
+/// `work`'s output, or `None` once it has waited `limit`. The first poll runs without a
+/// timer: a cached fetch completes there, and arming and cancelling a timer for each of
+/// them cost 3-5 % of its throughput. The limit counts from that first wait, so a request
+/// gets its full `limit` of waiting (on a body, a render, a flush) in any case.
+async fn within<T>(limit: std::time::Duration, work: impl Future<Output = T>) -> Option<T> {
+    let mut work = std::pin::pin!(work);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(done) => Some(done),
+        std::task::Poll::Pending => tokio::time::timeout(limit, work).await.ok(),
+    }
+}
+
+/// The router's layer: [`front_line`] in front of the routes.
+async fn frontline(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    front_line(&st, req, |req| next.run(req)).await
+}
+
+/// The one segment of a phone file request that can skip the router: `GET` or `HEAD` of
+/// `/<name>` where the name is not `metrics` and needs no percent-decoding. Everything else
+/// (and these too, when the router is used directly) takes the router's `/{file}` route
+/// to the same handler.
+fn direct_phone_file<B>(req: &axum::http::Request<B>) -> Option<&str> {
+    use axum::http::Method;
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return None;
+    }
+    let name = req.uri().path().strip_prefix('/')?;
+    (!name.is_empty() && name != "metrics" && !name.contains(['/', '%'])).then_some(name)
+}
+
+/// The service each accepted connection runs: a phone's file request goes straight to
+/// its handler, anything else through the router (with the peer address as the
+/// `ConnectInfo` extension); both behind [`front_line`]. The router and its boxed layers
+/// were a tenth of a cached fetch's time.
+#[derive(Clone)]
+pub struct Front {
+    state: AppState,
+    routes: Router,
+    peer: std::net::SocketAddr,
+}
+
+impl Front {
+    /// The service for one connection from `peer`; `routes` from [`routes`].
+    pub fn new(state: AppState, routes: Router, peer: std::net::SocketAddr) -> Self {
+        Front {
+            state,
+            routes,
+            peer,
+        }
+    }
+
+    async fn handle(self, req: hyper::Request<hyper::body::Incoming>) -> Response {
+        let st = &self.state;
+        front_line(st, req, |mut req| async move {
+            if let Some(file) = direct_phone_file(&req) {
+                let file = file.to_owned();
+                let (parts, _) = req.into_parts();
+                return phone::fetch_file(st, &file, Some(self.peer), &parts).await;
+            }
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(self.peer));
+            match tower::ServiceExt::oneshot(self.routes, req.map(axum::body::Body::new)).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        })
+        .await
+    }
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Front {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Response, std::convert::Infallible>> + Send>>;
+
+    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(req).await) })
+    }
+}
+
+/// Builds the whole app: [`front_line`] (request log → metrics → timeout → screening) as a
+/// layer in front of [`routes`]. What the CLI's local API and the benches call; the server
+/// runs [`routes`] behind [`Front`].
 pub fn router(state: AppState) -> Router {
+    routes(state.clone()).layer(axum::middleware::from_fn_with_state(state, frontline))
+}
+
+/// The routes without the front line: phone and admin routes, the admin body limit
+/// (1 MiB), the fallbacks.
+pub fn routes(state: AppState) -> Router {
     // The body limit is enforced by the JSON extractor (DefaultBodyLimit), so a too-large
     // body gets the JSON error shape like every other admin error.
     let (admin, _) = admin::routes().split_for_parts();
@@ -106,9 +200,5 @@ pub fn router(state: AppState) -> Router {
         .merge(phone)
         .merge(firmware)
         .fallback(|| async { AppError::NotFound("not found".into()).into_phone_response() })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            frontline,
-        ))
         .with_state(state)
 }

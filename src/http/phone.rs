@@ -25,25 +25,36 @@ use crate::store::Change;
 use crate::store::render_key;
 use crate::telemetry::RequestFacts;
 
-/// `GET|HEAD /{file}`
+/// `GET|HEAD /{file}` through the router (the server's own connections take
+/// [`crate::http::Front`]'s direct way to [`fetch_file`]).
 pub async fn fetch(
     State(st): State<AppState>,
     Path(file): Path<String>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     request: axum::extract::Request,
 ) -> Response {
-    // The request is taken whole so its headers are borrowed, not copied.
-    let headers = request.headers();
-    let peer_ip = client_address(&st, peer, headers);
+    let (parts, _) = request.into_parts();
+    fetch_file(&st, &file, peer_of(peer), &parts).await
+}
+
+/// `GET|HEAD /{file}`: `file` is the path's one segment, percent-decoded.
+pub(crate) async fn fetch_file(
+    st: &AppState,
+    file: &str,
+    peer: Option<SocketAddr>,
+    request: &axum::http::request::Parts,
+) -> Response {
+    let headers = &request.headers;
+    let peer_ip = client_address(st, peer, headers);
     let ua = user_agent(headers);
     let agent = agent::parse(ua);
-    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
     let t = st.templates();
     let mut req = PhoneRequest {
         templates: &t,
-        file: &file,
+        file,
         headers,
-        auth: Presented::new(&st, headers, request.method().as_str(), target),
+        auth: Presented::new(st, headers, request.method.as_str(), target),
         ua,
         ip: peer_ip,
         agent: agent.as_ref(),
@@ -53,8 +64,8 @@ pub async fn fetch(
         },
         known: None,
     };
-    let result = match admit(&st, peer_ip, || path_mac(&t, &file)) {
-        Ok(()) => serve_file(&st, &mut req).await,
+    let result = match admit(st, peer_ip, || path_mac(&t, file)) {
+        Ok(()) => serve_file(st, &mut req).await,
         Err(e) => Err(e),
     };
     let mut resp = match result {
@@ -62,10 +73,10 @@ pub async fn fetch(
         Err(e) => {
             // The MAC a failure counts against: the linked phone (path or User-Agent), else
             // the path's, linked or not.
-            let mac = req.known.or_else(|| path_mac(&t, &file));
-            count_failure(&st, &e, &req.auth, peer_ip, mac);
+            let mac = req.known.or_else(|| path_mac(&t, file));
+            count_failure(st, &e, &req.auth, peer_ip, mac);
             let mut r = e.into_phone_response();
-            challenge(&st, &mut r, &req.auth);
+            challenge(st, &mut r, &req.auth);
             r
         }
     };
@@ -74,7 +85,7 @@ pub async fn fetch(
             mac,
             peer_ip.unwrap_or(UNSPECIFIED),
             ua,
-            &file,
+            file,
             resp.status().as_u16(),
         );
     }
@@ -82,13 +93,18 @@ pub async fn fetch(
     resp
 }
 
+/// The connection's peer, as the router's extension carries it.
+pub(crate) fn peer_of(peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> Option<SocketAddr> {
+    peer.map(|Extension(ConnectInfo(a))| a)
+}
+
 /// The client's address: the peer, or behind a trusted proxy its `X-Forwarded-For`.
 pub(crate) fn client_address(
     st: &AppState,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    peer: Option<SocketAddr>,
     headers: &HeaderMap,
 ) -> Option<IpAddr> {
-    peer.map(|Extension(ConnectInfo(a))| {
+    peer.map(|a| {
         guard::client_ip(
             a.ip(),
             headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
@@ -195,7 +211,7 @@ pub async fn upload(
     };
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
     let creds = Presented::new(&st, &headers, "PUT", target);
-    let ip = client_address(&st, peer, &headers);
+    let ip = client_address(&st, peer_of(peer), &headers);
     let mac = upload_mac(&file);
     let result = match admit(&st, ip, || mac) {
         Ok(()) => store_upload(&st, &file, &creds, ip, &body, &mut facts).await,
