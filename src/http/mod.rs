@@ -68,7 +68,9 @@ where
     let kind = crate::metrics::kind_of(req.uri().path());
     let resp = match screen(&req) {
         Some(refused) => refused,
-        None => match within(st.limits.request_timeout, handle(req)).await {
+        // Pinned here and lent to `within`: a future passed on by value is kept in the
+        // state of each async fn it passes through, and these are kilobytes.
+        None => match within(st.limits.request_timeout, std::pin::pin!(handle(req))).await {
             Some(resp) => resp,
             None => StatusCode::REQUEST_TIMEOUT.into_response(),
         },
@@ -84,8 +86,10 @@ where
 /// timer: a cached fetch completes there, and arming and cancelling a timer for each of
 /// them cost 3-5 % of its throughput. The limit counts from that first wait, so a request
 /// gets its full `limit` of waiting (on a body, a render, a flush) in any case.
-async fn within<T>(limit: std::time::Duration, work: impl Future<Output = T>) -> Option<T> {
-    let mut work = std::pin::pin!(work);
+async fn within<T>(
+    limit: std::time::Duration,
+    mut work: std::pin::Pin<&mut impl Future<Output = T>>,
+) -> Option<T> {
     let first = std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx))).await;
     match first {
         std::task::Poll::Ready(done) => Some(done),
@@ -142,7 +146,10 @@ impl Front {
             }
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(self.peer));
-            match tower::ServiceExt::oneshot(self.routes, req.map(axum::body::Body::new)).await {
+            // Boxed: the router's future is several kilobytes, and an unboxed one made every
+            // phone request's future that large (moved on each call).
+            let routed = tower::ServiceExt::oneshot(self.routes, req.map(axum::body::Body::new));
+            match Box::pin(routed).await {
                 Ok(resp) => resp,
                 Err(never) => match never {},
             }
