@@ -30,6 +30,7 @@ async fn logs_carry_no_secrets() {
     tracing_subscriber::fmt()
         .with_env_filter("autoprov=trace")
         .with_ansi(false)
+        .event_format(autoprov::telemetry::TextLine)
         .with_writer(move || writer.clone())
         .init();
     let s = TestServer::start().await;

@@ -82,7 +82,18 @@ impl Mac {
 
     /// `aabbccddeeff`
     pub fn lower(&self) -> String {
-        format!("{self}")
+        let mut buf = [0u8; 12];
+        self.write_lower(&mut buf).to_string()
+    }
+
+    /// `aabbccddeeff`, written into `buf` (no allocation).
+    pub fn write_lower<'b>(&self, buf: &'b mut [u8; 12]) -> &'b str {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in self.0.iter().enumerate() {
+            buf[2 * i] = HEX[usize::from(b >> 4)];
+            buf[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+        }
+        std::str::from_utf8(buf).unwrap_or_default()
     }
 
     /// `AABBCCDDEEFF`
@@ -111,10 +122,7 @@ fn hex_val(c: u8) -> Result<u8, MacError> {
 
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(self.write_lower(&mut [0u8; 12]))
     }
 }
 
