@@ -517,43 +517,39 @@ pub fn kv_key(line: &str) -> Option<&str> {
 }
 
 fn key_value<'a>(text: &str, overrides: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
-    let mut lines: Vec<Option<String>> = Vec::new();
-    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    use std::borrow::Cow;
+    // Lines borrow the rendered text; only an overridden line is a new string. This runs
+    // for every render, overrides or not (a key generated twice is resolved here too).
+    let mut lines: Vec<Cow<'_, str>> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for line in text.lines() {
         match kv_key(line) {
             Some(k) => match index.get(k) {
                 // A key generated twice: the later value wins, at the first position.
-                Some(&i) => {
-                    lines[i] = Some(line.to_string());
-                }
+                Some(&i) => lines[i] = Cow::Borrowed(line),
                 None => {
-                    index.insert(k.to_string(), lines.len());
-                    lines.push(Some(line.to_string()));
+                    index.insert(k, lines.len());
+                    lines.push(Cow::Borrowed(line));
                 }
             },
-            None => lines.push(Some(line.to_string())),
+            None => lines.push(Cow::Borrowed(line)),
         }
     }
-    let mut appended = Vec::new();
     for (k, v) in overrides {
-        let line = format!("{k} = {v}");
+        let line = Cow::Owned(format!("{k} = {v}"));
         match index.get(k) {
-            Some(&i) if i < lines.len() => lines[i] = Some(line),
-            // The same new key twice in `overrides`: the later value wins.
-            Some(&i) => {
-                if let Some(a) = appended.get_mut(i - lines.len()) {
-                    *a = line;
-                }
-            }
+            // A generated key, or the same new key twice in `overrides`: the later value
+            // wins, at the first position.
+            Some(&i) => lines[i] = line,
             None => {
-                index.insert(k.to_string(), lines.len() + appended.len());
-                appended.push(line);
+                index.insert(k, lines.len());
+                lines.push(line);
             }
         }
     }
     let mut out = String::with_capacity(text.len() + 64);
-    for l in lines.into_iter().flatten().chain(appended) {
-        out.push_str(&l);
+    for l in &lines {
+        out.push_str(l);
         out.push('\n');
     }
     out
