@@ -2,7 +2,8 @@
 //!
 //! The public surface that `main` and the tests share: [`init`] builds an [`AppState`] from
 //! a [`config::Config`], [`http::router`] builds the axum app, [`serve`] runs it on a bound
-//! listener until a shutdown future completes, then flushes the store; [`serve_listeners`]
+//! listener (each connection through [`http::Front`], which answers a phone's file request
+//! without the router) until a shutdown future completes, then flushes the store; [`serve_listeners`]
 //! does the same on an HTTP listener, an HTTPS one ([`tls::acceptor`]), or both.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
