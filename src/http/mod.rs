@@ -97,7 +97,7 @@ async fn within<T>(
     }
 }
 
-/// The router's layer: [`front_line`] in front of the routes.
+/// The router's layer: `front_line` in front of the routes.
 async fn frontline(State(st): State<AppState>, req: Request, next: Next) -> Response {
     front_line(&st, req, |req| next.run(req)).await
 }
@@ -117,7 +117,7 @@ fn direct_phone_file<B>(req: &axum::http::Request<B>) -> Option<&str> {
 
 /// The service each accepted connection runs: a phone's file request goes straight to
 /// its handler, anything else through the router (with the peer address as the
-/// `ConnectInfo` extension); both behind [`front_line`]. The router and its boxed layers
+/// `ConnectInfo` extension); both behind `front_line`. The router and its boxed layers
 /// were a tenth of a cached fetch's time.
 #[derive(Clone)]
 pub struct Front {
@@ -170,7 +170,7 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Front {
     }
 }
 
-/// Builds the whole app: [`front_line`] (request log → metrics → timeout → screening) as a
+/// Builds the whole app: `front_line` (request log → metrics → timeout → screening) as a
 /// layer in front of [`routes`]. What the CLI's local API and the benches call; the server
 /// runs [`routes`] behind [`Front`].
 pub fn router(state: AppState) -> Router {

@@ -26,7 +26,7 @@ use crate::store::render_key;
 use crate::telemetry::RequestFacts;
 
 /// `GET|HEAD /{file}` through the router (the server's own connections take
-/// [`crate::http::Front`]'s direct way to [`fetch_file`]).
+/// [`crate::http::Front`]'s direct way to `fetch_file`).
 pub async fn fetch(
     State(st): State<AppState>,
     Path(file): Path<String>,
