@@ -9,7 +9,8 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber. Default filter `autoprov=info`, overridable with RUST_LOG.
 /// Lines are written to stderr by a background thread (request handlers only queue them;
-/// nothing is dropped), in colour only when stderr is a terminal. Keep the returned guard alive until exit: dropping it flushes.
+/// nothing is dropped), without colour codes ([`TextLine`] writes none). Keep the returned
+/// guard alive until exit: dropping it flushes.
 pub fn init(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("autoprov=info"));
@@ -21,13 +22,9 @@ pub fn init(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
             64 << 10,
             std::io::stderr(),
         ));
-    // Colour only for a terminal: escape codes in a log file are noise (and cost a tenth of
-    // a cached fetch's time to write).
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(ansi)
         .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.event_format(TextLine).try_init(),

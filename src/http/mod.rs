@@ -102,17 +102,15 @@ async fn frontline(State(st): State<AppState>, req: Request, next: Next) -> Resp
     front_line(&st, req, |req| next.run(req)).await
 }
 
-/// The one segment of a phone file request that can skip the router: `GET` or `HEAD` of
-/// `/<name>` where the name is not `metrics` and needs no percent-decoding. Everything else
-/// (and these too, when the router is used directly) takes the router's `/{file}` route
-/// to the same handler.
-fn direct_phone_file<B>(req: &axum::http::Request<B>) -> Option<&str> {
+/// Whether a request can skip the router: `GET` or `HEAD` of a phone file (one segment,
+/// as [`crate::metrics::kind_of`] classifies paths) whose name needs no percent-decoding.
+/// Everything else (and these too, when the router is used directly) takes the router's
+/// `/{file}` route to the same handler.
+fn is_direct_phone_file<B>(req: &axum::http::Request<B>) -> bool {
     use axum::http::Method;
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return None;
-    }
-    let name = req.uri().path().strip_prefix('/')?;
-    (!name.is_empty() && name != "metrics" && !name.contains(['/', '%'])).then_some(name)
+    (req.method() == Method::GET || req.method() == Method::HEAD)
+        && crate::metrics::kind_of(req.uri().path()) == crate::metrics::Kind::Phone
+        && !req.uri().path().contains('%')
 }
 
 /// The service each accepted connection runs: a phone's file request goes straight to
@@ -139,10 +137,10 @@ impl Front {
     async fn handle(self, req: hyper::Request<hyper::body::Incoming>) -> Response {
         let st = &self.state;
         front_line(st, req, |mut req| async move {
-            if let Some(file) = direct_phone_file(&req) {
-                let file = file.to_owned();
+            if is_direct_phone_file(&req) {
                 let (parts, _) = req.into_parts();
-                return phone::fetch_file(st, &file, Some(self.peer), &parts).await;
+                let file = parts.uri.path().get(1..).unwrap_or_default();
+                return phone::fetch_file(st, file, Some(self.peer), &parts).await;
             }
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(self.peer));
