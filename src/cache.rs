@@ -426,7 +426,9 @@ impl Cache {
         };
         let result = {
             let _turn = gate.lock().await;
-            match self.lookup(store, &file)? {
+            // Whoever held the turn before us put its file in memory before letting go;
+            // the store was read a moment ago, so memory alone is asked again.
+            match self.hot_valid(&file) {
                 Some(r) => Ok((r, Outcome::Hit)),
                 None => {
                     let (r, revision) = render()?;
@@ -493,12 +495,16 @@ impl Cache {
         Ok(Some(self.lookup(store, file)?.is_some()))
     }
 
+    /// The memory tier's entry for `file` if it is valid at its revision and digest.
+    fn hot_valid(&self, file: &FileKey<'_>) -> Option<Arc<Packed>> {
+        self.hot
+            .get(file.key)
+            .filter(|h| h.revision == file.revision && h.digest == file.digest)
+    }
+
     /// Memory first (valid only at the revision and digest), then the store.
     fn lookup(&self, store: &Store, file: &FileKey<'_>) -> Result<Option<Arc<Packed>>, AppError> {
-        if let Some(h) = self.hot.get(file.key)
-            && h.revision == file.revision
-            && h.digest == file.digest
-        {
+        if let Some(h) = self.hot_valid(file) {
             return Ok(Some(h));
         }
         let Some(v) = store.render_get(file.key)? else {

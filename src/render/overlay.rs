@@ -518,17 +518,22 @@ pub fn kv_key(line: &str) -> Option<&str> {
 
 fn key_value<'a>(text: &str, overrides: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     use std::borrow::Cow;
+    use std::collections::hash_map::Entry;
     // Lines borrow the rendered text; only an overridden line is a new string. This runs
     // for every render, overrides or not (a key generated twice is resolved here too).
-    let mut lines: Vec<Cow<'_, str>> = Vec::new();
-    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    // A rendered file is a few dozen to a few hundred short lines: one fast hash each
+    // (foldhash; keys are the template's own, not an attacker's choice), sized up front.
+    let n = text.len() / 24 + 8;
+    let mut lines: Vec<Cow<'_, str>> = Vec::with_capacity(n);
+    let mut index: std::collections::HashMap<&str, usize, foldhash::fast::FixedState> =
+        std::collections::HashMap::with_capacity_and_hasher(n, Default::default());
     for line in text.lines() {
         match kv_key(line) {
-            Some(k) => match index.get(k) {
+            Some(k) => match index.entry(k) {
                 // A key generated twice: the later value wins, at the first position.
-                Some(&i) => lines[i] = Cow::Borrowed(line),
-                None => {
-                    index.insert(k, lines.len());
+                Entry::Occupied(e) => lines[*e.get()] = Cow::Borrowed(line),
+                Entry::Vacant(e) => {
+                    e.insert(lines.len());
                     lines.push(Cow::Borrowed(line));
                 }
             },
@@ -537,12 +542,12 @@ fn key_value<'a>(text: &str, overrides: impl IntoIterator<Item = (&'a str, &'a s
     }
     for (k, v) in overrides {
         let line = Cow::Owned(format!("{k} = {v}"));
-        match index.get(k) {
+        match index.entry(k) {
             // A generated key, or the same new key twice in `overrides`: the later value
             // wins, at the first position.
-            Some(&i) => lines[i] = line,
-            None => {
-                index.insert(k, lines.len());
+            Entry::Occupied(e) => lines[*e.get()] = line,
+            Entry::Vacant(e) => {
+                e.insert(lines.len());
                 lines.push(line);
             }
         }
