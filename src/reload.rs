@@ -242,13 +242,6 @@ fn from_render(r: &RenderError, templates: &Path, context: Option<String>) -> Re
                 crate::render::error_chain(source)
             ))),
         },
-        RenderError::Context(e) => ReloadError {
-            file: String::new(),
-            line: None,
-            column: None,
-            field: None,
-            message: with(one_line(&format!("render context: {e}"))),
-        },
     }
 }
 

@@ -365,7 +365,7 @@ fn unused(engine: &Engine, inputs: &Inputs<'_>) -> Vec<Unused> {
     }
     for (m, a) in &inputs.lines {
         let scope = format!("line {}", m.port);
-        let mut merged = ctx.merged.clone();
+        let mut merged = crate::model::Merged::clone(&ctx.merged);
         merged.apply(crate::model::Layer::Line(m.port), &a.settings);
         for (k, v, _) in merged.iter() {
             if k == st::ALLOWED_UA {

@@ -45,9 +45,6 @@ pub enum RenderError {
         #[source]
         source: xml::XmlError,
     },
-    /// The context could not be serialised.
-    #[error("render context")]
-    Context(#[source] Box<tera::Error>),
 }
 
 /// The loaded templates.
@@ -149,8 +146,7 @@ impl Engine {
         ctx: &RenderContext,
         overrides: &crate::model::Overrides,
     ) -> Result<Vec<u8>, RenderError> {
-        let tctx =
-            tera::Context::from_serialize(ctx).map_err(|e| RenderError::Context(Box::new(e)))?;
+        let tctx = ctx.to_tera();
         let text =
             self.tera
                 .render(&file.template, &tctx)
