@@ -8,6 +8,7 @@
 //! so it packs to a tenth of its size and a whole fleet's files fit in memory.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::body::Bytes;
@@ -314,13 +315,40 @@ impl quick_cache::Weighter<Vec<u8>, Arc<Packed>> for PackedWeight {
     }
 }
 
+/// Raises its flag when the memory tier lets go of a file it was given (evicted, or
+/// refused as too heavy).
+#[derive(Debug, Clone, Default)]
+struct LetGo(Arc<AtomicBool>);
+
+impl quick_cache::Lifecycle<Vec<u8>, Arc<Packed>> for LetGo {
+    type RequestState = ();
+
+    fn on_evict(&self, _: &mut (), _: Vec<u8>, _: Arc<Packed>) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+type Hot = quick_cache::sync::Cache<
+    Vec<u8>,
+    Arc<Packed>,
+    PackedWeight,
+    quick_cache::DefaultHashBuilder,
+    LetGo,
+>;
+
 /// The render cache: a bounded in-memory tier of packed files over the store's render
 /// tree (every file rendered, packed the same way, on disk).
 #[derive(Debug)]
 pub struct Cache {
     inflight: Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
     renders: std::sync::atomic::AtomicU64,
-    hot: quick_cache::sync::Cache<Vec<u8>, Arc<Packed>, PackedWeight>,
+    hot: Hot,
+    /// False while memory holds every file the store does: the render tree was empty
+    /// when this process started ([`Cache::store_starts_empty`]), every file stored since
+    /// went to memory too, and memory has let go of none. A miss in memory is then a miss,
+    /// without asking the store (a cold storm's every request would). True from the start,
+    /// and for good after the first eviction.
+    store_may_hold_more: Arc<AtomicBool>,
     /// Dictionaries by their store key (a few per model).
     dicts: RwLock<HashMap<Vec<u8>, Arc<Dict>>>,
     /// Content-Type header values, one shared by every file of that type; entries name
@@ -350,13 +378,17 @@ pub enum Outcome {
 impl Cache {
     /// A cache whose memory tier holds at most about `hot_bytes` of packed files.
     pub fn new(hot_bytes: u64) -> Self {
+        let let_go = LetGo(Arc::new(AtomicBool::new(true)));
         Cache {
             inflight: Mutex::default(),
             renders: std::sync::atomic::AtomicU64::default(),
-            hot: quick_cache::sync::Cache::with_weighter(
+            store_may_hold_more: let_go.0.clone(),
+            hot: quick_cache::sync::Cache::with(
                 (hot_bytes / 320).clamp(16, 4_000_000) as usize,
                 hot_bytes,
                 PackedWeight,
+                quick_cache::DefaultHashBuilder::default(),
+                let_go,
             ),
             dicts: RwLock::default(),
             content_types: RwLock::default(),
@@ -391,6 +423,13 @@ impl Cache {
             .get(p.content_type as usize)
             .cloned()
             .unwrap_or(HeaderValue::from_static("application/octet-stream"))
+    }
+
+    /// Tells the cache the store's render tree is empty and only this cache writes to it
+    /// (startup, before serving): until memory first lets go of a file, a file memory
+    /// does not hold is not looked for in the store.
+    pub fn store_starts_empty(&self) {
+        self.store_may_hold_more.store(false, Ordering::Relaxed);
     }
 
     /// The memory tier: ("files", bytes weighed, entries).
@@ -506,6 +545,9 @@ impl Cache {
     fn lookup(&self, store: &Store, file: &FileKey<'_>) -> Result<Option<Arc<Packed>>, AppError> {
         if let Some(h) = self.hot_valid(file) {
             return Ok(Some(h));
+        }
+        if !self.store_may_hold_more.load(Ordering::Relaxed) {
+            return Ok(None);
         }
         let Some(v) = store.render_get(file.key)? else {
             return Ok(None);
@@ -672,6 +714,61 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(o, Outcome::Miss);
+    }
+
+    #[tokio::test]
+    async fn memory_answers_alone_until_it_lets_go_of_a_file() {
+        let store = Store::temporary().unwrap();
+        // Another writer (what startup rules out) leaves a file in the store...
+        Cache::default()
+            .get_or_render(
+                &store,
+                file(b"other", 1),
+                || Ok((rendered("old"), 1)),
+                || None,
+            )
+            .await
+            .unwrap();
+        // ...that a cache told the store started empty does not look for.
+        let cache = Cache::new(4096);
+        cache.store_starts_empty();
+        let (p, o) = cache
+            .get_or_render(
+                &store,
+                file(b"other", 1),
+                || Ok((rendered("new"), 1)),
+                || None,
+            )
+            .await
+            .unwrap();
+        assert_eq!((o, p.body().unwrap()), (Outcome::Miss, "new".into()));
+        // Files it rendered itself are served from memory.
+        let (_, o) = cache
+            .get_or_render(&store, file(b"other", 1), || panic!("in memory"), || None)
+            .await
+            .unwrap();
+        assert_eq!(o, Outcome::Hit);
+        // Past its capacity it evicts, and from then on the store is asked again: the
+        // first files are gone from memory but found on disk, not rendered again.
+        let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("k{i}").into_bytes()).collect();
+        for k in &keys {
+            let body = format!("{BASE}# {}", String::from_utf8_lossy(k));
+            cache
+                .get_or_render(&store, file(k, 1), || Ok((rendered(&body), 1)), || None)
+                .await
+                .unwrap();
+        }
+        assert!(cache.store_may_hold_more.load(Ordering::Relaxed));
+        let evicted = keys
+            .iter()
+            .find(|k| cache.hot.get(k.as_slice()).is_none())
+            .expect("a 4 KiB tier cannot hold 200 files");
+        let (p, o) = cache
+            .get_or_render(&store, file(evicted, 1), || panic!("on disk"), || None)
+            .await
+            .unwrap();
+        assert_eq!(o, Outcome::Hit);
+        assert!(p.body().unwrap().ends_with(evicted));
     }
 
     #[tokio::test]

@@ -379,6 +379,10 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
 
     let models = templates.catalogue.models().count();
     let fleet = fleet::Fleet::load(&store, Some(&config.data))?;
+    let cache = Cache::new(config.memory_cache_bytes - config.memory_cache_bytes / 3);
+    if store.renders_empty()? {
+        cache.store_starts_empty();
+    }
     let state = AppState(Arc::new(Inner {
         store,
         templates: arc_swap::ArcSwap::from_pointee(templates),
@@ -388,7 +392,7 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
         },
         reload_lock: std::sync::Mutex::new(()),
         server_defaults: config.defaults.clone(),
-        cache: Cache::new(config.memory_cache_bytes - config.memory_cache_bytes / 3),
+        cache,
         prov_user,
         prov_pass_hash,
         prov_memo: auth::HeaderMemo::default(),
