@@ -306,12 +306,54 @@ impl FileKey<'_> {
     }
 }
 
+/// A render key in the memory tier: up to 30 bytes (every per-phone key) held in the
+/// table's own slot, so a lookup follows no pointer to compare it; longer ones boxed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HotKey {
+    Inline { len: u8, bytes: [u8; 30] },
+    Boxed(Box<[u8]>),
+}
+
+impl HotKey {
+    fn new(key: &[u8]) -> Self {
+        match u8::try_from(key.len()) {
+            Ok(len) if key.len() <= 30 => {
+                let mut bytes = [0; 30];
+                bytes[..key.len()].copy_from_slice(key);
+                HotKey::Inline { len, bytes }
+            }
+            _ => HotKey::Boxed(key.into()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            HotKey::Inline { len, bytes } => &bytes[..usize::from(*len).min(bytes.len())],
+            HotKey::Boxed(b) => b,
+        }
+    }
+}
+
+// Hash and equality agree with the bytes' own (`Borrow` requires it): one byte string has
+// one spelling, inline with zero padding when it fits, boxed when it does not.
+impl std::hash::Hash for HotKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_bytes().hash(h);
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for HotKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct PackedWeight;
 
-impl quick_cache::Weighter<Vec<u8>, Arc<Packed>> for PackedWeight {
-    fn weight(&self, k: &Vec<u8>, v: &Arc<Packed>) -> u64 {
-        k.len() as u64 + v.weight()
+impl quick_cache::Weighter<HotKey, Arc<Packed>> for PackedWeight {
+    fn weight(&self, k: &HotKey, v: &Arc<Packed>) -> u64 {
+        k.as_bytes().len() as u64 + v.weight()
     }
 }
 
@@ -320,16 +362,16 @@ impl quick_cache::Weighter<Vec<u8>, Arc<Packed>> for PackedWeight {
 #[derive(Debug, Clone, Default)]
 struct LetGo(Arc<AtomicBool>);
 
-impl quick_cache::Lifecycle<Vec<u8>, Arc<Packed>> for LetGo {
+impl quick_cache::Lifecycle<HotKey, Arc<Packed>> for LetGo {
     type RequestState = ();
 
-    fn on_evict(&self, _: &mut (), _: Vec<u8>, _: Arc<Packed>) {
+    fn on_evict(&self, _: &mut (), _: HotKey, _: Arc<Packed>) {
         self.0.store(true, Ordering::Relaxed);
     }
 }
 
 type Hot = quick_cache::sync::Cache<
-    Vec<u8>,
+    HotKey,
     Arc<Packed>,
     PackedWeight,
     quick_cache::DefaultHashBuilder,
@@ -483,7 +525,7 @@ impl Cache {
                     let p = Packed::pack(&r, revision, file.digest, dict, ct);
                     store.render_put(key, p.encode(r.content_type.as_bytes()))?;
                     let p = Arc::new(p);
-                    self.hot.insert(key.to_vec(), p.clone());
+                    self.hot.insert(HotKey::new(key), p.clone());
                     Ok((p, Outcome::Miss))
                 }
             }
@@ -571,7 +613,7 @@ impl Cache {
             return Err(e);
         }
         if let Some(p) = &found {
-            self.hot.insert(file.key.to_vec(), p.clone());
+            self.hot.insert(HotKey::new(file.key), p.clone());
         }
         Ok(found)
     }
@@ -714,6 +756,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(o, Outcome::Miss);
+    }
+
+    proptest::proptest! {
+        /// A memory-tier key is its bytes: same bytes back, same hash and equality as the
+        /// slice a lookup passes, on both sides of the inline limit.
+        #[test]
+        fn hot_keys_are_their_bytes(
+            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            use std::hash::BuildHasher;
+            let h = quick_cache::DefaultHashBuilder::default();
+            let (ka, kb) = (HotKey::new(&a), HotKey::new(&b));
+            proptest::prop_assert_eq!(ka.as_bytes(), &a[..]);
+            proptest::prop_assert_eq!(h.hash_one(&ka), h.hash_one(&a[..]));
+            proptest::prop_assert_eq!(ka == kb, a == b);
+            proptest::prop_assert_eq!(ka == HotKey::new(&a), true);
+        }
     }
 
     #[tokio::test]

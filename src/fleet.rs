@@ -89,13 +89,36 @@ pub struct Unprovisioned {
 #[derive(Debug, Clone)]
 struct Last {
     rec: Record,
+    /// [`signature`] of `rec`: a repeat is recognised without reading the strings (two
+    /// more cache misses per request over 100,000 phones).
+    sig: u64,
     /// Time of the version written to the journal (0: none yet).
     journaled: u64,
     /// Queued in `Fetches::dirty` for the next write.
     dirty: bool,
 }
 
+/// A 64-bit hash of what makes a request a repeat of the last one (address, status,
+/// User-Agent, file). Equal signatures are taken as the same request: a collision would
+/// leave the previous User-Agent or file shown until the phone's next different request.
+fn signature(ip: std::net::IpAddr, status: u16, user_agent: &str, file: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one((ip, status, user_agent, file))
+}
+
+/// Phones by MAC (a fast hash: MACs here are linked phones, chosen by admins).
+type ByMac<V> = HashMap<Mac, V, foldhash::fast::RandomState>;
+
 impl Last {
+    fn new(rec: Record, journaled: u64, dirty: bool) -> Self {
+        Last {
+            sig: signature(rec.ip, rec.status, &rec.user_agent, &rec.file),
+            rec,
+            journaled,
+            dirty,
+        }
+    }
+
     fn to_fetch(&self) -> Fetch {
         let r = &self.rec;
         let agent = crate::model::agent::parse(&r.user_agent);
@@ -115,7 +138,7 @@ impl Last {
 /// Every phone's last fetch, and which changed since the last write.
 #[derive(Debug, Default)]
 struct Fetches {
-    last: HashMap<Mac, Last>,
+    last: ByMac<Last>,
     dirty: Vec<Mac>,
 }
 
@@ -209,17 +232,10 @@ impl Fleet {
             path: path.display().to_string(),
             source,
         };
-        let mut last: HashMap<Mac, Last> = HashMap::new();
+        let mut last: ByMac<Last> = ByMac::default();
         let (mut journal, clean) = Journal::open(&path, |rec| {
             let unix = rec.unix;
-            last.insert(
-                rec.mac,
-                Last {
-                    rec,
-                    journaled: unix,
-                    dirty: false,
-                },
-            );
+            last.insert(rec.mac, Last::new(rec, unix, false));
         })
         .map_err(journal_err)?;
         // Last fetches as an earlier autoprov kept them (JSON in the store's `fetches` tree).
@@ -244,14 +260,7 @@ impl Fleet {
                 user_agent: old.user_agent.into(),
                 file: old.file.into(),
             };
-            last.insert(
-                mac,
-                Last {
-                    rec,
-                    journaled: unix,
-                    dirty: false,
-                },
-            );
+            last.insert(mac, Last::new(rec, unix, false));
         }
         if migrated || !clean || journal.wants_rewrite(last.len() as u64) {
             let mut buf = Vec::new();
@@ -294,15 +303,11 @@ impl Fleet {
         let user_agent = truncate_str(user_agent, 256);
         let file = truncate_str(file, 128);
         let now = unix_now();
+        let sig = signature(ip, status, user_agent, file);
         let mut f = self.lock_fetches();
         let Fetches { last, dirty } = &mut *f;
         match last.get_mut(&mac) {
-            Some(l)
-                if l.rec.ip == ip
-                    && l.rec.status == status
-                    && *l.rec.user_agent == *user_agent
-                    && *l.rec.file == *file =>
-            {
+            Some(l) if l.sig == sig => {
                 l.rec.unix = now;
                 if !l.dirty && now.saturating_sub(l.journaled) >= TOUCH_PERSIST_EVERY {
                     l.dirty = true;
@@ -321,20 +326,14 @@ impl Fleet {
                 match found {
                     Some(l) => {
                         l.rec = rec;
+                        l.sig = sig;
                         if !l.dirty {
                             l.dirty = true;
                             dirty.push(mac);
                         }
                     }
                     None => {
-                        last.insert(
-                            mac,
-                            Last {
-                                rec,
-                                journaled: 0,
-                                dirty: true,
-                            },
-                        );
+                        last.insert(mac, Last::new(rec, 0, true));
                         dirty.push(mac);
                     }
                 }
@@ -612,6 +611,18 @@ mod tests {
         f.flush(&store).unwrap();
         let recs = journal_records(dir.path());
         assert_eq!(&*recs.last().unwrap().file, "y000000000066.cfg");
+        // Each field of the request counts: the User-Agent, the status, the address.
+        let other = std::net::IpAddr::from([10, 0, 0, 3]);
+        for (ip, ua, status) in [(ip, "ua2", 200), (ip, "ua2", 401), (other, "ua2", 401)] {
+            f.fetched(mac, ip, ua, "y000000000066.cfg", status);
+            assert!(!f.lock_fetches().dirty.is_empty(), "{ip} {ua} {status}");
+            f.flush(&store).unwrap();
+            let shown = f.last_fetch(mac).unwrap();
+            assert_eq!(
+                (shown.ip, shown.user_agent, shown.status),
+                (ip.to_string(), ua.to_string(), status)
+            );
+        }
     }
 
     #[test]
