@@ -776,31 +776,28 @@ mod tests {
         }
     }
 
+    /// `key` at revision 1 through `cache`, rendering `body` on a miss.
+    async fn render_through(
+        cache: &Cache,
+        store: &Store,
+        key: &[u8],
+        body: &str,
+    ) -> (Arc<Packed>, Outcome) {
+        cache
+            .get_or_render(store, file(key, 1), || Ok((rendered(body), 1)), || None)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn memory_answers_alone_until_it_lets_go_of_a_file() {
         let store = Store::temporary().unwrap();
         // Another writer (what startup rules out) leaves a file in the store...
-        Cache::default()
-            .get_or_render(
-                &store,
-                file(b"other", 1),
-                || Ok((rendered("old"), 1)),
-                || None,
-            )
-            .await
-            .unwrap();
+        render_through(&Cache::default(), &store, b"other", "old").await;
         // ...that a cache told the store started empty does not look for.
         let cache = Cache::new(4096);
         cache.store_starts_empty();
-        let (p, o) = cache
-            .get_or_render(
-                &store,
-                file(b"other", 1),
-                || Ok((rendered("new"), 1)),
-                || None,
-            )
-            .await
-            .unwrap();
+        let (p, o) = render_through(&cache, &store, b"other", "new").await;
         assert_eq!((o, p.body().unwrap()), (Outcome::Miss, "new".into()));
         // Files it rendered itself are served from memory.
         let (_, o) = cache
@@ -813,10 +810,7 @@ mod tests {
         let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("k{i}").into_bytes()).collect();
         for k in &keys {
             let body = format!("{BASE}# {}", String::from_utf8_lossy(k));
-            cache
-                .get_or_render(&store, file(k, 1), || Ok((rendered(&body), 1)), || None)
-                .await
-                .unwrap();
+            render_through(&cache, &store, k, &body).await;
         }
         assert!(cache.store_may_hold_more.load(Ordering::Relaxed));
         let evicted = keys
