@@ -325,12 +325,10 @@ impl Fleet {
                 };
                 match found {
                     Some(l) => {
-                        l.rec = rec;
-                        l.sig = sig;
                         if !l.dirty {
-                            l.dirty = true;
                             dirty.push(mac);
                         }
+                        *l = Last::new(rec, l.journaled, true);
                     }
                     None => {
                         last.insert(mac, Last::new(rec, 0, true));

@@ -497,7 +497,7 @@ pub fn warm_up(state: AppState) -> Option<std::thread::JoinHandle<()>> {
             let mut failed = None;
             // Nothing rendered yet (a fresh store, or templates changed): gates only, so a
             // cold storm arriving now is not slowed by lookups that cannot find anything.
-            let any_files = !matches!(state.store.renders_empty(), Ok(true));
+            let any_files = state.cache.store_may_hold_more();
             let phones = state.store.warm_gates(|g| {
                 let Some(model) = t.catalogue.get(&g.model).filter(|_| any_files) else {
                     return true;
