@@ -61,9 +61,18 @@ CREDS=$(cat "$WORK/data/provisioning-credentials")
 echo "seeding $N phones ($MODEL)…" >&2
 $PIN_LOAD "$TOOL" seed "http://127.0.0.1:$PORT" "$TOKEN" "$N" "$MODEL" >&2
 stop_autoprov
+# (d) twice, like every case: request log at info, then off, each on a fresh process and a
+# render tree with nothing in it (the seeded folder is copied first and put back between).
+cp -a "$WORK/data" "$WORK/data.seeded"
+start_autoprov "autoprov=info"
+STORM_INFO=$($PIN_LOAD "$TOOL" storm "http://127.0.0.1:$PORT" "$CREDS" "$N" "$WORK/www-info")
+echo "log info: $STORM_INFO" >&2
+stop_autoprov
+rm -rf "$WORK/data" "$WORK/www-info"
+mv "$WORK/data.seeded" "$WORK/data"
 start_autoprov "autoprov=warn"
-STORM=$($PIN_LOAD "$TOOL" storm "http://127.0.0.1:$PORT" "$CREDS" "$N" "$WORK/www")
-echo "$STORM" >&2
+STORM_OFF=$($PIN_LOAD "$TOOL" storm "http://127.0.0.1:$PORT" "$CREDS" "$N" "$WORK/www")
+echo "log off: $STORM_OFF" >&2
 stop_autoprov
 
 # --- nginx on the exported files
@@ -180,7 +189,7 @@ printf "| (b) c64 p50 / p99 ms | %s / %s | %s / %s | | %s / %s | |\n" \
 printf "| (b) c256 p50 / p99 ms | %s / %s | %s / %s | | %s / %s | |\n" \
     "$(col "${R[nginx,b256]}" 2)" "$(col "${R[nginx,b256]}" 3)" "$(col "${R[ap-info,b256]}" 2)" "$(col "${R[ap-info,b256]}" 3)" "$(col "${R[ap-off,b256]}" 2)" "$(col "${R[ap-off,b256]}" 3)"
 row "(c) If-None-Match → 304, req/s" "${R[nginx,c]}" "${R[ap-info,c]}" "${R[ap-off,c]}"
-echo "| (d) cold storm | — | $STORM | | | |"
+echo "| (d) cold storm | — | $STORM_INFO | | $STORM_OFF | |"
 echo "| (e) admin writes during (b) | — | ${ADMIN[info]} | | ${ADMIN[off]} | |"
 echo "| (f) peak RSS | — | ${RSS[info]} | | ${RSS[off]} | |"
 echo "| (f) on-disk size | $(du -sm "$WORK/www" | cut -f1) MB (files) | $DISK MB (store) | | | |"
