@@ -208,6 +208,9 @@ async fn admin(url: String, token: String, n: usize, seconds: u64, rate: u64) {
             tokio::time::sleep(rest).await;
         }
     }
+    if lat.is_empty() {
+        die("no admin write finished in the time given");
+    }
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     println!(

@@ -2,14 +2,19 @@
 # Load harness: autoprov against nginx serving the very same rendered files (auth_basic,
 # access_log off, 1 worker), each pinned to CPU 0, wrk pinned to CPU 1, over loopback.
 #
-#   scripts/bench-load.sh                 # N=100000 phones, 10 s per case
-#   N=20000 DURATION=5 scripts/bench-load.sh
+#   scripts/bench-load.sh                          # N=100000 phones, 3 slices of 5 s a case
+#   N=20000 DURATION=3 REPS=2 scripts/bench-load.sh
 #
-# Prints one table (both servers, ratios). Stops everything it started, by PID.
+# The three servers (nginx, autoprov with the request log at info, autoprov with it off)
+# run side by side; each case is measured in REPS slices of DURATION seconds per server,
+# the servers taking turns (the order rotates every slice), so that a shared machine's
+# drift hits all three alike. Figures are the mean of the slices.
+# Prints one table (all servers, ratios). Stops everything it started, by PID.
 set -euo pipefail
 
 N=${N:-100000}
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-5}
+REPS=${REPS:-3}
 MODEL=${MODEL:-yealink-t46s}
 PORT=${PORT:-18080}
 NGINX_PORT=${NGINX_PORT:-18088}
@@ -40,13 +45,13 @@ TOOL=$ROOT/target/release/examples/loadtool
 PIN_SERVER="taskset -c 0"
 PIN_LOAD="taskset -c 1"
 
-start_autoprov() { # $1 = RUST_LOG value
-    RUST_LOG=$1 $PIN_SERVER "$BIN" --listen 127.0.0.1:$PORT --data "$WORK/data" \
-        --models "$ROOT/models" --templates "$ROOT/templates" >"$WORK/autoprov.out" 2>"$WORK/autoprov.log" &
+start_autoprov() { # $1 RUST_LOG value, $2 port, $3 data folder; sets AP_PID and READY
+    RUST_LOG=$1 $PIN_SERVER "$BIN" --listen "127.0.0.1:$2" --data "$3" \
+        --models "$ROOT/models" --templates "$ROOT/templates" >"$3.out" 2>"$3.log" &
     AP_PID=$!
     PIDS+=("$AP_PID")
     local t0; t0=$(date +%s.%N)
-    until curl -s -o /dev/null "http://127.0.0.1:$PORT/api/v1/models"; do sleep 0.02; done
+    until curl -s -o /dev/null "http://127.0.0.1:$2/api/v1/models"; do sleep 0.02; done
     READY=$(echo "$(date +%s.%N) - $t0" | bc)
 }
 stop_autoprov() {
@@ -55,30 +60,31 @@ stop_autoprov() {
 }
 
 # --- seed, then a cold storm on a fresh process (the export is the storm's output)
-start_autoprov "autoprov=warn"
+start_autoprov "autoprov=warn" "$PORT" "$WORK/data"
 TOKEN=$(cat "$WORK/data/admin-token")
 CREDS=$(cat "$WORK/data/provisioning-credentials")
 echo "seeding $N phones ($MODEL)…" >&2
 $PIN_LOAD "$TOOL" seed "http://127.0.0.1:$PORT" "$TOKEN" "$N" "$MODEL" >&2
 stop_autoprov
 # (d) twice, like every case: request log at info, then off, each on a fresh process and a
-# render tree with nothing in it (the seeded folder is copied first and put back between).
-cp -a "$WORK/data" "$WORK/data.seeded"
-start_autoprov "autoprov=info"
+# render tree with nothing in it (two copies of the seeded folder; each keeps its storm's
+# render tree for the cases after).
+rm -rf "$WORK/data-info"
+cp -a "$WORK/data" "$WORK/data-info"
+start_autoprov "autoprov=info" "$PORT" "$WORK/data-info"
 STORM_INFO=$($PIN_LOAD "$TOOL" storm "http://127.0.0.1:$PORT" "$CREDS" "$N" "$WORK/www-info")
 echo "log info: $STORM_INFO" >&2
 stop_autoprov
-rm -rf "$WORK/data" "$WORK/www-info"
-mv "$WORK/data.seeded" "$WORK/data"
-start_autoprov "autoprov=warn"
+rm -rf "$WORK/www-info"
+start_autoprov "autoprov=warn" "$PORT" "$WORK/data"
 STORM_OFF=$($PIN_LOAD "$TOOL" storm "http://127.0.0.1:$PORT" "$CREDS" "$N" "$WORK/www")
 echo "log off: $STORM_OFF" >&2
 stop_autoprov
 
-# --- nginx on the exported files
+# --- the three servers side by side, each idle while another is measured
 mkdir -p "$WORK/nginx"
 echo "${CREDS%%:*}:{PLAIN}${CREDS#*:}" >"$WORK/nginx/htpasswd"
-cat >"$WORK/nginx/nginx.conf" <<EOF
+cat >"$WORK/nginx/nginx.conf" <<NGINX
 worker_processes 1;
 daemon off;
 error_log $WORK/nginx/error.log warn;
@@ -97,30 +103,57 @@ http {
         auth_basic_user_file $WORK/nginx/htpasswd;
     }
 }
-EOF
+NGINX
 $PIN_SERVER nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
 NG_PID=$!
 PIDS+=("$NG_PID")
 until curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT/"; do sleep 0.05; done
 
+declare -A PORT_OF=([nginx]=$NGINX_PORT [ap-info]=$PORT [ap-off]=$((PORT + 1)))
+declare -A PID_OF=([nginx]=$NG_PID) RESTART ADMIN RSS
+# Restart to ready, each on the folder its storm filled. The startup warm-up (a background
+# thread filling the memory tiers, 0.2-0.6 s for 100,000 phones) shares CPU 0, so the
+# cases start 1 s after the last server answers.
+start_autoprov "autoprov=info" "${PORT_OF[ap-info]}" "$WORK/data-info"
+PID_OF[ap-info]=$AP_PID
+RESTART[info]=$READY
+sleep 1
+start_autoprov "autoprov=warn" "${PORT_OF[ap-off]}" "$WORK/data"
+PID_OF[ap-off]=$AP_PID
+RESTART[off]=$READY
+sleep 1
+
 "$TOOL" macs "$N" >"$WORK/macs.txt"
 FIRST=$(head -1 "$WORK/macs.txt")
 AUTH="Authorization: Basic $(printf '%s' "$CREDS" | base64 -w0)"
-cat >"$WORK/spread.lua" <<EOF
-local macs = {}
-for line in io.lines("$WORK/macs.txt") do macs[#macs + 1] = line end
-local i = 0
-request = function()
-    i = i + 1
-    local m = macs[math.random(#macs)]
-    return wrk.format("GET", "/" .. m .. ".cfg")
+# Every MAC once a pass, in an order shuffled once, each wrk connection starting at its own
+# place. The requests are formatted up front (in init, once wrk knows the Host header):
+# formatting one per request in Lua took wrk's core to 85-90 %, and a load generator near
+# its limit flattens the faster server's figures more than the slower one's.
+cat >"$WORK/spread.lua" <<LUA
+local reqs, n, i = {}, 0, 0
+init = function(args)
+    local macs = {}
+    for line in io.lines("$WORK/macs.txt") do macs[#macs + 1] = line end
+    math.randomseed(42)
+    for k = #macs, 2, -1 do
+        local j = math.random(k)
+        macs[k], macs[j] = macs[j], macs[k]
+    end
+    for k = 1, #macs do reqs[k] = wrk.format("GET", "/" .. macs[k] .. ".cfg") end
+    n = #reqs
 end
-EOF
+request = function()
+    i = i % n + 1
+    return reqs[i]
+end
+LUA
 
-# wrk → "requests/s p50_ms p99_ms"
-run_wrk() { # $1 port, $2 conns, rest: extra wrk args (before the URL)
-    local port=$1 conns=$2; shift 2
-    $PIN_LOAD wrk -t1 -c"$conns" -d"${DURATION}s" --latency -H "$AUTH" "$@" "http://127.0.0.1:$port/" 2>&1 |
+# wrk → "requests/s p50_ms p99_ms non-2xx/3xx"
+run_wrk() { # $1 port, $2 conns, $3 path, rest: extra wrk args (before the URL)
+    local port=$1 conns=$2 path=$3
+    shift 3
+    $PIN_LOAD wrk -t1 -c"$conns" -d"${DURATION}s" --latency -H "$AUTH" "$@" "http://127.0.0.1:$port$path" 2>&1 |
         awk '
             /Requests\/sec/ { rps = $2 }
             /^ +50%/ { p50 = $2 } /^ +99%/ { p99 = $2 }
@@ -137,62 +170,90 @@ run_wrk() { # $1 port, $2 conns, rest: extra wrk args (before the URL)
 }
 
 etag_of() { curl -s -D - -o /dev/null -H "$AUTH" "http://127.0.0.1:$1/$FIRST.cfg" | awk -F': ' 'tolower($1)=="etag"{gsub("\r","",$2); print $2}'; }
+declare -A TAG
+SERVERS=(nginx ap-info ap-off)
+for s in "${SERVERS[@]}"; do TAG[$s]=$(etag_of "${PORT_OF[$s]}"); done
 
-declare -A R RESTART ADMIN RSS
-measure() { # $1 label, $2 port
-    local l=$1 p=$2
-    R[$l,a]=$($PIN_LOAD wrk -t1 -c64 -d"${DURATION}s" --latency -H "$AUTH" "http://127.0.0.1:$p/$FIRST.cfg" 2>&1 | awk '/Requests\/sec/{print $2}')
-    R[$l,b64]=$(run_wrk "$p" 64 -s "$WORK/spread.lua")
-    R[$l,b256]=$(run_wrk "$p" 256 -s "$WORK/spread.lua")
-    local tag; tag=$(etag_of "$p")
-    R[$l,c]=$($PIN_LOAD wrk -t1 -c64 -d"${DURATION}s" -H "$AUTH" -H "If-None-Match: $tag" "http://127.0.0.1:$p/$FIRST.cfg" 2>&1 | awk '/Requests\/sec/{print $2}')
+one_case() { # $1 case, $2 server
+    local p=${PORT_OF[$2]}
+    case $1 in
+        a) run_wrk "$p" 64 "/$FIRST.cfg" ;;
+        b64) run_wrk "$p" 64 / -s "$WORK/spread.lua" ;;
+        b256) run_wrk "$p" 256 / -s "$WORK/spread.lua" ;;
+        c) run_wrk "$p" 64 "/$FIRST.cfg" -H "If-None-Match: ${TAG[$2]}" ;;
+    esac
 }
 
-measure nginx $NGINX_PORT
-
-for LOG in info off; do
-    if [ "$LOG" = info ]; then FILTER="autoprov=info"; else FILTER="autoprov=warn"; fi
-    start_autoprov "$FILTER"
-    RESTART[$LOG]=$READY
-    # Steady state: the startup warm-up (a background thread filling the memory tiers,
-    # 0.2-0.6 s for 100,000 phones) shares CPU 0 and is over before the cases start.
-    sleep 1
-    measure "ap-$LOG" $PORT
-    # (e) admin write latency while (b) c64 runs
-    $PIN_LOAD wrk -t1 -c64 -d"${DURATION}s" -H "$AUTH" -s "$WORK/spread.lua" "http://127.0.0.1:$PORT" >/dev/null 2>&1 &
-    WRK_PID=$!
-    ADMIN[$LOG]=$("$TOOL" admin "http://127.0.0.1:$PORT" "$(cat "$WORK/data/admin-token")" "$N" $((DURATION - 1)) 50)
-    wait "$WRK_PID" || true
-    RSS[$LOG]=$(awk '/VmHWM/{print $2/1024 " MB"}' /proc/$AP_PID/status)
-    stop_autoprov
+# R[server,case]: the mean over the slices of req/s, p50 and p99, and the slices' total of
+# responses that were neither 2xx nor 3xx.
+declare -A R
+for c in a b64 b256 c; do
+    declare -A SUM=()
+    for ((r = 0; r < REPS; r++)); do
+        for ((k = 0; k < 3; k++)); do
+            s=${SERVERS[$(((k + r) % 3))]}
+            out=$(one_case "$c" "$s")
+            echo "case $c slice $((r + 1)) $s: $out" >&2
+            SUM[$s]=$(echo "${SUM[$s]:-0 0 0 0} $out" | awk '{printf "%s %s %s %s", $1+$5, $2+$6, $3+$7, $4+$8}')
+        done
+    done
+    for s in "${SERVERS[@]}"; do
+        R[$s,$c]=$(echo "${SUM[$s]}" | awk -v n="$REPS" '{printf "%.0f %.2f %.2f %d", $1/n, $2/n, $3/n, $4}')
+    done
+    unset SUM
 done
 
-DISK=$(du -sm "$WORK/data" | cut -f1)
+# (e) admin write latency while (b) c64 runs, then (f) peak RSS
+for l in info off; do
+    s=ap-$l
+    $PIN_LOAD wrk -t1 -c64 -d"${DURATION}s" -H "$AUTH" -s "$WORK/spread.lua" "http://127.0.0.1:${PORT_OF[$s]}" >/dev/null 2>&1 &
+    WRK_PID=$!
+    ADMIN[$l]=$("$TOOL" admin "http://127.0.0.1:${PORT_OF[$s]}" "$TOKEN" "$N" $((DURATION > 1 ? DURATION - 1 : 1)) 50)
+    wait "$WRK_PID" || true
+    RSS[$l]=$(awk '/VmHWM/{print $2/1024 " MB"}' "/proc/${PID_OF[$s]}/status")
+done
+
+DISK=$(du -sm "$WORK/data/store" | cut -f1)
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "-" }'; }
 col() { echo "$1" | awk -v i="$2" '{print $i}'; }
 
 echo
-echo "autoprov vs nginx — N=$N phones ($MODEL), ${DURATION}s per case, server on CPU 0, wrk on CPU 1"
+echo "autoprov vs nginx — N=$N phones ($MODEL); each case $REPS slices of ${DURATION}s per server, the servers taking turns; servers on CPU 0, wrk on CPU 1"
 echo "machine: $cpu, $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
 echo
 printf "| case | nginx | autoprov (log info) | ratio | autoprov (log off) | ratio |\n|---|---|---|---|---|---|\n"
-row() { # $1 label $2 nginx $3 info $4 off
-    printf "| %s | %s | %s | %s | %s | %s |\n" "$1" "$2" "$3" "$(ratio "$3" "$2")" "$4" "$(ratio "$4" "$2")"
+row() { # $1 label, $2 case
+    local n i o
+    n=$(col "${R[nginx,$2]}" 1)
+    i=$(col "${R[ap-info,$2]}" 1)
+    o=$(col "${R[ap-off,$2]}" 1)
+    printf "| %s | %s | %s | %s | %s | %s |\n" "$1" "$n" "$i" "$(ratio "$i" "$n")" "$o" "$(ratio "$o" "$n")"
 }
-row "(a) one file, c64, req/s" "${R[nginx,a]}" "${R[ap-info,a]}" "${R[ap-off,a]}"
-row "(b) all MACs, c64, req/s" "$(col "${R[nginx,b64]}" 1)" "$(col "${R[ap-info,b64]}" 1)" "$(col "${R[ap-off,b64]}" 1)"
-row "(b) all MACs, c256, req/s" "$(col "${R[nginx,b256]}" 1)" "$(col "${R[ap-info,b256]}" 1)" "$(col "${R[ap-off,b256]}" 1)"
-printf "| (b) c64 p50 / p99 ms | %s / %s | %s / %s | | %s / %s | |\n" \
-    "$(col "${R[nginx,b64]}" 2)" "$(col "${R[nginx,b64]}" 3)" "$(col "${R[ap-info,b64]}" 2)" "$(col "${R[ap-info,b64]}" 3)" "$(col "${R[ap-off,b64]}" 2)" "$(col "${R[ap-off,b64]}" 3)"
-printf "| (b) c256 p50 / p99 ms | %s / %s | %s / %s | | %s / %s | |\n" \
-    "$(col "${R[nginx,b256]}" 2)" "$(col "${R[nginx,b256]}" 3)" "$(col "${R[ap-info,b256]}" 2)" "$(col "${R[ap-info,b256]}" 3)" "$(col "${R[ap-off,b256]}" 2)" "$(col "${R[ap-off,b256]}" 3)"
-row "(c) If-None-Match → 304, req/s" "${R[nginx,c]}" "${R[ap-info,c]}" "${R[ap-off,c]}"
+lat() { # $1 label, $2 case
+    printf "| %s | %s / %s | %s / %s | | %s / %s | |\n" "$1" \
+        "$(col "${R[nginx,$2]}" 2)" "$(col "${R[nginx,$2]}" 3)" "$(col "${R[ap-info,$2]}" 2)" \
+        "$(col "${R[ap-info,$2]}" 3)" "$(col "${R[ap-off,$2]}" 2)" "$(col "${R[ap-off,$2]}" 3)"
+}
+row "(a) one file, c64, req/s" a
+row "(b) all MACs, c64, req/s" b64
+row "(b) all MACs, c256, req/s" b256
+lat "(b) c64 p50 / p99 ms" b64
+lat "(b) c256 p50 / p99 ms" b256
+row "(c) If-None-Match → 304, req/s" c
 echo "| (d) cold storm | — | $STORM_INFO | | $STORM_OFF | |"
 echo "| (e) admin writes during (b) | — | ${ADMIN[info]} | | ${ADMIN[off]} | |"
 echo "| (f) peak RSS | — | ${RSS[info]} | | ${RSS[off]} | |"
 echo "| (f) on-disk size | $(du -sm "$WORK/www" | cut -f1) MB (files) | $DISK MB (store) | | | |"
 echo "| (f) restart to ready | — | ${RESTART[info]} s | | ${RESTART[off]} s | |"
+bad=""
+for s in "${SERVERS[@]}"; do
+    for c in a b64 b256 c; do
+        n=$(col "${R[$s,$c]}" 4)
+        [ "$n" = 0 ] || bad="$bad $s/$c: $n;"
+    done
+done
+[ -z "$bad" ] || echo "responses that were neither 2xx nor 3xx:$bad"
 echo
 echo "work folder: $WORK"

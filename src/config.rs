@@ -50,6 +50,10 @@ pub struct Cli {
     /// Open connections at most; past it a new one gets a 503 [default: 4096].
     #[arg(long, env = "AUTOPROV_MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<u64>,
+    /// Threads serving requests; 1 runs everything on one thread, without work stealing
+    /// [default: the CPUs this process may use].
+    #[arg(long, env = "AUTOPROV_WORKERS", global = true)]
+    pub workers: Option<u64>,
     /// Bearer token `GET /metrics` requires [default: none, metrics open].
     #[arg(
         long,
@@ -170,6 +174,8 @@ pub struct FileConfig {
     pub request_timeout_secs: Option<u64>,
     /// Connection cap.
     pub max_connections: Option<u64>,
+    /// Request-serving threads.
+    pub workers: Option<u64>,
     /// Server-wide defaults (settings layer).
     pub defaults: Option<toml::Table>,
     /// Phone-path security: allow-lists, bootstrap credential, rotation, throttling.
@@ -221,6 +227,8 @@ pub struct Config {
     pub security: crate::guard::Security,
     /// Connection and request limits.
     pub limits: Limits,
+    /// Threads serving requests (1: a current-thread runtime, see `main.rs`).
+    pub workers: usize,
     /// Bearer token `GET /metrics` requires (open when `None`).
     pub metrics_token: Option<String>,
     /// Firmware folder (served at `/firmware/{*path}`).
@@ -354,6 +362,7 @@ impl Config {
             defaults: Settings::new(),
             security: crate::guard::Security::default(),
             limits: Limits::default(),
+            workers: 1,
             metrics_token: None,
             firmware,
             public_url: None,
@@ -444,6 +453,17 @@ impl Config {
                 message: "must be from 1 to 65536".into(),
             });
         }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let workers = match cli.workers.or(fc.workers) {
+            Some(n) if !(1..=1024).contains(&n) => {
+                return Err(ConfigError::Value {
+                    key: "workers".into(),
+                    message: format!("{n} is not from 1 to 1024"),
+                });
+            }
+            Some(n) => n,
+            None => cpus.clamp(1, 1024),
+        };
         let memory_mb = fc.memory_cache_mb.unwrap_or(64);
         if !(2..=65536).contains(&memory_mb) {
             return Err(ConfigError::Value {
@@ -474,6 +494,7 @@ impl Config {
             defaults,
             security,
             limits,
+            workers: workers as usize,
             metrics_token: match cli.metrics_token.clone().or(fc.metrics_token) {
                 Some(t) if t.trim().is_empty() => {
                     return Err(ConfigError::Value {
@@ -685,6 +706,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("header-read-timeout-secs"), "{e}");
+    }
+
+    #[test]
+    fn workers_default_to_the_cpus_and_flow_file_then_flag() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(Config::resolve(&cli(&[]), None).unwrap().workers, cpus);
+        let file = || Some(("a.toml".into(), "workers = 3".to_string()));
+        assert_eq!(Config::resolve(&cli(&[]), file()).unwrap().workers, 3);
+        let c = Config::resolve(&cli(&["--workers", "1"]), file()).unwrap();
+        assert_eq!(c.workers, 1);
+        for bad in ["0", "1025"] {
+            let e = Config::resolve(&cli(&["--workers", bad]), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("workers: ") && e.contains(bad), "{e}");
+        }
     }
 
     #[test]

@@ -11,10 +11,13 @@ use autoprov::config::{Cli, Command, Config};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    match Config::load(&cli)
+        .map_err(anyhow::Error::from)
+        .and_then(|config| Ok((runtime(config.workers)?, config)))
+        .and_then(|(rt, config)| rt.block_on(run(cli, config)))
+    {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
@@ -24,8 +27,23 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(&cli)?;
+/// One worker: the current-thread scheduler (no work-stealing queues, no cross-thread
+/// wake-ups: 5-7 % more requests a second on one core, docs/PERFORMANCE.md). More: the
+/// multi-thread one with that many workers.
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    b.enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))
+}
+
+async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     match cli.command.clone().unwrap_or(Command::Serve) {
         Command::Serve => {
             let _log_guard = autoprov::telemetry::init(config.log_format);

@@ -90,9 +90,16 @@ fn template_using_an_unknown_variable_is_named() {
 
 #[test]
 fn binary_prints_address_and_serves() {
+    // One worker is the current-thread runtime; two, the multi-thread one.
+    for workers in ["1", "2"] {
+        prints_address_and_serves(workers);
+    }
+}
+
+fn prints_address_and_serves(workers: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_autoprov"))
-        .args(["--listen", "127.0.0.1:0", "--data"])
+        .args(["--workers", workers, "--listen", "127.0.0.1:0", "--data"])
         .arg(dir.path().join("data"))
         .arg("--models")
         .arg(repo("models"))
@@ -169,7 +176,9 @@ fn help_lists_every_flag() {
         "--models",
         "--templates",
         "--config",
+        "--workers",
         "AUTOPROV_LISTEN",
+        "AUTOPROV_WORKERS",
         "AUTOPROV_DATA",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
