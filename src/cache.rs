@@ -158,9 +158,9 @@ impl Packed {
         let Some(d) = &self.dict else {
             return Ok(Bytes::copy_from_slice(&self.data));
         };
-        let mut out = vec![0u8; self.raw_len as usize];
-        match lz4_flex::block::decompress_into_with_dict(&self.data, &mut out, &d.bytes) {
-            Ok(n) if n == out.len() => Ok(Bytes::from(out)),
+        let len = self.raw_len as usize;
+        match lz4_flex::block::decompress_with_dict(&self.data, len, &d.bytes) {
+            Ok(out) if out.len() == len => Ok(Bytes::from(out)),
             _ => Err(AppError::Io {
                 what: "unpacking a cached file",
                 source: std::io::Error::new(std::io::ErrorKind::InvalidData, "lz4"),
@@ -790,6 +790,37 @@ mod tests {
             proptest::prop_assert_eq!(h.hash_one(&ka), h.hash_one(&a[..]));
             proptest::prop_assert_eq!(ka == kb, a == b);
             proptest::prop_assert_eq!(h.hash_one(&ka) == h.hash_one(&kb), a == b);
+        }
+    }
+
+    proptest::proptest! {
+        /// Damaged packed bytes unpack to an error or to bytes of the recorded length, never
+        /// a panic (the decoder is lz4_flex's unchecked one, kept in bounds by its
+        /// `checked-decode` feature).
+        #[test]
+        fn damaged_packed_bytes_never_panic(
+            flips in proptest::collection::vec(
+                (proptest::prelude::any::<usize>(), 1u8..=255),
+                0..8,
+            ),
+            cut in proptest::option::of(proptest::prelude::any::<usize>()),
+        ) {
+            let body = BASE.replace("label = ", "label = 401");
+            let d = Arc::new(Dict::new(BASE.as_bytes()));
+            let mut p = Packed::pack(&rendered(&body), 7, 9, Some(d), 0);
+            proptest::prop_assert!(p.dict.is_some());
+            let mut data = p.data.to_vec();
+            for (i, x) in &flips {
+                let k = i % data.len();
+                data[k] ^= x;
+            }
+            if let Some(c) = cut {
+                data.truncate(c % (data.len() + 1));
+            }
+            p.data = data.into_boxed_slice();
+            if let Ok(b) = p.body() {
+                proptest::prop_assert_eq!(b.len(), body.len());
+            }
         }
     }
 

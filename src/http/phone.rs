@@ -929,27 +929,24 @@ fn respond(
     r: std::sync::Arc<Packed>,
     headers: &HeaderMap,
 ) -> Result<Response, AppError> {
-    let no_cache = HeaderValue::from_static("no-cache");
-    if etag_matches(headers, &r.etag()) {
-        return Ok((
-            StatusCode::NOT_MODIFIED,
-            [
-                (header::ETAG, r.etag_header()),
-                (header::CACHE_CONTROL, no_cache),
-            ],
-        )
-            .into_response());
+    // Built in place: the header map is sized once and each header set once (axum's
+    // tuple response sets a body type first, then replaces it).
+    let not_modified = etag_matches(headers, &r.etag());
+    let mut resp = if not_modified {
+        let mut resp = Response::new(axum::body::Body::empty());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        resp
+    } else {
+        Response::new(axum::body::Body::from(r.body()?))
+    };
+    let h = resp.headers_mut();
+    h.reserve(3);
+    if !not_modified {
+        h.insert(header::CONTENT_TYPE, st.cache.content_type(&r));
     }
-    Ok((
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, st.cache.content_type(&r)),
-            (header::ETAG, r.etag_header()),
-            (header::CACHE_CONTROL, no_cache),
-        ],
-        r.body()?,
-    )
-        .into_response())
+    h.insert(header::ETAG, r.etag_header());
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
 }
 
 #[cfg(test)]
