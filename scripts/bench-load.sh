@@ -45,13 +45,24 @@ TOOL=$ROOT/target/release/examples/loadtool
 PIN_SERVER="taskset -c 0"
 PIN_LOAD="taskset -c 1"
 
+# Another server on one of the ports would answer in our place: refuse to start.
+for p in "$PORT" $((PORT + 1)) "$NGINX_PORT"; do
+    if curl -s -o /dev/null "http://127.0.0.1:$p/"; then
+        echo "something already answers on 127.0.0.1:$p; stop it or set PORT/NGINX_PORT" >&2
+        exit 1
+    fi
+done
+
 start_autoprov() { # $1 RUST_LOG value, $2 port, $3 data folder; sets AP_PID and READY
     RUST_LOG=$1 $PIN_SERVER "$BIN" --listen "127.0.0.1:$2" --data "$3" \
         --models "$ROOT/models" --templates "$ROOT/templates" >"$3.out" 2>"$3.log" &
     AP_PID=$!
     PIDS+=("$AP_PID")
     local t0; t0=$(date +%s.%N)
-    until curl -s -o /dev/null "http://127.0.0.1:$2/api/v1/models"; do sleep 0.02; done
+    until curl -s -o /dev/null "http://127.0.0.1:$2/api/v1/models"; do
+        kill -0 "$AP_PID" 2>/dev/null || { echo "autoprov did not start; see $3.log" >&2; exit 1; }
+        sleep 0.02
+    done
     READY=$(echo "$(date +%s.%N) - $t0" | bc)
 }
 stop_autoprov() {
@@ -107,7 +118,10 @@ NGINX
 $PIN_SERVER nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
 NG_PID=$!
 PIDS+=("$NG_PID")
-until curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT/"; do sleep 0.05; done
+until curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT/"; do
+    kill -0 "$NG_PID" 2>/dev/null || { echo "nginx did not start; see $WORK/nginx/error.log" >&2; exit 1; }
+    sleep 0.05
+done
 
 declare -A PORT_OF=([nginx]=$NGINX_PORT [ap-info]=$PORT [ap-off]=$((PORT + 1)))
 declare -A PID_OF=([nginx]=$NG_PID) RESTART ADMIN RSS
