@@ -8,7 +8,8 @@
 # The three servers (nginx, autoprov with the request log at info, autoprov with it off)
 # run side by side; each case is measured in REPS slices of DURATION seconds per server,
 # the servers taking turns (the order rotates every slice), so that a shared machine's
-# drift hits all three alike. Figures are the mean of the slices.
+# drift hits all three alike. Figures: req/s the mean of the slices, p50 and p99 their
+# median.
 # Prints one table (all servers, ratios). Stops everything it started, by PID.
 set -euo pipefail
 
@@ -198,23 +199,33 @@ one_case() { # $1 case, $2 server
     esac
 }
 
-# R[server,case]: the mean over the slices of req/s, p50 and p99, and the slices' total of
-# responses that were neither 2xx nor 3xx.
+# R[server,case]: the mean over the slices of req/s, the median of their p50 and of their
+# p99 (one stalled slice, such as a page-cache miss of nginx's, would otherwise be the
+# whole figure), and the total of responses that were neither 2xx nor 3xx.
+median() { sort -g | awk '{ v[NR] = $1 } END { m = int((NR + 1) / 2); print (NR % 2) ? v[m] : (v[m] + v[m + 1]) / 2 }'; }
+summary() { # $1: the slices' "rps p50 p99 bad" lines
+    local rps p50 p99 bad
+    rps=$(printf '%s' "$1" | awk '{ s += $1 } END { printf "%.0f", s / NR }')
+    p50=$(printf '%s' "$1" | awk '{ print $2 }' | median)
+    p99=$(printf '%s' "$1" | awk '{ print $3 }' | median)
+    bad=$(printf '%s' "$1" | awk '{ s += $4 } END { print s }')
+    printf '%s %.2f %.2f %s' "$rps" "$p50" "$p99" "$bad"
+}
 declare -A R
 for c in a b64 b256 c; do
-    declare -A SUM=()
+    declare -A SL=()
     for ((r = 0; r < REPS; r++)); do
         for ((k = 0; k < 3; k++)); do
             s=${SERVERS[$(((k + r) % 3))]}
             out=$(one_case "$c" "$s")
             echo "case $c slice $((r + 1)) $s: $out" >&2
-            SUM[$s]=$(echo "${SUM[$s]:-0 0 0 0} $out" | awk '{printf "%s %s %s %s", $1+$5, $2+$6, $3+$7, $4+$8}')
+            SL[$s]+="$out"$'\n'
         done
     done
     for s in "${SERVERS[@]}"; do
-        R[$s,$c]=$(echo "${SUM[$s]}" | awk -v n="$REPS" '{printf "%.0f %.2f %.2f %d", $1/n, $2/n, $3/n, $4}')
+        R[$s,$c]=$(summary "${SL[$s]}")
     done
-    unset SUM
+    unset SL
 done
 
 # (e) admin write latency while (b) c64 runs, then (f) peak RSS
