@@ -281,16 +281,6 @@ impl Limits {
     /// Flag/env over file over default, each checked against its range.
     fn resolve(cli: &Cli, fc: &FileConfig) -> Result<Self, ConfigError> {
         let d = Limits::default();
-        let pick = |key: &str, flag: Option<u64>, file: Option<u64>, default: u64, max: u64| {
-            let v = flag.or(file).unwrap_or(default);
-            if v == 0 || v > max {
-                return Err(ConfigError::Value {
-                    key: key.into(),
-                    message: format!("{v} is not from 1 to {max}"),
-                });
-            }
-            Ok(v)
-        };
         Ok(Limits {
             header_read_timeout: Duration::from_secs(pick(
                 "header-read-timeout-secs",
@@ -315,6 +305,24 @@ impl Limits {
             )? as usize,
         })
     }
+}
+
+/// Flag/env over file over default, from 1 to `max`; a value out of range names `key`.
+fn pick(
+    key: &str,
+    flag: Option<u64>,
+    file: Option<u64>,
+    default: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let v = flag.or(file).unwrap_or(default);
+    if v == 0 || v > max {
+        return Err(ConfigError::Value {
+            key: key.into(),
+            message: format!("{v} is not from 1 to {max}"),
+        });
+    }
+    Ok(v)
 }
 
 /// A configuration error naming the key and its source.
@@ -454,16 +462,7 @@ impl Config {
             });
         }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-        let workers = match cli.workers.or(fc.workers) {
-            Some(n) if !(1..=1024).contains(&n) => {
-                return Err(ConfigError::Value {
-                    key: "workers".into(),
-                    message: format!("{n} is not from 1 to 1024"),
-                });
-            }
-            Some(n) => n,
-            None => cpus.clamp(1, 1024),
-        };
+        let workers = pick("workers", cli.workers, fc.workers, cpus.min(1024), 1024)?;
         let memory_mb = fc.memory_cache_mb.unwrap_or(64);
         if !(2..=65536).contains(&memory_mb) {
             return Err(ConfigError::Value {

@@ -50,6 +50,7 @@ async fn walkthrough() {
     let r = s.fetch("001565aabbcc.cfg").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(r.headers()["cache-control"], "no-cache");
     let etag1 = r.headers()["etag"].to_str().unwrap().to_string();
     let body = r.text().await.unwrap();
     assert!(body.starts_with("#!version:1.0.0.1\n"));
@@ -72,6 +73,9 @@ async fn walkthrough() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(r.headers()["etag"].to_str().unwrap(), etag1);
+    assert_eq!(r.headers()["cache-control"], "no-cache");
+    assert!(r.headers().get("content-type").is_none());
+    assert!(r.bytes().await.unwrap().is_empty());
 
     // Change something: a new label through the members API; new bytes, new ETag.
     let (st, _) = s

@@ -929,21 +929,19 @@ fn respond(
     r: std::sync::Arc<Packed>,
     headers: &HeaderMap,
 ) -> Result<Response, AppError> {
-    // Built in place: the header map is sized once and each header set once (axum's
-    // tuple response sets a body type first, then replaces it).
-    let not_modified = etag_matches(headers, &r.etag());
-    let mut resp = if not_modified {
+    // Built in place, each header set once (axum's tuple response sets a body type first,
+    // then replaces it).
+    let mut resp = if etag_matches(headers, &r.etag()) {
         let mut resp = Response::new(axum::body::Body::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         resp
     } else {
-        Response::new(axum::body::Body::from(r.body()?))
+        let mut resp = Response::new(axum::body::Body::from(r.body()?));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, st.cache.content_type(&r));
+        resp
     };
     let h = resp.headers_mut();
-    h.reserve(3);
-    if !not_modified {
-        h.insert(header::CONTENT_TYPE, st.cache.content_type(&r));
-    }
     h.insert(header::ETAG, r.etag_header());
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(resp)
