@@ -652,26 +652,35 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
             let spec = t.catalogue.file_spec(&model.id, &pattern).ok_or_else(|| {
                 AppError::NotFound("this model does not request that file".into())
             })?;
-            let key = render_key(Some(mac), &model.id, &pattern);
-            let file = FileKey {
-                key: &key,
-                model: &model.id,
-                file: &pattern,
-                revision: phone.revision,
-                digest: t.digest(&model.id),
-            };
-            st.cache
-                .get_or_render(
-                    &st.store,
-                    file,
-                    || {
-                        // The record read for the gate, unless a bootstrap exchange moved on.
-                        let fresh = just_read.filter(|p| p.revision == phone.revision);
-                        timed(st, || render_stored_phone(st, t, model, spec, mac, fresh))
-                    },
-                    || render_dictionary(st, t, model, spec),
-                )
-                .await?
+            let digest = t.digest(&model.id);
+            if let Some(p) = phone.last_served.get(&pattern, phone.revision, digest) {
+                (p, Outcome::Hit)
+            } else {
+                let key = render_key(Some(mac), &model.id, &pattern);
+                let file = FileKey {
+                    key: &key,
+                    model: &model.id,
+                    file: &pattern,
+                    revision: phone.revision,
+                    digest,
+                };
+                let (p, outcome) = st
+                    .cache
+                    .get_or_render(
+                        &st.store,
+                        file,
+                        || {
+                            // The record read for the gate, unless a bootstrap exchange
+                            // moved on.
+                            let fresh = just_read.filter(|p| p.revision == phone.revision);
+                            timed(st, || render_stored_phone(st, t, model, spec, mac, fresh))
+                        },
+                        || render_dictionary(st, t, model, spec),
+                    )
+                    .await?;
+                phone.last_served.set(&pattern, &p);
+                (p, outcome)
+            }
         }
         FileRef::Common { name, models } => {
             // Common files carry no line data. They are served to the server-default

@@ -272,7 +272,6 @@ impl Phone {
 /// decoded phone (settings, overrides, members), so the fetch path can keep every phone of
 /// a large fleet in memory; the whole record is read only to render. Model and domain
 /// names are shared between the gates of one store (see `Store::gate`).
-#[derive(Clone, PartialEq, Eq)]
 pub struct Gate {
     /// The MAC.
     pub mac: Mac,
@@ -286,6 +285,9 @@ pub struct Gate {
     pub provisioning: Option<Box<(String, String)>>,
     /// The replaced credential, accepted until its time.
     pub previous_credentials: Option<Box<PreviousCredentials>>,
+    /// The file last served to this phone, so a repeat fetch needs no second lookup (the
+    /// memory tier holds the file; this only points at it).
+    pub last_served: crate::cache::LastServed,
 }
 
 impl Gate {
@@ -302,11 +304,12 @@ impl Gate {
             domain: p.domain.as_deref().map(&mut intern),
             provisioning,
             previous_credentials: p.previous_credentials.clone().map(Box::new),
+            last_served: crate::cache::LastServed::default(),
         }
     }
 
     /// Approximate bytes held per gate in memory (the memory tier's weigher): the struct,
-    /// its `Arc`, the tier's entry and the boxed credentials.
+    /// its `Arc`, the tier's entry, the boxed credentials and the last-served slot.
     pub fn weight(&self) -> u64 {
         let own = self
             .provisioning
@@ -316,7 +319,7 @@ impl Gate {
             .previous_credentials
             .as_ref()
             .map_or(0, |p| p.username.len() + p.password.len() + 72);
-        (128 + own + prev) as u64
+        (128 + crate::cache::LastServed::WEIGHT + own + prev) as u64
     }
 }
 
