@@ -375,13 +375,9 @@ impl Collector for Snapshot {
 
 /// Counts every request by kind, status and vendor (the phone handler names the vendor in
 /// its [`RequestFacts`]), and admin 401s as authentication failures.
-pub fn count_request(st: &AppState, kind: Kind, resp: &Response) {
+pub fn count_request(st: &AppState, kind: Kind, resp: &Response, facts: Option<&RequestFacts>) {
     let status = resp.status().as_u16();
-    let vendor = vendor_index(
-        resp.extensions()
-            .get::<RequestFacts>()
-            .and_then(|f| f.vendor),
-    );
+    let vendor = vendor_index(facts.and_then(|f| f.vendor));
     st.metrics.request(kind, vendor, status);
     if kind == Kind::Admin && status == 401 {
         st.metrics.auth_failure(Kind::Admin);

@@ -1,6 +1,8 @@
 //! Subscriber setup (env filter, text or JSON) and the one-line-per-request log.
 //! Installs nothing on import; `main` calls [`init`] once.
 
+use std::io::Write;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use axum::response::Response;
@@ -8,29 +10,185 @@ use axum::response::Response;
 use crate::config::LogFormat;
 
 /// Installs the global subscriber. Default filter `autoprov=info`, overridable with RUST_LOG.
-/// Lines are written to stderr by a background thread (request handlers only queue them;
+/// Lines go to stderr through a [`LogSink`] (request handlers only append to a buffer;
 /// nothing is dropped), without colour codes ([`TextLine`] writes none). Keep the returned
-/// guard alive until exit: dropping it flushes.
-pub fn init(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// guard alive until exit: dropping it writes what is left.
+pub fn init(format: LogFormat) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("autoprov=info"));
-    // The worker drains what is queued, then flushes: a buffer turns a burst of request
-    // lines into a few writes instead of one system call each.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::BufWriter::with_capacity(
-            64 << 10,
-            std::io::stderr(),
-        ));
+    let (sink, guard) = LogSink::start(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_writer(writer);
+        .with_writer(sink);
     let _ = match format {
         LogFormat::Text => builder.event_format(TextLine).try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
     guard
+}
+
+/// Log lines on their way out: each line is appended to one shared buffer, which a thread
+/// of its own writes out every [`LogSink::EVERY`] (sooner once it holds [`LogSink::SOON`]
+/// bytes), so a busy server makes ten writes a second instead of one a line, and a line
+/// costs its handler one lock and a copy (tracing-appender's channel cost an allocation
+/// and a message per line, and its thread woke for nearly every one). Nothing is dropped:
+/// past [`LogSink::FULL`] unwritten bytes (stderr blocked) writers wait for the thread.
+#[derive(Clone)]
+pub struct LogSink(Arc<Shared>);
+
+/// Stops the [`LogSink`]'s thread when dropped, after it has written every line; lines
+/// logged after that are written directly.
+pub struct LogGuard {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    /// The thread waits here for [`LogSink::SOON`] bytes or its interval.
+    ready: Condvar,
+    /// Writers wait here while [`LogSink::FULL`] bytes are unwritten.
+    drained: Condvar,
+    /// Where lines go once the thread has stopped (and in its absence).
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    /// The guard was dropped: the thread writes what is left and stops.
+    closing: bool,
+    /// The thread has stopped: writers write themselves.
+    stopped: bool,
+}
+
+impl LogSink {
+    /// How often the thread writes.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+    /// Buffered bytes that wake the thread before its interval.
+    pub const SOON: usize = 128 << 10;
+    /// Unwritten bytes at which writers wait.
+    pub const FULL: usize = 4 << 20;
+
+    /// A sink writing to `out` from a thread of its own (named `log`).
+    pub fn start(out: impl Write + Send + 'static) -> (LogSink, LogGuard) {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending {
+                buf: Vec::with_capacity(Self::SOON),
+                ..Pending::default()
+            }),
+            ready: Condvar::new(),
+            drained: Condvar::new(),
+            out: Mutex::new(Box::new(out)),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("log".into())
+            .spawn(move || s.run())
+            .ok();
+        if thread.is_none() {
+            // No thread: lines are written as they come.
+            lock(&shared.pending).stopped = true;
+        }
+        (LogSink(shared.clone()), LogGuard { shared, thread })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    /// The thread: waits, takes the buffer, writes it, until closed.
+    fn run(&self) {
+        let mut spare = Vec::with_capacity(LogSink::SOON);
+        loop {
+            let closing = {
+                let mut p = lock(&self.pending);
+                if p.buf.len() < LogSink::SOON && !p.closing {
+                    p = self
+                        .ready
+                        .wait_timeout(p, LogSink::EVERY)
+                        .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+                }
+                std::mem::swap(&mut p.buf, &mut spare);
+                self.drained.notify_all();
+                p.closing
+            };
+            if !spare.is_empty() {
+                let mut out = lock(&self.out);
+                // A log that cannot be written has nowhere to say so.
+                let _ = out.write_all(&spare).and_then(|()| out.flush());
+                spare.clear();
+                if spare.capacity() > 4 * LogSink::SOON {
+                    // A burst's buffer is not kept.
+                    spare = Vec::with_capacity(LogSink::SOON);
+                }
+            }
+            if closing {
+                // Lines appended since the swap, then writers write themselves.
+                let mut p = lock(&self.pending);
+                let mut out = lock(&self.out);
+                let _ = out.write_all(&p.buf).and_then(|()| out.flush());
+                p.buf = Vec::new();
+                p.stopped = true;
+                self.drained.notify_all();
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        lock(&self.shared.pending).closing = true;
+        self.shared.ready.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One line's writer (tracing-subscriber formats a line, then writes it whole).
+pub struct LineWriter<'a>(&'a Shared);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogSink {
+    type Writer = LineWriter<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LineWriter(&self.0)
+    }
+}
+
+impl Write for LineWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let mut p = lock(&self.0.pending);
+        while p.buf.len() >= LogSink::FULL && !p.stopped {
+            p = self
+                .0
+                .drained
+                .wait(p)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        if p.stopped {
+            let mut out = lock(&self.0.out);
+            return out
+                .write_all(b)
+                .and_then(|()| out.flush())
+                .map(|()| b.len());
+        }
+        let before = p.buf.len();
+        p.buf.extend_from_slice(b);
+        if before < LogSink::SOON && p.buf.len() >= LogSink::SOON {
+            self.0.ready.notify_one();
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The text log line: `2026-12-01T12:42:32.922323Z  INFO message key=value …`, the layout
@@ -156,7 +314,7 @@ impl tracing::field::Visit for Fields<'_, '_> {
 }
 
 /// Facts a handler adds to its response for the request line.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct RequestFacts {
     /// The phone's MAC (formatted only when the line is written).
     pub mac: Option<crate::model::Mac>,
@@ -188,8 +346,7 @@ impl RequestLine {
 
     /// Logs one line for the response: method, path, status, latency, and the handler's
     /// facts. Never the query string, headers or bodies (secrets live there).
-    pub fn finish(self, resp: &Response) {
-        let facts = resp.extensions().get::<RequestFacts>();
+    pub fn finish(self, resp: &Response, facts: Option<&RequestFacts>) {
         let mut mac = [0u8; 12];
         let mac = facts
             .and_then(|f| f.mac.as_ref())
@@ -277,6 +434,84 @@ mod tests {
         assert_eq!(&lines[1][27..], "  WARN flush failed error=disk full");
         assert_eq!(&lines[2][27..], " ERROR plain 1");
         assert_eq!(&lines[3][27..], " DEBUG raw name type=x");
+    }
+
+    #[test]
+    fn the_sink_writes_every_line_in_order() {
+        let buf = Buf::default();
+        let (sink, guard) = LogSink::start(buf.clone());
+        use tracing_subscriber::fmt::MakeWriter;
+        // Written by the thread on its interval, without the guard being dropped.
+        sink.make_writer().write_all(b"first\n").unwrap();
+        let start = std::time::Instant::now();
+        while buf.0.lock().unwrap().is_empty() {
+            assert!(start.elapsed().as_secs() < 10, "the thread never wrote");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(&*buf.0.lock().unwrap(), b"first\n");
+        // Several writers, more than FULL in all: every line, each writer's in its order.
+        let line = |w: usize, i: usize| format!("writer {w} line {i:06} {}\n", "x".repeat(100));
+        let per = LogSink::FULL / 120 / 2 + 1000;
+        std::thread::scope(|s| {
+            for w in 0..4 {
+                let sink = sink.clone();
+                s.spawn(move || {
+                    for i in 0..per {
+                        sink.make_writer().write_all(line(w, i).as_bytes()).unwrap();
+                    }
+                });
+            }
+        });
+        drop(guard);
+        // After the guard: written directly.
+        sink.make_writer().write_all(b"last\n").unwrap();
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2 + 4 * per);
+        assert_eq!(lines[0], "first");
+        assert_eq!(lines[lines.len() - 1], "last");
+        for w in 0..4 {
+            let mine: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| l.starts_with(&format!("writer {w} ")))
+                .collect();
+            let want: Vec<String> = (0..per).map(|i| line(w, i)).collect();
+            assert_eq!(mine.len(), per);
+            assert!(mine.iter().zip(&want).all(|(a, b)| *a == b.trim_end()));
+        }
+    }
+
+    /// An output that takes its time: writers wait for it past FULL, and lose nothing.
+    #[test]
+    fn a_slow_output_holds_writers_back_without_losing_lines() {
+        #[derive(Clone, Default)]
+        struct Slow(Arc<Mutex<(usize, usize)>>);
+        impl Write for Slow {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let mut g = self.0.lock().unwrap();
+                g.0 += b.len();
+                g.1 += 1;
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Slow::default();
+        let (sink, guard) = LogSink::start(out.clone());
+        use tracing_subscriber::fmt::MakeWriter;
+        let chunk = vec![b'y'; 64 << 10];
+        let n = 3 * LogSink::FULL / chunk.len();
+        for _ in 0..n {
+            sink.make_writer().write_all(&chunk).unwrap();
+            assert!(lock(&sink.0.pending).buf.len() <= LogSink::FULL + chunk.len());
+        }
+        drop(guard);
+        let (bytes, writes) = *out.0.lock().unwrap();
+        assert_eq!(bytes, n * chunk.len());
+        assert!(writes < n, "batched: {writes} writes for {n} lines");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use axum::routing::get;
 
 use crate::AppState;
 use crate::error::AppError;
+use crate::telemetry::RequestFacts;
 
 /// Largest admin request body.
 pub const ADMIN_BODY_LIMIT: usize = 1 << 20;
@@ -62,22 +63,24 @@ fn screen<B>(req: &axum::http::Request<B>) -> Option<Response> {
 async fn front_line<B, F, Fut>(st: &AppState, req: axum::http::Request<B>, handle: F) -> Response
 where
     F: FnOnce(axum::http::Request<B>) -> Fut,
-    Fut: Future<Output = Response>,
+    Fut: Future<Output = (Response, Option<RequestFacts>)>,
 {
     let line = crate::telemetry::RequestLine::start(&req);
     let kind = crate::metrics::kind_of(req.uri().path());
-    let resp = match screen(&req) {
-        Some(refused) => refused,
+    let (resp, facts) = match screen(&req) {
+        Some(refused) => (refused, None),
         // Pinned here and lent to `within`: a future passed on by value is kept in the
         // state of each async fn it passes through, and these are kilobytes.
         None => match within(st.limits.request_timeout, std::pin::pin!(handle(req))).await {
-            Some(resp) => resp,
-            None => StatusCode::REQUEST_TIMEOUT.into_response(),
+            Some(done) => done,
+            None => (StatusCode::REQUEST_TIMEOUT.into_response(), None),
         },
     };
-    crate::metrics::count_request(st, kind, &resp);
+    // Handed on by the direct route, else put on the response by a routed handler.
+    let facts = facts.or_else(|| resp.extensions().get::<RequestFacts>().copied());
+    crate::metrics::count_request(st, kind, &resp, facts.as_ref());
     if let Some(line) = line {
-        line.finish(&resp);
+        line.finish(&resp, facts.as_ref());
     }
     resp
 }
@@ -99,7 +102,7 @@ async fn within<T>(
 
 /// The router's layer: `front_line` in front of the routes.
 async fn frontline(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    front_line(&st, req, |req| next.run(req)).await
+    front_line(&st, req, |req| async { (next.run(req).await, None) }).await
 }
 
 /// Whether a request can skip the router: `GET` or `HEAD` of a phone file (one segment,
@@ -140,7 +143,8 @@ impl Front {
             if is_direct_phone_file(&req) {
                 let (parts, _) = req.into_parts();
                 let file = parts.uri.path().get(1..).unwrap_or_default();
-                return phone::fetch_file(st, file, Some(self.peer), &parts).await;
+                let (resp, facts) = phone::fetch_file(st, file, Some(self.peer), &parts).await;
+                return (resp, Some(facts));
             }
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(self.peer));
@@ -148,7 +152,7 @@ impl Front {
             // phone request's future that large (moved on each call).
             let routed = tower::ServiceExt::oneshot(self.routes, req.map(axum::body::Body::new));
             match Box::pin(routed).await {
-                Ok(resp) => resp,
+                Ok(resp) => (resp, None),
                 Err(never) => match never {},
             }
         })

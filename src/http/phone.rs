@@ -34,16 +34,20 @@ pub async fn fetch(
     request: axum::extract::Request,
 ) -> Response {
     let (parts, _) = request.into_parts();
-    fetch_file(&st, &file, peer_of(peer), &parts).await
+    let (mut resp, facts) = fetch_file(&st, &file, peer_of(peer), &parts).await;
+    resp.extensions_mut().insert(facts);
+    resp
 }
 
-/// `GET|HEAD /{file}`: `file` is the path's one segment, percent-decoded.
+/// `GET|HEAD /{file}`: `file` is the path's one segment, percent-decoded. The facts for
+/// the request line and metrics come beside the response (the direct route hands them
+/// on without the response's extension map).
 pub(crate) async fn fetch_file(
     st: &AppState,
     file: &str,
     peer: Option<SocketAddr>,
     request: &axum::http::request::Parts,
-) -> Response {
+) -> (Response, RequestFacts) {
     let headers = &request.headers;
     let peer_ip = client_address(st, peer, headers);
     let ua = user_agent(headers);
@@ -68,7 +72,7 @@ pub(crate) async fn fetch_file(
         Ok(()) => serve_file(st, &mut req).await,
         Err(e) => Err(e),
     };
-    let mut resp = match result {
+    let resp = match result {
         Ok(r) => r,
         Err(e) => {
             // The MAC a failure counts against: the linked phone (path or User-Agent), else
@@ -89,8 +93,7 @@ pub(crate) async fn fetch_file(
             resp.status().as_u16(),
         );
     }
-    resp.extensions_mut().insert(req.facts);
-    resp
+    (resp, req.facts)
 }
 
 /// The connection's peer, as the router's extension carries it.
