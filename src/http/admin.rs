@@ -1581,7 +1581,7 @@ async fn preview(
         Some(FileRef::Phone { mac: m, pattern }) if m == mac => t
             .catalogue
             .file_spec(&model.id, &pattern)
-            .map(|s| (s, Some(mac), pattern, phone.revision)),
+            .map(|s| (s, Some(mac), pattern.to_string(), phone.revision)),
         Some(FileRef::Common { name, .. }) => t
             .catalogue
             .file_spec(&model.id, &name)

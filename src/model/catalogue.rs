@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -138,8 +139,8 @@ pub struct Catalogue {
     models: BTreeMap<String, Model>,
     /// Exact common-file names (lowercase) → model ids that request them.
     common: HashMap<String, Vec<String>>,
-    /// Per-phone name patterns split at `{mac}`: (prefix, suffix, uppercase MAC).
-    patterns: Vec<(String, String)>,
+    /// Per-phone name patterns split at `{mac}`: (prefix, suffix, the whole pattern).
+    patterns: Vec<(String, String, Arc<str>)>,
 }
 
 /// What a request path names.
@@ -149,8 +150,8 @@ pub enum FileRef {
     Phone {
         /// The MAC in the name.
         mac: Mac,
-        /// The declared pattern.
-        pattern: String,
+        /// The declared pattern (lowercase, MAC as `{mac}`), shared with the catalogue.
+        pattern: Arc<str>,
     },
     /// A common file shared by the listed models.
     Common {
@@ -282,9 +283,12 @@ impl Catalogue {
                 if f.per_phone() {
                     let pattern = f.pattern();
                     if let Some((pre, suf)) = pattern.split_once("{mac}") {
-                        let key = (pre.to_string(), suf.to_string());
-                        if !cat.patterns.contains(&key) {
-                            cat.patterns.push(key);
+                        if !cat.patterns.iter().any(|(_, _, p)| **p == *pattern) {
+                            cat.patterns.push((
+                                pre.to_string(),
+                                suf.to_string(),
+                                pattern.as_str().into(),
+                            ));
                         }
                     }
                 } else {
@@ -298,7 +302,7 @@ impl Catalogue {
         }
         // Longest patterns first so `{mac}-local.cfg` wins over `{mac}.cfg`-like overlaps.
         cat.patterns
-            .sort_by_key(|(p, s)| std::cmp::Reverse(p.len() + s.len()));
+            .sort_by_key(|(p, s, _)| std::cmp::Reverse(p.len() + s.len()));
         Ok(cat)
     }
 
@@ -317,14 +321,19 @@ impl Catalogue {
         if file.len() > 128 || !file.is_ascii() {
             return None;
         }
-        let lower = file.to_ascii_lowercase();
-        if let Some(models) = self.common.get(&lower) {
+        // Copied only when it has capitals to lower.
+        let lower = if file.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(file.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(file)
+        };
+        if let Some(models) = self.common.get(lower.as_ref()) {
             return Some(FileRef::Common {
-                name: lower,
+                name: lower.into_owned(),
                 models: models.clone(),
             });
         }
-        for (pre, suf) in &self.patterns {
+        for (pre, suf, pattern) in &self.patterns {
             if lower.len() == pre.len() + 12 + suf.len()
                 && lower.starts_with(pre.as_str())
                 && lower.ends_with(suf.as_str())
@@ -333,7 +342,7 @@ impl Catalogue {
                 if let Ok(mac) = Mac::parse_plain(mid) {
                     return Some(FileRef::Phone {
                         mac,
-                        pattern: format!("{pre}{{mac}}{suf}"),
+                        pattern: pattern.clone(),
                     });
                 }
             }
