@@ -67,7 +67,8 @@ async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, Socket
     }
 }
 
-/// [`run`] on a plain-HTTP listener, an HTTPS one, or both (one loop, one connection cap).
+/// Serves connections from a plain-HTTP listener, an HTTPS one, or both (one loop, one
+/// connection cap).
 pub async fn run_listeners(
     listener: Option<TcpListener>,
     https: Option<(TcpListener, TlsAcceptor)>,

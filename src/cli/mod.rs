@@ -28,8 +28,8 @@ pub struct Remote {
     /// http://127.0.0.1:8080) instead of opening the data folder.
     #[arg(long, env = "AUTOPROV_URL", global = true, value_name = "URL")]
     pub url: Option<String>,
-    /// Admin token for --url (the server-wide one in <data>/admin-token, or a domain token
-    /// where the route allows it).
+    /// Admin token for --url (the server-wide one in the data folder's admin-token, or a
+    /// domain token where the route allows it).
     #[arg(
         long,
         env = "AUTOPROV_TOKEN",
