@@ -168,6 +168,12 @@ impl Packed {
         }
     }
 
+    /// Whether this file may be served for a phone at `revision` under templates at
+    /// `digest` (the one validity rule of the memory tier and [`LastServed`]).
+    fn valid_at(&self, revision: u64, digest: u64) -> bool {
+        self.revision == revision && self.digest == digest
+    }
+
     /// The quoted ETag.
     pub fn etag(&self) -> [u8; ETAG_LEN] {
         etag_quoted(&self.etag)
@@ -279,9 +285,9 @@ fn take<'b>(b: &'b [u8], pos: &mut usize) -> Option<&'b [u8]> {
 }
 
 /// The per-phone file a phone was last served, kept with its gate: a repeat fetch of it
-/// takes it from there instead of looking it up in the memory tier (one hash-table probe
-/// into a table of every phone's file fewer: a tenth of a cached fetch's own time, most
-/// of it cache misses). It holds a [`Weak`]: the memory tier alone keeps files alive, so
+/// takes it from there instead of looking it up in the memory tier (one probe fewer into
+/// a table of every phone's file: 4.6 % of the CPU in a profile of fetches spread over
+/// 100,000 phones, most of it cache misses). It holds a [`Weak`]: the memory tier alone keeps files alive, so
 /// its byte bound holds; a file the tier let go of is looked up again. Valid under the same
 /// rule as the tier's entries (the gate's revision, the model's digest), for the one file
 /// name it was served as (the gate fixes the MAC and model).
@@ -305,8 +311,7 @@ impl LastServed {
         if name.as_slice() != file.as_bytes() {
             return None;
         }
-        weak.upgrade()
-            .filter(|p| p.revision == revision && p.digest == digest)
+        weak.upgrade().filter(|p| p.valid_at(revision, digest))
     }
 
     /// Remembers `p` as the file served as `file`.
@@ -592,7 +597,7 @@ impl Cache {
     fn hot_valid(&self, file: &FileKey<'_>) -> Option<Arc<Packed>> {
         self.hot
             .get(file.key)
-            .filter(|h| h.revision == file.revision && h.digest == file.digest)
+            .filter(|h| h.valid_at(file.revision, file.digest))
     }
 
     /// Memory first (valid only at the revision and digest), then the store.
@@ -734,6 +739,8 @@ mod tests {
         // The slot does not keep a file alive: once the tier (here `p`) lets go, it misses.
         drop(p);
         assert!(slot.get(long, 7, 9).is_none());
+        // What the gate's weight counts for it.
+        assert!(std::mem::size_of::<LastServed>() <= LastServed::WEIGHT);
     }
 
     #[test]

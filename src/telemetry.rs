@@ -32,7 +32,7 @@ pub fn init(format: LogFormat) -> LogGuard {
 /// of its own writes out every [`LogSink::EVERY`] (sooner once it holds [`LogSink::SOON`]
 /// bytes), so a busy server makes ten writes a second instead of one a line, and a line
 /// costs its handler one lock and a copy (tracing-appender's channel cost an allocation
-/// and a message per line, and its thread woke for nearly every one). Nothing is dropped:
+/// and a message per line). Nothing is dropped:
 /// past [`LogSink::FULL`] unwritten bytes (stderr blocked) writers wait for the thread.
 #[derive(Clone)]
 pub struct LogSink(Arc<Shared>);
