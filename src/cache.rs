@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::HeaderValue;
@@ -407,7 +408,35 @@ pub struct Cache {
     /// Content-Type header values, one shared by every file of that type; entries name
     /// theirs by index (at most 256).
     content_types: RwLock<Vec<HeaderValue>>,
+    /// Files rendered but not yet in the store (see [`Cache::write_behind`]).
+    behind: Mutex<Behind>,
+    /// At most this many bytes (packed weight) wait in `behind`; past it a render is
+    /// written to the store by its request.
+    behind_max: u64,
 }
+
+/// Rendered files waiting to be written to the store's render tree: written when renders
+/// pause, so that a reboot storm's phones do not wait for the disk cache to be filled.
+/// Ordered by key, so that they reach sled's B-tree in order: written in a hash table's
+/// order, 100,000 files took the process's RSS 40 MB higher than the same files written
+/// as a storm in MAC order rendered them.
+#[derive(Debug, Default)]
+struct Behind {
+    files: std::collections::BTreeMap<HotKey, Arc<Packed>>,
+    /// Packed weight of `files`.
+    bytes: u64,
+    /// When `files` last went from empty to not.
+    since: Option<Instant>,
+    /// When a file was last added.
+    last: Option<Instant>,
+}
+
+/// The render writer waits for renders to pause this long before writing deferred files.
+pub const WRITE_BEHIND_QUIET: Duration = Duration::from_millis(500);
+/// ...or until the oldest deferred file has waited this long.
+pub const WRITE_BEHIND_MAX_AGE: Duration = Duration::from_secs(30);
+/// Files written at a time (the lock is not held while writing).
+const WRITE_BEHIND_CHUNK: usize = 256;
 
 /// Default bytes of the memory tier (about 320 bytes a packed phone file: 100,000 phones
 /// in 32 MiB).
@@ -433,6 +462,8 @@ impl Cache {
     pub fn new(hot_bytes: u64) -> Self {
         let let_go = LetGo(Arc::new(AtomicBool::new(true)));
         Cache {
+            behind: Mutex::default(),
+            behind_max: hot_bytes,
             inflight: Mutex::default(),
             renders: std::sync::atomic::AtomicU64::default(),
             store_may_hold_more: let_go.0.clone(),
@@ -539,10 +570,11 @@ impl Cache {
                             what: "caching a file",
                             source: std::io::Error::other("more than 256 content types"),
                         })?;
-                    let p = Packed::pack(&r, revision, file.digest, dict, ct);
-                    store.render_put(key, p.encode(r.content_type.as_bytes()))?;
-                    let p = Arc::new(p);
+                    let p = Arc::new(Packed::pack(&r, revision, file.digest, dict, ct));
                     self.hot.insert(HotKey::from_slice(key), p.clone());
+                    if !self.defer(key, &p) {
+                        store.render_put(key, p.encode(r.content_type.as_bytes()))?;
+                    }
                     Ok((p, Outcome::Miss))
                 }
             }
@@ -552,6 +584,83 @@ impl Cache {
             map.remove(key);
         }
         result
+    }
+
+    /// Queues a file just rendered for the store (the render writer writes it when renders
+    /// pause); false when the queue is full, for the caller to write it now.
+    fn defer(&self, key: &[u8], p: &Arc<Packed>) -> bool {
+        let mut b = self.behind.lock().unwrap_or_else(|e| e.into_inner());
+        let w = p.weight();
+        let replaced = b.files.get(key).map(|old| old.weight());
+        if replaced.is_none() && b.bytes + w > self.behind_max {
+            return false;
+        }
+        let now = Instant::now();
+        b.since.get_or_insert(now);
+        b.last = Some(now);
+        b.bytes = b.bytes - replaced.unwrap_or(0) + w;
+        b.files.insert(HotKey::from_slice(key), p.clone());
+        true
+    }
+
+    /// A file waiting to be written to the store.
+    fn deferred(&self, key: &[u8]) -> Option<Arc<Packed>> {
+        let b = self.behind.lock().unwrap_or_else(|e| e.into_inner());
+        b.files.get(key).cloned()
+    }
+
+    /// Files rendered and not yet written to the store, and their packed bytes.
+    pub fn behind(&self) -> (u64, u64) {
+        let b = self.behind.lock().unwrap_or_else(|e| e.into_inner());
+        (b.files.len() as u64, b.bytes)
+    }
+
+    /// Writes the files renders left for the store, a chunk at a time, when renders have
+    /// paused for [`WRITE_BEHIND_QUIET`], when the oldest has waited
+    /// [`WRITE_BEHIND_MAX_AGE`], or always with `now` (shutdown). Stops when renders
+    /// resume (unless `now`). Returns how many files it wrote.
+    ///
+    /// The render tree is a cache of what the records say: a file that waits here is
+    /// served from memory meanwhile (or from here, after memory let go of it), and one
+    /// lost with the process is rendered again. A file is taken off the queue only after
+    /// it is written, and only if no newer render of it replaced it meanwhile, so the
+    /// store never ends up with an older render than the queue had.
+    pub fn write_behind(&self, store: &Store, now: bool, max: usize) -> Result<usize, AppError> {
+        let mut written = 0;
+        while written < max {
+            let chunk: Vec<(HotKey, Arc<Packed>)> = {
+                let mut b = self.behind.lock().unwrap_or_else(|e| e.into_inner());
+                if b.files.is_empty() {
+                    b.since = None;
+                    return Ok(written);
+                }
+                let waited = |t: Option<Instant>, d| t.is_none_or(|t| t.elapsed() >= d);
+                if !(now
+                    || waited(b.last, WRITE_BEHIND_QUIET)
+                    || waited(b.since, WRITE_BEHIND_MAX_AGE))
+                {
+                    return Ok(written);
+                }
+                b.files
+                    .iter()
+                    .take(WRITE_BEHIND_CHUNK.min(max - written))
+                    .map(|(k, p)| (k.clone(), p.clone()))
+                    .collect()
+            };
+            for (k, p) in &chunk {
+                let ct = self.content_type(p);
+                store.render_put(k, p.encode(ct.as_bytes()))?;
+            }
+            let mut b = self.behind.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, p) in &chunk {
+                if b.files.get(k).is_some_and(|q| Arc::ptr_eq(q, p)) {
+                    b.files.remove(k);
+                    b.bytes -= p.weight();
+                }
+            }
+            written += chunk.len();
+        }
+        Ok(written)
     }
 
     /// The dictionary of `file`'s model, file and digest: memory, then the store, then (with
@@ -607,6 +716,12 @@ impl Cache {
         }
         if !self.store_may_hold_more() {
             return Ok(None);
+        }
+        if let Some(p) = self.deferred(file.key) {
+            if p.valid_at(file.revision, file.digest) {
+                self.hot.insert(HotKey::from_slice(file.key), p.clone());
+                return Ok(Some(p));
+            }
         }
         let Some(v) = store.render_get(file.key)? else {
             return Ok(None);
@@ -782,6 +897,8 @@ mod tests {
                 .unwrap();
             assert_eq!((o, p.body().unwrap()), (Outcome::Miss, body.clone().into()));
             assert!(p.dict.is_some());
+            // Its shutdown writes what renders left for the store.
+            assert_eq!(cache.write_behind(&store, true, usize::MAX).unwrap(), 1);
         }
         // The next one: nothing in memory, entry and dictionary in the store.
         let cache = Cache::default();
@@ -852,7 +969,9 @@ mod tests {
     async fn memory_answers_alone_until_it_lets_go_of_a_file() {
         let store = Store::temporary().unwrap();
         // Another writer (what startup rules out) leaves a file in the store...
-        render_through(&Cache::default(), &store, b"other", "old").await;
+        let other = Cache::default();
+        render_through(&other, &store, b"other", "old").await;
+        other.write_behind(&store, true, usize::MAX).unwrap();
         // ...that a cache told the store started empty does not look for.
         let cache = Cache::new(4096);
         cache.store_starts_empty();
@@ -882,6 +1001,75 @@ mod tests {
             .unwrap();
         assert_eq!(o, Outcome::Hit);
         assert!(p.body().unwrap().ends_with(evicted));
+    }
+
+    /// The body of what the store holds at `key`, if it is valid at `revision`.
+    fn stored(store: &Store, key: &[u8], revision: u64) -> Option<Bytes> {
+        let v = store.render_get(key).unwrap()?;
+        Packed::decode(&v, revision, 9, || None, ct)?.body().ok()
+    }
+
+    #[tokio::test]
+    async fn renders_reach_the_store_once_renders_pause_the_newest_kept() {
+        let store = Store::temporary().unwrap();
+        let cache = Cache::default();
+        render_through(&cache, &store, b"a", "one").await;
+        // Queued, not written: renders are recent.
+        assert_eq!(cache.behind().0, 1);
+        assert!(store.render_get(b"a").unwrap().is_none());
+        assert_eq!(cache.write_behind(&store, false, usize::MAX).unwrap(), 0);
+        // A newer render of the same file takes its place in the queue.
+        let (_, o) = cache
+            .get_or_render(&store, file(b"a", 2), || Ok((rendered("two"), 2)), || None)
+            .await
+            .unwrap();
+        assert_eq!(o, Outcome::Miss);
+        assert_eq!(cache.behind().0, 1);
+        std::thread::sleep(WRITE_BEHIND_QUIET);
+        assert_eq!(cache.write_behind(&store, false, usize::MAX).unwrap(), 1);
+        assert_eq!(cache.behind(), (0, 0));
+        assert_eq!(stored(&store, b"a", 2), Some(Bytes::from("two")));
+        assert_eq!(stored(&store, b"a", 1), None);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_writes_through_and_nothing_is_lost() {
+        let store = Store::temporary().unwrap();
+        // Memory and the queue hold 4 KiB each: most of 200 files go straight to the store.
+        let cache = Cache::new(4096);
+        let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("k{i}").into_bytes()).collect();
+        for k in &keys {
+            render_through(&cache, &store, k, &String::from_utf8_lossy(k)).await;
+            assert!(cache.behind().1 <= 4096);
+        }
+        let (queued, _) = cache.behind();
+        assert!(queued > 0 && queued < 200, "{queued} queued");
+        let in_store = keys
+            .iter()
+            .filter(|k| stored(&store, k, 1).is_some())
+            .count();
+        assert_eq!(in_store as u64, 200 - queued);
+        // A queued file memory let go of is served from the queue, not rendered again.
+        let evicted = keys
+            .iter()
+            .find(|k| cache.hot.get(k.as_slice()).is_none() && cache.deferred(k).is_some())
+            .expect("a queued file memory let go of");
+        let (p, o) = cache
+            .get_or_render(&store, file(evicted, 1), || panic!("queued"), || None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (o, p.body().unwrap()),
+            (Outcome::Hit, Bytes::from(evicted.clone()))
+        );
+        // Shutdown writes the rest.
+        assert_eq!(
+            cache.write_behind(&store, true, usize::MAX).unwrap() as u64,
+            queued
+        );
+        for k in &keys {
+            assert_eq!(stored(&store, k, 1), Some(Bytes::from(k.clone())));
+        }
     }
 
     #[tokio::test]

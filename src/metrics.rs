@@ -227,6 +227,8 @@ pub struct Gauges {
     pub phones: u64,
     /// The fetch path's memory tiers: (`files` | `gates`, bytes weighed, entries).
     pub tiers: [(&'static str, u64, u64); 2],
+    /// Rendered files not yet written to the store's render tree.
+    pub unwritten: u64,
 }
 
 /// What one scrape reports.
@@ -369,6 +371,13 @@ impl Collector for Snapshot {
             None,
             g.metric_type(),
         )?)?;
+        let g = gauge(self.gauges.unwritten);
+        g.encode(e.encode_descriptor(
+            "autoprov_renders_unwritten",
+            "Rendered files served from memory and not yet written to the store (written when renders pause)",
+            None,
+            g.metric_type(),
+        )?)?;
         Ok(())
     }
 }
@@ -399,6 +408,7 @@ pub async fn scrape(State(st): State<AppState>, headers: HeaderMap) -> Response 
         store_bytes: sizes.0,
         phones: sizes.1,
         tiers: [st.cache.memory(), st.store.gate_memory()],
+        unwritten: st.cache.behind().0,
     };
     match st.metrics.encode(gauges) {
         Ok(text) => (
@@ -449,6 +459,7 @@ mod tests {
                 store_bytes: 1234,
                 phones: 5,
                 tiers: [("files", 300, 1), ("gates", 200, 1)],
+                unwritten: 7,
             })
             .unwrap();
         assert!(text.contains(
@@ -462,6 +473,7 @@ mod tests {
         assert!(text.contains("autoprov_render_seconds_bucket{le=\"0.0025\"} 0\n"));
         assert!(text.contains("autoprov_store_size_bytes 1234\n"));
         assert!(text.contains("autoprov_phones 5\n"));
+        assert!(text.contains("autoprov_renders_unwritten 7\n"));
         assert!(text.contains("autoprov_memory_tier_size_bytes{tier=\"files\"} 300\n"));
         assert!(text.contains("autoprov_memory_tier_entries{tier=\"gates\"} 1\n"));
         assert!(text.ends_with("# EOF\n"));

@@ -306,3 +306,57 @@ async fn a_restarted_server_warms_its_memory_tiers_from_the_store() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// A file a live server renders is served from memory at once and reaches the store's
+/// render tree once renders pause (not only at shutdown); `/metrics` counts it meanwhile.
+#[tokio::test]
+async fn a_rendered_file_reaches_the_store_once_renders_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config_in(dir.path());
+    let mac = autoprov::model::Mac::parse(A).unwrap();
+    let (state, _) = autoprov::init(&config).unwrap();
+    store_phone(&state, mac);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(autoprov::serve(listener, state.clone(), async move {
+        let _ = rx.await;
+    }));
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("{url}/{A}.cfg"))
+        .basic_auth("u", Some("p"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let key = autoprov::store::render_key(Some(mac), "yealink-t46s", "{mac}.cfg");
+    let unwritten = || async {
+        let text = client
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("autoprov_renders_unwritten "))
+            .map(str::to_owned)
+    };
+    // Written no sooner than the pause the writer waits for.
+    if state.store.render_get(&key).unwrap().is_none() {
+        assert_eq!(unwritten().await.as_deref(), Some("1"));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while state.store.render_get(&key).unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file never reached the store"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(unwritten().await.as_deref(), Some("0"));
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
