@@ -357,27 +357,29 @@ impl Collector for Snapshot {
                 gauge(pick(t)).encode(m.encode_family(&[("tier", t.0)])?)?;
             }
         }
-        let g = gauge(self.gauges.store_bytes);
-        g.encode(e.encode_descriptor(
-            "autoprov_store_size",
-            "Size of the store on disk",
-            Some(&Unit::Bytes),
-            g.metric_type(),
-        )?)?;
-        let g = gauge(self.gauges.phones);
-        g.encode(e.encode_descriptor(
-            "autoprov_phones",
-            "Phones in the store",
-            None,
-            g.metric_type(),
-        )?)?;
-        let g = gauge(self.gauges.unwritten);
-        g.encode(e.encode_descriptor(
-            "autoprov_renders_unwritten",
-            "Rendered files served from memory and not yet written to the store (written when renders pause)",
-            None,
-            g.metric_type(),
-        )?)?;
+        for (v, name, help, unit) in [
+            (
+                self.gauges.store_bytes,
+                "autoprov_store_size",
+                "Size of the store on disk",
+                Some(&Unit::Bytes),
+            ),
+            (
+                self.gauges.phones,
+                "autoprov_phones",
+                "Phones in the store",
+                None,
+            ),
+            (
+                self.gauges.unwritten,
+                "autoprov_renders_unwritten",
+                "Rendered files served from memory and not yet written to the store (written when renders pause)",
+                None,
+            ),
+        ] {
+            let g = gauge(v);
+            g.encode(e.encode_descriptor(name, help, unit, g.metric_type())?)?;
+        }
         Ok(())
     }
 }
