@@ -159,6 +159,28 @@ async fn slowloris_headers_are_cut_off_at_the_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn each_response_restarts_the_keep_alive_clock() {
+    let s = TestServer::start_with(|c| {
+        c.limits.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // Four requests 600 ms apart on one connection: 2.4 s in all, more than twice the
+    // timeout, yet never 1 s without progress.
+    let mut c = TcpStream::connect(addr(&s)).await.unwrap();
+    for _ in 0..4 {
+        c.write_all(b"GET /api/v1/models HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let text = read_response(&mut c).await;
+        assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    // Then idle: closed.
+    let (text, ended) = read_to_close(&mut c).await;
+    assert!(ended && text.is_empty(), "{text}");
+}
+
+#[tokio::test]
 async fn a_trickled_upload_body_gets_408_at_the_request_timeout() {
     let s = TestServer::start_with(|c| {
         c.limits.request_timeout = Duration::from_secs(1);

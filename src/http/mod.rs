@@ -125,6 +125,9 @@ pub struct Front {
     state: AppState,
     routes: Router,
     peer: std::net::SocketAddr,
+    /// The connection's progress for the header-read timeout (none in tests that call
+    /// the service directly).
+    watch: Option<std::sync::Arc<crate::server::Watch>>,
 }
 
 impl Front {
@@ -134,10 +137,18 @@ impl Front {
             state,
             routes,
             peer,
+            watch: None,
         }
     }
 
+    /// The same, with its requests counted as the connection's progress.
+    pub fn watched(mut self, watch: std::sync::Arc<crate::server::Watch>) -> Self {
+        self.watch = Some(watch);
+        self
+    }
+
     async fn handle(self, req: hyper::Request<hyper::body::Incoming>) -> Response {
+        let _busy = self.watch.as_ref().map(crate::server::Watch::busy);
         let st = &self.state;
         front_line(st, req, |mut req| async move {
             if is_direct_phone_file(&req) {
