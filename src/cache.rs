@@ -408,11 +408,10 @@ pub struct Cache {
     /// Content-Type header values, one shared by every file of that type; entries name
     /// theirs by index (at most 256).
     content_types: RwLock<Vec<HeaderValue>>,
-    /// Files rendered but not yet in the store (see [`Cache::write_behind`]).
+    /// Files rendered but not yet in the store (see [`Cache::write_behind`]); at most the
+    /// memory tier's capacity in packed bytes, past which a render is written to the store
+    /// by its request.
     behind: Mutex<Behind>,
-    /// At most this many bytes (packed weight) wait in `behind`; past it a render is
-    /// written to the store by its request.
-    behind_max: u64,
 }
 
 /// Rendered files waiting to be written to the store's render tree: written when renders
@@ -463,7 +462,6 @@ impl Cache {
         let let_go = LetGo(Arc::new(AtomicBool::new(true)));
         Cache {
             behind: Mutex::default(),
-            behind_max: hot_bytes,
             inflight: Mutex::default(),
             renders: std::sync::atomic::AtomicU64::default(),
             store_may_hold_more: let_go.0.clone(),
@@ -592,7 +590,7 @@ impl Cache {
         let mut b = self.behind.lock().unwrap_or_else(|e| e.into_inner());
         let w = p.weight();
         let replaced = b.files.get(key).map(|old| old.weight());
-        if replaced.is_none() && b.bytes + w > self.behind_max {
+        if replaced.is_none() && b.bytes + w > self.hot.capacity() {
             return false;
         }
         let now = Instant::now();

@@ -444,42 +444,34 @@ pub struct Listeners {
     pub https: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
 }
 
-/// A background thread that does `work` every `every` until stopped, at the idle
-/// scheduling class if asked. The fetch audit's writer is one: on a busy server the
-/// request workers always get the CPU first, so writing a storm's worth of audit records
-/// never shows in their latency (it did: tens of milliseconds of p99 when it ran on the
-/// blocking pool beside a saturated worker).
-struct Ticker {
+/// The thread that writes the fetch audit every [`fleet::FLUSH_EVERY`]. It runs at the
+/// idle scheduling class: on a busy server the request workers always get the CPU first, so
+/// writing a storm's worth of audit records never shows in their latency (it did: tens of
+/// milliseconds of p99 when it ran on the blocking pool beside a saturated worker).
+struct AuditWriter {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Ticker {
-    fn start(
-        name: &str,
-        idle: bool,
-        every: std::time::Duration,
-        work: impl Fn() + Send + 'static,
-    ) -> Self {
+impl AuditWriter {
+    fn start(state: AppState) -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
-            .name(name.into())
+            .name("audit-writer".into())
             .spawn(move || {
-                if idle {
-                    idle_priority();
-                }
+                idle_priority();
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::park_timeout(every);
-                    work();
+                    std::thread::park_timeout(fleet::FLUSH_EVERY);
+                    write_audit(&state);
                 }
             })
-            .map_err(|e| tracing::warn!(error = %e, thread = name, "cannot start a background writer; what it writes is written at shutdown only"))
+            .map_err(|e| tracing::warn!(error = %e, "cannot start the audit writer; the fetch audit is written at shutdown only"))
             .ok();
-        Ticker { stop, thread }
+        AuditWriter { stop, thread }
     }
 
-    /// Stops the thread after the work in progress, if any.
+    /// Stops the thread after the write in progress, if any.
     fn stop(mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -494,12 +486,6 @@ fn write_audit(state: &AppState) {
     if let Err(e) = state.fleet.flush(&state.store) {
         tracing::warn!(error = %render::error_chain(&e), "writing the fetch audit failed");
     }
-}
-
-/// Writes the files renders left for the store: when they are due, or all of them with
-/// `now` (shutdown). See [`Cache::write_behind`].
-fn write_renders(state: &AppState, now: bool, max: usize) -> Result<usize, error::AppError> {
-    state.cache.write_behind(&state.store, now, max)
 }
 
 fn warn_unwritten(e: &error::AppError) {
@@ -522,7 +508,7 @@ async fn render_writer(state: AppState) {
         tick.tick().await;
         let mut turn = 0;
         while turn < TURN {
-            match write_renders(&state, false, FILES) {
+            match state.cache.write_behind(&state.store, false, FILES) {
                 Ok(n) if n == FILES => {
                     turn += FILES;
                     tokio::task::yield_now().await;
@@ -614,7 +600,7 @@ fn idle_priority() {
     #[cfg(not(target_os = "linux"))]
     let done = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min);
     if let Err(e) = done {
-        tracing::debug!(error = ?e, "a background writer keeps its scheduling class");
+        tracing::debug!(error = ?e, "the audit writer keeps its scheduling class");
     }
 }
 
@@ -625,12 +611,7 @@ pub async fn serve_listeners(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let routes = http::routes(state.clone());
-    let audit = {
-        let state = state.clone();
-        Ticker::start("audit-writer", true, fleet::FLUSH_EVERY, move || {
-            write_audit(&state)
-        })
-    };
+    let audit = AuditWriter::start(state.clone());
     let renders = tokio::spawn(render_writer(state.clone()));
     let _warming = warm_up(state.clone());
     let result = server::run_listeners(
@@ -645,7 +626,7 @@ pub async fn serve_listeners(
     audit.stop();
     renders.abort();
     write_audit(&state);
-    if let Err(e) = write_renders(&state, true, usize::MAX) {
+    if let Err(e) = state.cache.write_behind(&state.store, true, usize::MAX) {
         warn_unwritten(&e);
     }
     if let Err(e) = state.store.flush().await {

@@ -234,7 +234,7 @@ impl Watchdog {
     }
 
     /// Cuts the connections past the limit; forgets the closed ones. Returns how many it cut.
-    pub fn sweep(&self) -> usize {
+    fn sweep(&self) -> usize {
         self.sweep_at(ms_since(self.epoch))
     }
 
@@ -266,7 +266,8 @@ impl Watchdog {
     }
 
     /// Connections watched (closed ones until the next sweep).
-    pub fn watched(&self) -> usize {
+    #[cfg(test)]
+    fn watched(&self) -> usize {
         self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
@@ -502,6 +503,24 @@ mod tests {
         // The client sends nothing: the read waits until the watchdog cuts it.
         let mut buf = [0u8; 8];
         let r = tokio::time::timeout(Duration::from_secs(5), g.read(&mut buf)).await;
+        sweeper.abort();
+        let e = r.expect("woken by the cut").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    /// A client that reads none of a response: the write waits on a full buffer until the
+    /// watchdog cuts the connection, then fails.
+    #[tokio::test]
+    async fn a_cut_connection_wakes_its_waiting_writer_with_an_error() {
+        let dog = Arc::new(Watchdog::new(Duration::from_millis(100)));
+        // A pipe holding 64 bytes; its other end never reads.
+        let (io, _client) = tokio::io::duplex(64);
+        let mut g = Guarded {
+            io,
+            watch: dog.watch(),
+        };
+        let sweeper = tokio::spawn(dog.clone().run());
+        let r = tokio::time::timeout(Duration::from_secs(5), g.write_all(&[b'x'; 4096])).await;
         sweeper.abort();
         let e = r.expect("woken by the cut").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
