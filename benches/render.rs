@@ -243,17 +243,21 @@ fn overlay(c: &mut Criterion) {
     g.finish();
 }
 
-/// Context build + template render + overlay, i.e. the cache-miss work of one `{mac}.cfg`
-/// minus the store reads.
+/// Context build + template render + overlay, i.e. the cache-miss work of one phone's
+/// file minus the store reads: every shipped model (so every vendor), its `{mac}.cfg` where
+/// it has one, else its first per-phone file (`cfg{mac}.xml`, `{mac}.xml`,
+/// `snomD735-{MAC}.htm`, ...).
 fn render(c: &mut Criterion) {
     let (engine, catalogue) = load();
     let server = Settings::new();
     let ov = overrides();
     let mut g = group(c, "render");
     for model in catalogue.models() {
-        let Some(spec) = catalogue.file_spec(&model.id, "{mac}.cfg") else {
-            continue;
-        };
+        let per_phone = || model.files.iter().filter(|f| f.per_phone());
+        let spec = per_phone()
+            .find(|f| f.pattern() == "{mac}.cfg")
+            .or_else(|| per_phone().next())
+            .expect("every shipped model has a per-phone file");
         let sample = SamplePhone::new(model);
         let input = sample.input(model, &server);
         g.bench_function(BenchmarkId::from_parameter(&model.id), |b| {
