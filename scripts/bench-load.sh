@@ -191,6 +191,16 @@ etag_of() { curl -s -D - -o /dev/null -H "$AUTH" "http://127.0.0.1:$1/$FIRST.cfg
 declare -A TAG
 SERVERS=(nginx ap-info ap-off)
 for s in "${SERVERS[@]}"; do TAG[$s]=$(etag_of "${PORT_OF[$s]}"); done
+# What the table claims, checked once before measuring: the three serve the same bytes, and
+# each answers its own ETag with a 304 (else case (c) would time 200s).
+body_of() { curl -s -H "$AUTH" "http://127.0.0.1:$1/$FIRST.cfg" | sha256sum; }
+for s in "${SERVERS[@]}"; do
+    [ "$(body_of "${PORT_OF[$s]}")" = "$(body_of "${PORT_OF[nginx]}")" ] ||
+        { echo "$s serves other bytes than nginx for /$FIRST.cfg" >&2; exit 1; }
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH" -H "If-None-Match: ${TAG[$s]}" \
+        "http://127.0.0.1:${PORT_OF[$s]}/$FIRST.cfg")
+    [ "$code" = 304 ] || { echo "$s answers If-None-Match: ${TAG[$s]} with $code, not 304" >&2; exit 1; }
+done
 
 one_case() { # $1 case, $2 server
     local p=${PORT_OF[$2]}
