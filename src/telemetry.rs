@@ -20,13 +20,26 @@ pub fn init(format: LogFormat) -> LogGuard {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_writer(sink);
-    let _ = match format {
-        LogFormat::Text => builder.event_format(TextLine).try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+        .with_writer(sink.clone());
+    match format {
+        LogFormat::Text => {
+            if builder.event_format(TextLine).try_init().is_ok() {
+                // Set once: a second `init` (none is made) would keep the first sink.
+                let _ = REQUEST_LINES.set(sink);
+            }
+        }
+        LogFormat::Json => {
+            let _ = builder.json().try_init();
+        }
+    }
     guard
 }
+
+/// Where request lines are written without going through tracing (set by [`init`] for the
+/// text format; unset, as in tests and with the JSON format, a request line is a tracing
+/// event like any other). The request line is the one event every request logs: tracing's
+/// dispatch, its field visitor and the formatter's own buffer were most of its cost.
+static REQUEST_LINES: std::sync::OnceLock<LogSink> = std::sync::OnceLock::new();
 
 /// Log lines on their way out: each line is appended to one shared buffer, which a thread
 /// of its own writes out every [`LogSink::EVERY`] (sooner once it holds [`LogSink::SOON`]
@@ -163,32 +176,72 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogSink {
 
 impl Write for LineWriter<'_> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        let mut p = lock(&self.0.pending);
-        while p.buf.len() >= LogSink::FULL && !p.stopped {
-            p = self
-                .0
-                .drained
-                .wait(p)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        if p.stopped {
-            let mut out = lock(&self.0.out);
-            return out
-                .write_all(b)
-                .and_then(|()| out.flush())
-                .map(|()| b.len());
-        }
-        let before = p.buf.len();
-        p.buf.extend_from_slice(b);
-        if before < LogSink::SOON && p.buf.len() >= LogSink::SOON {
-            self.0.ready.notify_one();
-        }
+        self.0.append(|buf| buf.extend_from_slice(b))?;
         Ok(b.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+impl Shared {
+    /// Appends what `line` writes to the buffer (waiting while it is full), or writes it
+    /// out directly once the thread has stopped.
+    fn append(&self, line: impl FnOnce(&mut Vec<u8>)) -> std::io::Result<()> {
+        let mut p = lock(&self.pending);
+        while p.buf.len() >= LogSink::FULL && !p.stopped {
+            p = self
+                .drained
+                .wait(p)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        if p.stopped {
+            let mut one = Vec::new();
+            line(&mut one);
+            let mut out = lock(&self.out);
+            return out.write_all(&one).and_then(|()| out.flush());
+        }
+        let before = p.buf.len();
+        line(&mut p.buf);
+        if before < LogSink::SOON && p.buf.len() >= LogSink::SOON {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// The current time as RFC 3339 UTC with microseconds (`2026-12-01T12:42:32.922323Z`),
+/// in `buf`. The part up to the second is formatted once a second per thread.
+fn timestamp(buf: &mut [u8; 27]) -> &str {
+    use std::cell::Cell;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    thread_local! {
+        /// The second last formatted and its text up to the dot (`2026-12-01T12:42:32.`).
+        static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+    }
+    // A clock before 1970 shows 1970 (humantime cannot format it).
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (cached, mut prefix) = SECOND.get();
+    if cached != secs {
+        let text = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs));
+        // `YYYY-MM-DDTHH:MM:SSZ`: the 19 bytes before the `Z`, then the dot.
+        let mut w = std::io::Cursor::new(&mut prefix[..]);
+        let _ = write!(w, "{text}");
+        prefix[19] = b'.';
+        SECOND.set((secs, prefix));
+    }
+    buf[..20].copy_from_slice(&prefix);
+    let mut m = since.subsec_micros();
+    for d in buf[20..26].iter_mut().rev() {
+        *d = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    buf[26] = b'Z';
+    std::str::from_utf8(buf).unwrap_or_default()
 }
 
 /// The text log line: `2026-12-01T12:42:32.922323Z  INFO message key=value …`, the layout
@@ -211,11 +264,7 @@ where
         mut w: tracing_subscriber::fmt::format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        write!(
-            w,
-            "{}",
-            humantime::format_rfc3339_micros(std::time::SystemTime::now())
-        )?;
+        w.write_str(timestamp(&mut [0; 27]))?;
         w.write_str(match *event.metadata().level() {
             tracing::Level::ERROR => " ERROR ",
             tracing::Level::WARN => "  WARN ",
@@ -348,18 +397,79 @@ impl RequestLine {
     /// facts. Never the query string, headers or bodies (secrets live there).
     pub fn finish(self, resp: &Response, facts: Option<&RequestFacts>) {
         let mut mac = [0u8; 12];
-        let mac = facts
-            .and_then(|f| f.mac.as_ref())
-            .map(|m| m.write_lower(&mut mac));
+        let line = Line {
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            status: resp.status().as_u16(),
+            latency_us: self.start.elapsed().as_micros() as u64,
+            mac: facts
+                .and_then(|f| f.mac.as_ref())
+                .map(|m| m.write_lower(&mut mac)),
+            cache: facts.and_then(|f| f.cache),
+        };
+        match REQUEST_LINES.get() {
+            // A line that cannot be written has nowhere to say so.
+            Some(sink) => {
+                let _ = sink.0.append(|buf| line.text(buf));
+            }
+            None => line.event(),
+        }
+    }
+}
+
+/// A request line's fields.
+struct Line<'a> {
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    latency_us: u64,
+    mac: Option<&'a str>,
+    cache: Option<&'static str>,
+}
+
+impl Line<'_> {
+    /// As a tracing event (written by whatever subscriber is installed).
+    fn event(&self) {
         tracing::info!(
-            method = self.method.as_str(),
-            path = self.uri.path(),
-            status = resp.status().as_u16(),
-            latency_us = self.start.elapsed().as_micros() as u64,
-            mac,
-            cache = facts.and_then(|f| f.cache),
+            method = self.method,
+            path = self.path,
+            status = self.status,
+            latency_us = self.latency_us,
+            mac = self.mac,
+            cache = self.cache,
             "request"
         );
+    }
+
+    /// As the text line [`TextLine`] writes for [`Line::event`], byte for byte.
+    fn text(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(timestamp(&mut [0; 27]).as_bytes());
+        out.extend_from_slice(b"  INFO request");
+        let text = |out: &mut Vec<u8>, name: &str, value: &str| {
+            out.push(b' ');
+            out.extend_from_slice(name.as_bytes());
+            out.push(b'=');
+            if bare(value) {
+                out.extend_from_slice(value.as_bytes());
+            } else {
+                let _ = write!(out, "{value:?}");
+            }
+        };
+        text(out, "method", self.method);
+        text(out, "path", self.path);
+        text(out, "status", itoa::Buffer::new().format(self.status));
+        text(
+            out,
+            "latency_us",
+            itoa::Buffer::new().format(self.latency_us),
+        );
+        if let Some(mac) = self.mac {
+            text(out, "mac", mac);
+        }
+        if let Some(cache) = self.cache {
+            text(out, "cache", cache);
+        }
+        out.push(b'\n');
     }
 }
 
@@ -434,6 +544,60 @@ mod tests {
         assert_eq!(&lines[1][27..], "  WARN flush failed error=disk full");
         assert_eq!(&lines[2][27..], " ERROR plain 1");
         assert_eq!(&lines[3][27..], " DEBUG raw name type=x");
+    }
+
+    #[test]
+    fn the_direct_request_line_is_the_events_line_byte_for_byte() {
+        let full = Line {
+            method: "GET",
+            path: "/001565aabbcc.cfg",
+            status: 200,
+            latency_us: 1234,
+            mac: Some("001565aabbcc"),
+            cache: Some("hit"),
+        };
+        let odd = Line {
+            method: "PUT",
+            path: "/a path/with \"quotes\"=and\\more/é",
+            status: 404,
+            latency_us: 0,
+            mac: None,
+            cache: None,
+        };
+        for line in [full, odd] {
+            let event = lines(|| line.event());
+            let mut direct = Vec::new();
+            line.text(&mut direct);
+            let direct = String::from_utf8(direct).unwrap();
+            assert!(
+                direct.ends_with('\n') && direct.lines().count() == 1,
+                "{direct}"
+            );
+            assert!(humantime::parse_rfc3339(&direct[..27]).is_ok(), "{direct}");
+            // Everything after the timestamp.
+            assert_eq!(&direct[27..], &event[27..]);
+        }
+    }
+
+    #[test]
+    fn timestamps_are_now_in_rfc3339_with_microseconds() {
+        for _ in 0..3 {
+            let before = std::time::SystemTime::now();
+            let stamp = timestamp(&mut [0; 27]).to_string();
+            let after = std::time::SystemTime::now();
+            let t = humantime::parse_rfc3339(&stamp).unwrap();
+            assert!(
+                stamp.ends_with('Z') && stamp.as_bytes()[19] == b'.',
+                "{stamp}"
+            );
+            // Microseconds are truncated, so `t` may be up to 1 µs before `before`.
+            assert!(
+                t + std::time::Duration::from_micros(1) >= before && t <= after,
+                "{stamp}"
+            );
+            // Across a second's boundary too (the cached part changes).
+            std::thread::sleep(std::time::Duration::from_millis(400));
+        }
     }
 
     #[test]

@@ -184,3 +184,101 @@ fn help_lists_every_flag() {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 }
+
+/// The binary's request lines on stderr, in both formats: one per request, with method,
+/// path, status and latency, and no credential (the text format's lines bypass tracing's
+/// dispatch, so this is what checks them end to end).
+#[test]
+fn binary_logs_one_line_per_request() {
+    for format in ["text", "json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_autoprov"))
+            .args(["--log-format", format, "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("data"))
+            .arg("--models")
+            .arg(repo("models"))
+            .arg("--templates")
+            .arg(repo("templates"))
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let url = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap()
+            .to_string();
+        let token = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
+        let token = token.trim();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let statuses = rt.block_on(async {
+            let c = reqwest::Client::new();
+            let models = c
+                .get(format!("{url}/api/v1/models"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            let phone = c
+                .get(format!("{url}/001565aabbcc.cfg"))
+                .basic_auth("someone", Some("NOT-A-LOGGED-SECRET"))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            (models, phone)
+        });
+        assert_eq!(statuses.0, 200);
+        assert!(statuses.1.is_client_error(), "{}", statuses.1);
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let err = String::from_utf8(out.stderr).unwrap();
+        let requests: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains("request") && l.contains("latency_us"))
+            .collect();
+        assert_eq!(requests.len(), 2, "{err}");
+        let phone_status = statuses.1.as_u16().to_string();
+        if format == "text" {
+            let (stamp, rest) = requests[0].split_at(27);
+            assert!(humantime::parse_rfc3339(stamp).is_ok(), "{stamp}");
+            let rest = rest.split(" latency_us=").next().unwrap();
+            assert_eq!(
+                rest,
+                "  INFO request method=GET path=/api/v1/models status=200"
+            );
+            assert!(
+                requests[1][27..].starts_with(&format!(
+                    "  INFO request method=GET path=/001565aabbcc.cfg status={phone_status} latency_us="
+                )),
+                "{}",
+                requests[1]
+            );
+        } else {
+            for (line, (path, status)) in requests.iter().zip([
+                ("/api/v1/models", "200"),
+                ("/001565aabbcc.cfg", phone_status.as_str()),
+            ]) {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(v["fields"]["message"], "request", "{line}");
+                assert_eq!(v["fields"]["path"], path, "{line}");
+                assert_eq!(v["fields"]["status"].to_string(), status, "{line}");
+            }
+        }
+        for secret in [token, "NOT-A-LOGGED-SECRET"] {
+            assert!(
+                !err.contains(secret),
+                "{format}: a secret in the log:\n{err}"
+            );
+        }
+    }
+}
