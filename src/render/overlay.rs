@@ -118,37 +118,70 @@ fn walk_leaves(
     }
 }
 
+/// Every leaf's key and path (child indexes from the root), in document order. The paths
+/// sit end to end in one arena (`Leaves::path`), so a large file costs a few allocations,
+/// not several per leaf.
+struct Leaves {
+    /// (key, range of its path in `paths`).
+    keys: Vec<(String, std::ops::Range<usize>)>,
+    paths: Vec<usize>,
+    /// The index attribute of the first indexed element, if any.
+    idx_attr: Option<&'static str>,
+}
+
+impl Leaves {
+    fn path(&self, range: &std::ops::Range<usize>) -> &[usize] {
+        &self.paths[range.clone()]
+    }
+}
+
+/// Appends `e`'s key segment (`name` or `name[n]`, as [`segment`]) to `key`.
+fn push_segment(key: &mut String, e: &Elem) {
+    key.push_str(&e.name);
+    if let Some((_, n)) = index_of(e) {
+        key.push('[');
+        match quick_xml::escape::unescape(n) {
+            Ok(u) => key.push_str(&u),
+            Err(_) => key.push_str(n),
+        }
+        key.push(']');
+    }
+}
+
 /// Paths (child indexes from the root) of every leaf, with its key.
-fn leaf_paths(root: &Elem) -> (Vec<(String, Vec<usize>)>, Option<&'static str>) {
-    fn go(
-        e: &Elem,
-        prefix: &str,
-        path: &mut Vec<usize>,
-        out: &mut Vec<(String, Vec<usize>)>,
-        idx_attr: &mut Option<&'static str>,
-    ) {
+fn leaf_paths(root: &Elem) -> Leaves {
+    fn go(e: &Elem, key: &mut String, path: &mut Vec<usize>, out: &mut Leaves) {
         for (i, c) in e.children.iter().enumerate() {
             let Node::Elem(c) = c else { continue };
-            if let Some((a, _)) = index_of(c) {
-                idx_attr.get_or_insert(a);
+            let indexed = index_of(c);
+            if let Some((a, _)) = indexed {
+                out.idx_attr.get_or_insert(a);
             }
             path.push(i);
+            let len = key.len();
             if c.is_leaf() {
-                out.push((format!("{prefix}{}", segment(c)), path.clone()));
+                push_segment(key, c);
+                let start = out.paths.len();
+                out.paths.extend_from_slice(path);
+                out.keys.push((key.clone(), start..out.paths.len()));
             } else {
-                let p = match index_of(c) {
-                    Some(_) => format!("{prefix}{}/", segment(c)),
-                    None => prefix.to_string(),
-                };
-                go(c, &p, path, out, idx_attr);
+                if indexed.is_some() {
+                    push_segment(key, c);
+                    key.push('/');
+                }
+                go(c, key, path, out);
             }
+            key.truncate(len);
             path.pop();
         }
     }
-    let mut out = Vec::new();
-    let mut idx_attr = None;
-    go(root, "", &mut Vec::new(), &mut out, &mut idx_attr);
-    (out, idx_attr)
+    let mut out = Leaves {
+        keys: Vec::new(),
+        paths: Vec::new(),
+        idx_attr: None,
+    };
+    go(root, &mut String::new(), &mut Vec::new(), &mut out);
+    out
 }
 
 fn at_mut<'e>(root: &'e mut Elem, path: &[usize]) -> Option<&'e mut Elem> {
@@ -207,35 +240,39 @@ fn xml_element<'a>(
     let Some(root) = doc.root_mut() else {
         return Ok(text.to_string());
     };
-    let (leaves, idx_attr) = leaf_paths(root);
-    let idx_attr = idx_attr.unwrap_or("idx");
-    // A key generated twice: the later value wins, at the first position.
-    let mut first: std::collections::HashMap<String, Vec<usize>> = Default::default();
-    let mut removals = Vec::new();
-    for (key, path) in &leaves {
-        match first.get(key) {
-            Some(p0) => {
+    let leaves = leaf_paths(root);
+    let idx_attr = leaves.idx_attr.unwrap_or("idx");
+    // A key generated twice: the later value wins, at the first position. Keys are the
+    // template's own (a fast hash; an override key is only looked up, or added once).
+    let mut first: std::collections::HashMap<&str, &[usize], foldhash::fast::FixedState> =
+        std::collections::HashMap::with_capacity_and_hasher(leaves.keys.len(), Default::default());
+    let mut removals: Vec<&[usize]> = Vec::new();
+    for (key, range) in &leaves.keys {
+        let path = leaves.path(range);
+        match first.get(key.as_str()) {
+            Some(&p0) => {
                 let text = at_mut(root, path).map(|e| e.children.clone());
                 if let (Some(children), Some(e0)) = (text, at_mut(root, p0)) {
                     e0.children = children;
                     e0.touch();
                 }
-                removals.push(path.clone());
+                removals.push(path);
             }
             None => {
-                first.insert(key.clone(), path.clone());
+                first.insert(key.as_str(), path);
             }
         }
     }
     // The container for new plain keys: the element holding the most plain leaves (the
     // settings block: `<config>`, `<flat-profile>`, `<phone-settings>`), the first on a
     // tie; else the element holding the first indexed element; else the root.
-    let mut counts: Vec<(Vec<usize>, usize)> = Vec::new();
-    for (k, p) in &leaves {
+    let mut counts: Vec<(&[usize], usize)> = Vec::new();
+    for (k, range) in &leaves.keys {
         if k.contains('/') {
             continue;
         }
-        let parent = p[..p.len() - 1].to_vec();
+        let p = leaves.path(range);
+        let parent = &p[..p.len() - 1];
         match counts.iter_mut().find(|(q, _)| *q == parent) {
             Some((_, n)) => *n += 1,
             None => counts.push((parent, 1)),
@@ -246,10 +283,11 @@ fn xml_element<'a>(
         .map(|(_, n)| *n)
         .max()
         .and_then(|m| counts.iter().find(|(_, n)| *n == m))
-        .map(|(p, _)| p.clone());
+        .map(|(p, _)| p.to_vec());
     let container: Vec<usize> = best
         .or_else(|| {
-            let (_, p) = leaves.first()?;
+            let (_, range) = leaves.keys.first()?;
+            let p = leaves.path(range);
             (1..=p.len()).find_map(|n| {
                 let e = at_mut(root, &p[..n])?;
                 index_of(e).is_some().then(|| p[..n - 1].to_vec())
@@ -315,7 +353,7 @@ fn xml_element<'a>(
             elem = wrap;
         }
         appends.push((target, elem));
-        first.insert(k.to_string(), Vec::new());
+        first.insert(k, &[]);
     }
     // Appends go after the last element child of their container, so they shift no path
     // taken above; then removals, from the end so earlier paths stay valid.
@@ -325,7 +363,7 @@ fn xml_element<'a>(
             None => root.append(elem),
         }
     }
-    removals.sort();
+    removals.sort_unstable();
     for p in removals.iter().rev() {
         remove_at(root, p);
         // A container whose every element was a duplicate goes too; left empty it would
@@ -336,7 +374,7 @@ fn xml_element<'a>(
             q = &q[..q.len() - 1];
         }
     }
-    Ok(doc.write())
+    Ok(doc.write_sized(text.len() + 256))
 }
 
 /// The path of the parent of the first indexed element called `name`.

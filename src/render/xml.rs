@@ -78,7 +78,7 @@ fn start_elem(
         attrs.push((key, value));
     }
     // Attributes not separated by whitespace cannot be edited in place.
-    if attr_spans(raw).is_none() {
+    if !scan_attrs(raw, |_| {}) {
         return Err(err(pos, "attributes must be separated by whitespace"));
     }
     Ok(Elem {
@@ -173,7 +173,13 @@ impl Doc {
 
     /// Writes the document back.
     pub fn write(&self) -> String {
-        let mut out = String::new();
+        self.write_sized(0)
+    }
+
+    /// Writes the document back into a string of `capacity` bytes to start with (the
+    /// overlay's output is about as long as the text it parsed).
+    pub(crate) fn write_sized(&self, capacity: usize) -> String {
+        let mut out = String::with_capacity(capacity);
         for n in &self.nodes {
             write_node(n, &mut out);
         }
@@ -357,6 +363,13 @@ type AttrSpan = (usize, usize, usize, usize, usize);
 /// quoted value is never taken for an attribute. `None` when an attribute does not follow
 /// whitespace (`a="1"b="2"`, which quick-xml reads but XML forbids) or the tag does not scan.
 fn attr_spans(raw: &str) -> Option<Vec<AttrSpan>> {
+    let mut out = Vec::new();
+    scan_attrs(raw, |span| out.push(span)).then_some(out)
+}
+
+/// Scans a raw start tag as [`attr_spans`] does, handing each attribute to `f` in order;
+/// false where [`attr_spans`] is `None`. Allocates nothing (parsing checks every tag).
+fn scan_attrs(raw: &str, mut f: impl FnMut(AttrSpan)) -> bool {
     let b = raw.as_bytes();
     let skip_ws = |mut j: usize| {
         while j < b.len() && is_xml_space(b[j]) {
@@ -364,7 +377,6 @@ fn attr_spans(raw: &str) -> Option<Vec<AttrSpan>> {
         }
         j
     };
-    let mut out = Vec::new();
     // Past `<` and the element name.
     let mut j = 1;
     while j < b.len() && !is_xml_space(b[j]) && !matches!(b[j], b'/' | b'>') {
@@ -379,24 +391,29 @@ fn attr_spans(raw: &str) -> Option<Vec<AttrSpan>> {
         }
         if j == name {
             // Only the end of the tag may follow (`/eg="1"` is no attribute).
-            return matches!(&raw[j..], ">" | "/>").then_some(out);
+            return matches!(raw.get(j..), Some(">" | "/>"));
         }
         if ws == name {
-            return None;
+            return false;
         }
         let name_end = j;
         j = skip_ws(j);
         if b.get(j) != Some(&b'=') {
-            return None;
+            return false;
         }
         j = skip_ws(j + 1);
-        let q = *b.get(j)?;
+        let Some(&q) = b.get(j) else {
+            return false;
+        };
         if q != b'"' && q != b'\'' {
-            return None;
+            return false;
         }
         let vs = j + 1;
-        let ve = vs + raw.get(vs..)?.find(q as char)?;
-        out.push((ws, name, name_end, vs, ve));
+        let Some(ve) = raw.get(vs..).and_then(|r| r.find(q as char)) else {
+            return false;
+        };
+        let ve = vs + ve;
+        f((ws, name, name_end, vs, ve));
         j = ve + 1;
     }
 }
