@@ -344,17 +344,15 @@ async fn concurrent_reloads_run_one_at_a_time() {
 fn sighup_reloads_through_the_binary() {
     let files = Files::new();
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autoprov"))
-        .args(["--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.path().join("data"))
-        .arg("--models")
-        .arg(&files.models)
-        .arg("--templates")
-        .arg(&files.templates)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, url, lines) = common::spawn_binary(
+        common::binary_command(
+            &[],
+            &dir.path().join("data"),
+            &files.models,
+            &files.templates,
+        )
+        .stderr(Stdio::piped()),
+    );
     // The log (stderr), line by line, for the reload line.
     let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
     let stderr = child.stderr.take().unwrap();
@@ -363,13 +361,6 @@ fn sighup_reloads_through_the_binary() {
             let _ = log_tx.send(l);
         }
     });
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let url = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
     // Keep reading stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     let token = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();

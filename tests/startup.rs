@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use autoprov::config::Config;
@@ -98,24 +97,15 @@ fn binary_prints_address_and_serves() {
 
 fn prints_address_and_serves(workers: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autoprov"))
-        .args(["--workers", workers, "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.path().join("data"))
-        .arg("--models")
-        .arg(repo("models"))
-        .arg("--templates")
-        .arg(repo("templates"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let url = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
+    let (mut child, url, mut lines) = common::spawn_binary(
+        common::binary_command(
+            &["--workers", workers],
+            &dir.path().join("data"),
+            &repo("models"),
+            &repo("templates"),
+        )
+        .stderr(Stdio::null()),
+    );
     let token_line = lines.next().unwrap().unwrap();
     assert!(token_line.contains("admin-token"), "{token_line}");
     let token = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
@@ -192,25 +182,16 @@ fn help_lists_every_flag() {
 fn binary_logs_one_line_per_request() {
     for format in ["text", "json"] {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_autoprov"))
-            .args(["--log-format", format, "--listen", "127.0.0.1:0", "--data"])
-            .arg(dir.path().join("data"))
-            .arg("--models")
-            .arg(repo("models"))
-            .arg("--templates")
-            .arg(repo("templates"))
+        let (child, url, _stdout) = common::spawn_binary(
+            common::binary_command(
+                &["--log-format", format],
+                &dir.path().join("data"),
+                &repo("models"),
+                &repo("templates"),
+            )
             .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let url = first
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap()
-            .to_string();
+            .stderr(Stdio::piped()),
+        );
         let token = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
         let token = token.trim();
         let rt = tokio::runtime::Runtime::new().unwrap();

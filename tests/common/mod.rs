@@ -23,6 +23,45 @@ pub fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// The real binary listening on 127.0.0.1:0 with its data in `data` and the given models
+/// and templates (`repo("models")`, `repo("templates")`: the shipped ones), `args` first;
+/// stdout piped (see [`spawn_binary`]), stderr to be set by the caller.
+pub fn binary_command(
+    args: &[&str],
+    data: &std::path::Path,
+    models: &std::path::Path,
+    templates: &std::path::Path,
+) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_autoprov"));
+    c.args(args)
+        .args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .arg("--models")
+        .arg(models)
+        .arg("--templates")
+        .arg(templates)
+        .stdout(std::process::Stdio::piped());
+    c
+}
+
+/// The rest of a spawned binary's stdout, line by line.
+pub type StdoutLines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+/// Spawns `cmd` (from [`binary_command`]) and reads the URL it listens on from its first
+/// line: the child, the URL, and the rest of its stdout.
+pub fn spawn_binary(cmd: &mut std::process::Command) -> (std::process::Child, String, StdoutLines) {
+    use std::io::BufRead;
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    (child, url, lines)
+}
+
 /// Copies a folder tree (models and templates a test edits).
 pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
