@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -86,9 +86,9 @@ pub async fn run_listeners(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let mut http = http1::Builder::new();
-    // The header-read timeout is the watchdog's (hyper's own timer is off).
-    http.timer(TokioTimer::new())
-        .header_read_timeout(None)
+    // The header-read timeout is the watchdog's: hyper's is off, and with it the only use
+    // hyper's HTTP/1 server has for a timer, so none is given.
+    http.header_read_timeout(None)
         .max_header_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     let dog = Arc::new(Watchdog::new(limits.header_read_timeout));
