@@ -5,10 +5,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::TestServer;
 use reqwest::StatusCode;
+use serde_json::{Value, json};
 
 const A: &str = "001565000001";
 const B: &str = "001565000002";
@@ -317,4 +318,60 @@ async fn not_fetched_since_filter_and_recorded_status() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let (_, list) = s.get("/phones?domain=a.example").await;
     assert_eq!(list["phones"][0]["last-fetch"]["status"], 401);
+}
+
+/// A repeat of the phone's last request is kept in its gate, not the audit's table: the
+/// readers still show its time, and it survives the gate being replaced by an admin change.
+#[tokio::test]
+async fn a_repeated_fetch_moves_the_last_fetch_time() {
+    let s = linked(|_| {}).await;
+    let prov = Some((s.prov.0.as_str(), s.prov.1.as_str()));
+    let file = format!("{A}.cfg");
+    let time = |f: &Value| unix(f["time"].as_str().unwrap());
+    assert_eq!(
+        s.fetch_as(&file, prov, Some(UA)).await.status(),
+        StatusCode::OK
+    );
+    let t1 = time(&s.get(&format!("/phones/{A}")).await.1["last-fetch"]);
+    // The next second (times are whole seconds).
+    while SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        <= t1
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        s.fetch_as(&file, prov, Some(UA)).await.status(),
+        StatusCode::OK
+    );
+    let f = s.get(&format!("/phones/{A}")).await.1["last-fetch"].clone();
+    let t2 = time(&f);
+    assert!(t2 > t1, "{f}");
+    assert_eq!(
+        (f["status"].as_u64(), f["file"].as_str()),
+        (Some(200), Some(file.as_str()))
+    );
+    let q = |u: u64| format!("not-fetched-since={}", rfc3339(u));
+    assert_eq!(listed(&s, &q(t2)).await, Vec::<String>::new());
+    assert_eq!(listed(&s, &q(t2 + 1)).await, [A]);
+    // An admin change replaces the phone's gate: the time is handed back, not lost.
+    let (st, _) = s
+        .put(
+            &format!("/phones/{A}"),
+            json!({"device-provisioning-overrides": {"custom.x": "1"}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        time(&s.get(&format!("/phones/{A}")).await.1["last-fetch"]),
+        t2
+    );
+    assert_eq!(listed(&s, &q(t2)).await, Vec::<String>::new());
+    s.state.fleet.flush(&s.state.store).unwrap();
+    assert_eq!(
+        time(&s.get(&format!("/phones/{A}")).await.1["last-fetch"]),
+        t2
+    );
 }

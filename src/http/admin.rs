@@ -1069,7 +1069,7 @@ async fn get_phone(
     let mac = parse_mac("mac", &mac)?;
     let p = phone_or_404(&st, &a, mac)?;
     let mut v = phone_json(&p);
-    v["last-fetch"] = json!(st.fleet.last_fetch(mac));
+    v["last-fetch"] = json!(st.fleet.last_fetch(&st.store, mac));
     Ok(Json(v))
 }
 
@@ -1128,7 +1128,11 @@ async fn list_phones(
                 .as_ref()
                 .is_none_or(|d| p.domain.as_ref() == Some(d))
             && q.model.as_ref().is_none_or(|m| &p.model == m)
-            && since.is_none_or(|since| st.fleet.last_fetch_unix(p.mac).is_none_or(|t| t < since))
+            && since.is_none_or(|since| {
+                st.fleet
+                    .last_fetch_unix(&st.store, p.mac)
+                    .is_none_or(|t| t < since)
+            })
     })?;
     let next = if phones.len() == limit {
         phones.last().map(|p| p.mac.lower())
@@ -1138,7 +1142,7 @@ async fn list_phones(
     let mut list = Vec::with_capacity(phones.len());
     for p in &phones {
         let mut v = phone_json(p);
-        v["last-fetch"] = json!(st.fleet.last_fetch(p.mac));
+        v["last-fetch"] = json!(st.fleet.last_fetch(&st.store, p.mac));
         list.push(v);
     }
     Ok(Json(json!({ "phones": list, "next": next })))

@@ -16,6 +16,7 @@
 use std::io::SeekFrom;
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Extension;
@@ -32,7 +33,7 @@ use super::phone::{
 };
 use crate::AppState;
 use crate::error::AppError;
-use crate::model::Mac;
+use crate::model::Gate;
 use crate::model::agent::{self, Agent};
 use crate::telemetry::RequestFacts;
 
@@ -75,21 +76,21 @@ pub async fn fetch(
         }
         Err(e) => Err(e),
     };
-    if let Some(mac) = known {
-        facts.mac = Some(mac);
+    if let Some(gate) = &known {
+        facts.mac = Some(gate.mac);
     }
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
-            count_failure(&st, &e, &creds, ip, known);
+            count_failure(&st, &e, &creds, ip, known.as_ref().map(|g| g.mac));
             let mut r = e.into_phone_response();
             challenge(&st, &mut r, &creds);
             r
         }
     };
-    if let Some(mac) = known {
-        st.fleet.fetched(
-            mac,
+    if let Some(gate) = &known {
+        st.fleet.fetched_by(
+            gate,
             ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
             ua,
             &file,
@@ -111,7 +112,11 @@ struct Access<'r> {
 
 /// The common-file rule: a known phone (MAC in the User-Agent) with its own credentials
 /// (its domain's allow-list applies), else the server-default (or bootstrap) credentials.
-async fn authorise(st: &AppState, a: &Access<'_>, known: &mut Option<Mac>) -> Result<(), AppError> {
+async fn authorise(
+    st: &AppState,
+    a: &Access<'_>,
+    known: &mut Option<Arc<Gate>>,
+) -> Result<(), AppError> {
     let mac = a
         .agent
         .and_then(|ag| ag.mac)
@@ -122,7 +127,7 @@ async fn authorise(st: &AppState, a: &Access<'_>, known: &mut Option<Mac>) -> Re
     };
     match &phone {
         Some(p) => {
-            *known = Some(p.mac);
+            *known = Some(p.clone());
             // Like a common file: a bootstrap credential reads it without being exchanged.
             authenticate(st, &st.templates(), p, a.creds, a.ip, false).await?;
         }

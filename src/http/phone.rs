@@ -3,6 +3,7 @@
 //! HEAD, content type per model. Read-only: cache fills go through `cache`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Extension;
@@ -77,16 +78,20 @@ pub(crate) async fn fetch_file(
         Err(e) => {
             // The MAC a failure counts against: the linked phone (path or User-Agent), else
             // the path's, linked or not.
-            let mac = req.known.or_else(|| path_mac(&t, file));
+            let mac = req
+                .known
+                .as_ref()
+                .map(|g| g.mac)
+                .or_else(|| path_mac(&t, file));
             count_failure(st, &e, &req.auth, peer_ip, mac);
             let mut r = e.into_phone_response();
             challenge(st, &mut r, &req.auth);
             r
         }
     };
-    if let Some(mac) = req.known {
-        st.fleet.fetched(
-            mac,
+    if let Some(gate) = &req.known {
+        st.fleet.fetched_by(
+            gate,
             peer_ip.unwrap_or(UNSPECIFIED),
             ua,
             file,
@@ -191,8 +196,8 @@ struct PhoneRequest<'r> {
     ip: Option<std::net::IpAddr>,
     agent: Option<&'r Agent>,
     facts: RequestFacts,
-    /// A linked phone made this request (its last fetch is recorded).
-    known: Option<Mac>,
+    /// A linked phone made this request (its last fetch is recorded through its gate).
+    known: Option<Arc<Gate>>,
 }
 
 /// Largest log upload accepted.
@@ -643,9 +648,12 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                 }
                 return Err(AppError::PhoneUnauthorized);
             };
-            req.known = Some(mac);
+            req.known = Some(phone.clone());
             let phone = match authenticate(st, t, &phone, creds, req.ip, true).await? {
-                Some(updated) => updated,
+                Some(updated) => {
+                    req.known = Some(updated.clone());
+                    updated
+                }
                 None => phone,
             };
             let model = t
@@ -694,7 +702,7 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                 None => None,
             };
             if let Some(p) = &phone {
-                req.known = Some(p.mac);
+                req.known = Some(p.clone());
                 req.facts.mac = Some(p.mac);
             }
             match &phone {

@@ -288,11 +288,24 @@ pub struct Gate {
     /// The file last served to this phone, so a repeat fetch needs no second lookup (the
     /// memory tier holds the file; this only points at it).
     pub last_served: crate::cache::LastServed,
+    /// The phone's last request as recorded through this gate (see [`crate::fleet`]).
+    pub seen: crate::fleet::Seen,
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.seen.fold(self.mac);
+    }
 }
 
 impl Gate {
-    /// The gate of `p`; `intern` shares the model and domain names.
-    pub fn of(p: &Phone, mut intern: impl FnMut(&str) -> std::sync::Arc<str>) -> Self {
+    /// The gate of `p`; `intern` shares the model and domain names; repeats' times go to
+    /// `folds` when the gate is dropped.
+    pub fn of(
+        p: &Phone,
+        mut intern: impl FnMut(&str) -> std::sync::Arc<str>,
+        folds: &std::sync::Arc<crate::fleet::Folds>,
+    ) -> Self {
         let provisioning = match (&p.provisioning_username, &p.provisioning_password) {
             (Some(u), Some(pw)) => Some(Box::new((u.clone(), pw.clone()))),
             _ => None,
@@ -305,11 +318,13 @@ impl Gate {
             provisioning,
             previous_credentials: p.previous_credentials.clone().map(Box::new),
             last_served: crate::cache::LastServed::default(),
+            seen: crate::fleet::Seen::new(folds.clone()),
         }
     }
 
     /// Approximate bytes held per gate in memory (the memory tier's weigher): the struct,
-    /// its `Arc`, the tier's entry, the boxed credentials and the last-served slot.
+    /// its `Arc`, the tier's entry, the boxed credentials, the last-served slot and what it
+    /// has seen.
     pub fn weight(&self) -> u64 {
         let own = self
             .provisioning
@@ -319,7 +334,7 @@ impl Gate {
             .previous_credentials
             .as_ref()
             .map_or(0, |p| p.username.len() + p.password.len() + 72);
-        (128 + crate::cache::LastServed::WEIGHT + own + prev) as u64
+        (128 + crate::cache::LastServed::WEIGHT + crate::fleet::Seen::WEIGHT + own + prev) as u64
     }
 }
 

@@ -122,6 +122,9 @@ pub struct Store {
     memo_lock: Mutex<()>,
     /// Model and domain names shared by the gates.
     names: Mutex<std::collections::HashSet<Arc<str>>>,
+    /// Where gates leaving the memo hand back their phones' latest request times (the
+    /// fleet's audit applies them).
+    folds: Arc<crate::fleet::Folds>,
     /// Commits so far (the memo's race guard, and what a flush covers).
     commits: AtomicU64,
     /// Commits known to be on disk.
@@ -281,6 +284,7 @@ impl Store {
             hot_domains: quick_cache::sync::Cache::new(10_000),
             memo_lock: Mutex::new(()),
             names: Mutex::default(),
+            folds: Arc::default(),
             commits: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
             flush_gate: tokio::sync::Mutex::new(()),
@@ -441,6 +445,16 @@ impl Store {
         Ok(self.gate_or_phone(mac)?.map(|(g, _)| g))
     }
 
+    /// The phone's gate if the memo holds it (nothing read, nothing remembered).
+    pub fn peek_gate(&self, mac: Mac) -> Option<Arc<Gate>> {
+        self.gates.peek(&mac)
+    }
+
+    /// Where gates leaving the memo hand back their phones' latest request times.
+    pub fn folds(&self) -> Arc<crate::fleet::Folds> {
+        self.folds.clone()
+    }
+
     /// [`Store::gate`], with the whole phone when the memo missed and it was read from the
     /// store just now (a cold fetch renders from it instead of reading it again).
     pub fn gate_or_phone(&self, mac: Mac) -> Result<Option<GateRead>, StoreError> {
@@ -463,14 +477,18 @@ impl Store {
                 // Names of deleted domains and models accumulate; start over now and then.
                 names.clear();
             }
-            Arc::new(Gate::of(p, |n| match names.get(n) {
-                Some(a) => a.clone(),
-                None => {
-                    let a: Arc<str> = n.into();
-                    names.insert(a.clone());
-                    a
-                }
-            }))
+            Arc::new(Gate::of(
+                p,
+                |n| match names.get(n) {
+                    Some(a) => a.clone(),
+                    None => {
+                        let a: Arc<str> = n.into();
+                        names.insert(a.clone());
+                        a
+                    }
+                },
+                &self.folds,
+            ))
         };
         let _memo = self.memo_lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.commits.load(Ordering::SeqCst) == before {
