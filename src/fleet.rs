@@ -112,7 +112,36 @@ fn signature(ip: std::net::IpAddr, status: u16, user_agent: &str, file: &str) ->
     foldhash::fast::FixedState::default().hash_one((ip, status, user_agent, file)) | 1
 }
 
-/// Times a [`Seen`] keeps: unix seconds in 32 bits (until 2106).
+/// A phone's request as the audit records it.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'a> {
+    /// Client IP.
+    pub ip: std::net::IpAddr,
+    /// The User-Agent as sent.
+    pub user_agent: &'a str,
+    /// File asked for.
+    pub file: &'a str,
+    /// Status answered.
+    pub status: u16,
+}
+
+impl Asked<'_> {
+    /// What is kept: at most 256 bytes of User-Agent and 128 of file name.
+    fn kept(self) -> Self {
+        Asked {
+            user_agent: truncate_str(self.user_agent, 256),
+            file: truncate_str(self.file, 128),
+            ..self
+        }
+    }
+
+    fn signature(&self) -> u64 {
+        signature(self.ip, self.status, self.user_agent, self.file)
+    }
+}
+
+/// Times a [`Seen`] keeps: unix seconds in 32 bits (until 2106; past it every request
+/// goes to the table).
 fn seconds32(unix: u64) -> u64 {
     unix.min(u64::from(u32::MAX))
 }
@@ -163,9 +192,11 @@ impl Seen {
         if self.sig.load(Ordering::Relaxed) != sig {
             return false;
         }
+        if now > u64::from(u32::MAX) {
+            return false;
+        }
         let t = self.times.load(Ordering::Relaxed);
         let (recorded, latest) = (t >> 32, t & u64::from(u32::MAX));
-        let now = seconds32(now);
         if now < recorded || now - recorded >= TOUCH_PERSIST_EVERY {
             return false;
         }
@@ -423,64 +454,29 @@ impl Fleet {
 
     /// Records a request of the phone behind `gate`: a repeat of the request recorded
     /// through it only moves the gate's time ([`Seen`]); anything else goes to the table.
-    pub fn fetched_by(
-        &self,
-        gate: &Gate,
-        ip: std::net::IpAddr,
-        user_agent: &str,
-        file: &str,
-        status: u16,
-    ) {
-        self.fetched_at(gate, ip, user_agent, file, status, unix_now());
+    pub fn fetched_by(&self, gate: &Gate, asked: Asked<'_>) {
+        self.fetched_at(gate, asked, unix_now());
     }
 
-    fn fetched_at(
-        &self,
-        gate: &Gate,
-        ip: std::net::IpAddr,
-        user_agent: &str,
-        file: &str,
-        status: u16,
-        now: u64,
-    ) {
-        let user_agent = truncate_str(user_agent, 256);
-        let file = truncate_str(file, 128);
-        let sig = signature(ip, status, user_agent, file);
+    fn fetched_at(&self, gate: &Gate, asked: Asked<'_>, now: u64) {
+        let asked = asked.kept();
+        let sig = asked.signature();
         if gate.seen.repeat(sig, now) {
             return;
         }
-        self.record(gate.mac, ip, user_agent, file, status, sig, now);
+        self.record(gate.mac, asked, sig, now);
         gate.seen.recorded(sig, now);
     }
 
     /// Records a known phone's request in the table. A request that repeats the phone's
     /// last one (same IP, User-Agent, file, status) only moves its time, without
     /// allocating.
-    pub fn fetched(
-        &self,
-        mac: Mac,
-        ip: std::net::IpAddr,
-        user_agent: &str,
-        file: &str,
-        status: u16,
-    ) {
-        let user_agent = truncate_str(user_agent, 256);
-        let file = truncate_str(file, 128);
-        let sig = signature(ip, status, user_agent, file);
-        self.record(mac, ip, user_agent, file, status, sig, unix_now());
+    pub fn fetched(&self, mac: Mac, asked: Asked<'_>) {
+        let asked = asked.kept();
+        self.record(mac, asked, asked.signature(), unix_now());
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &self,
-        mac: Mac,
-        ip: std::net::IpAddr,
-        user_agent: &str,
-        file: &str,
-        status: u16,
-        sig: u64,
-        now: u64,
-    ) {
+    fn record(&self, mac: Mac, asked: Asked<'_>, sig: u64, now: u64) {
         let mut f = self.lock_fetches();
         f.fold(&self.folds);
         if f.last.get(&mac).is_some_and(|l| l.sig == sig) {
@@ -491,10 +487,10 @@ impl Fleet {
         let rec = Record {
             mac,
             unix: now,
-            status,
-            ip,
-            user_agent: user_agent.into(),
-            file: file.into(),
+            status: asked.status,
+            ip: asked.ip,
+            user_agent: asked.user_agent.into(),
+            file: asked.file.into(),
         };
         match last.get_mut(&mac) {
             Some(l) => {
@@ -735,6 +731,36 @@ mod tests {
         assert_eq!(again.lock_unprovisioned().len(), UNPROVISIONED_CAP);
     }
 
+    /// A fleet journaling into a fresh folder, over a fresh store.
+    fn journaled() -> (tempfile::TempDir, Store, Fleet) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::temporary().unwrap();
+        let f = Fleet::load(&store, Some(dir.path())).unwrap();
+        (dir, store, f)
+    }
+
+    fn asked<'a>(
+        ip: std::net::IpAddr,
+        user_agent: &'a str,
+        file: &'a str,
+        status: u16,
+    ) -> Asked<'a> {
+        Asked {
+            ip,
+            user_agent,
+            file,
+            status,
+        }
+    }
+
+    /// The tests' phone and its address.
+    fn phone() -> (Mac, std::net::IpAddr) {
+        (
+            Mac::parse_plain("001565aabbcc").unwrap(),
+            std::net::IpAddr::from([10, 0, 0, 2]),
+        )
+    }
+
     fn journal_records(dir: &std::path::Path) -> Vec<Record> {
         let mut got = Vec::new();
         Journal::open(&dir.join("fetches.journal"), |r| got.push(r)).unwrap();
@@ -749,7 +775,7 @@ mod tests {
         let ip = std::net::IpAddr::from([10, 0, 0, 2]);
         let ua = "Yealink SIP-T46S 66.86.0.15 00:15:65:aa:bb:cc";
         let f = Fleet::load(&store, Some(dir.path())).unwrap();
-        f.fetched(mac, ip, ua, "001565aabbcc.cfg", 200);
+        f.fetched(mac, asked(ip, ua, "001565aabbcc.cfg", 200));
         let shown = f.last_fetch(&store, mac).unwrap();
         assert_eq!(
             (shown.status, shown.model.as_deref(), shown.ip.as_str()),
@@ -766,33 +792,30 @@ mod tests {
         assert_eq!(f.last_fetch(&store, mac), Some(shown.clone()));
         assert_eq!(f.last_fetch_unix(&store, mac), unix_of(&shown.time));
         // A repeat after the restart is a touch: nothing new to write.
-        f.fetched(mac, ip, ua, "001565aabbcc.cfg", 200);
+        f.fetched(mac, asked(ip, ua, "001565aabbcc.cfg", 200));
         f.flush(&store).unwrap();
         assert_eq!(journal_records(dir.path()).len(), 1);
     }
 
     #[test]
     fn repeated_fetches_only_move_the_time_and_are_written_rarely() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::temporary().unwrap();
-        let f = Fleet::load(&store, Some(dir.path())).unwrap();
-        let mac = Mac::parse_plain("001565aabbcc").unwrap();
-        let ip = std::net::IpAddr::from([10, 0, 0, 2]);
-        f.fetched(mac, ip, "ua", "001565aabbcc.cfg", 200);
+        let (dir, store, f) = journaled();
+        let (mac, ip) = phone();
+        f.fetched(mac, asked(ip, "ua", "001565aabbcc.cfg", 200));
         f.flush(&store).unwrap();
         for _ in 0..100 {
-            f.fetched(mac, ip, "ua", "001565aabbcc.cfg", 200);
+            f.fetched(mac, asked(ip, "ua", "001565aabbcc.cfg", 200));
         }
         assert!(f.lock_fetches().dirty.is_empty());
         f.flush(&store).unwrap();
         assert_eq!(journal_records(dir.path()).len(), 1);
         // Pretend the written record is old: the next touch is written, with its time.
         f.lock_fetches().last.get_mut(&mac).unwrap().journaled = 0;
-        f.fetched(mac, ip, "ua", "001565aabbcc.cfg", 200);
+        f.fetched(mac, asked(ip, "ua", "001565aabbcc.cfg", 200));
         f.flush(&store).unwrap();
         assert_eq!(journal_records(dir.path()).len(), 2);
         // Anything else changing is written at the next flush.
-        f.fetched(mac, ip, "ua", "y000000000066.cfg", 200);
+        f.fetched(mac, asked(ip, "ua", "y000000000066.cfg", 200));
         assert_eq!(f.last_fetch(&store, mac).unwrap().file, "y000000000066.cfg");
         f.flush(&store).unwrap();
         let recs = journal_records(dir.path());
@@ -800,7 +823,7 @@ mod tests {
         // Each field of the request counts: the User-Agent, the status, the address.
         let other = std::net::IpAddr::from([10, 0, 0, 3]);
         for (ip, ua, status) in [(ip, "ua2", 200), (ip, "ua2", 401), (other, "ua2", 401)] {
-            f.fetched(mac, ip, ua, "y000000000066.cfg", status);
+            f.fetched(mac, asked(ip, ua, "y000000000066.cfg", status));
             assert!(!f.lock_fetches().dirty.is_empty(), "{ip} {ua} {status}");
             f.flush(&store).unwrap();
             let shown = f.last_fetch(&store, mac).unwrap();
@@ -821,7 +844,7 @@ mod tests {
         // 3 phones × 5000 different files: 15,000 records, 3 live.
         for round in 0..5000 {
             for i in 0..3 {
-                f.fetched(mac(i), ip, "ua", &format!("{round}.cfg"), 200);
+                f.fetched(mac(i), asked(ip, "ua", &format!("{round}.cfg"), 200));
             }
             if round % 1000 == 999 {
                 f.flush(&store).unwrap();
@@ -864,20 +887,17 @@ mod tests {
 
     #[test]
     fn a_repeat_through_the_gate_moves_only_the_gates_time_and_readers_see_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::temporary().unwrap();
-        let f = Fleet::load(&store, Some(dir.path())).unwrap();
-        let mac = Mac::parse_plain("001565aabbcc").unwrap();
-        let ip = std::net::IpAddr::from([10, 0, 0, 2]);
+        let (dir, store, f) = journaled();
+        let (mac, ip) = phone();
         let gate = linked(&store, mac);
         let t0 = 1_800_000_000;
-        f.fetched_at(&gate, ip, "ua", "001565aabbcc.cfg", 200, t0);
+        f.fetched_at(&gate, asked(ip, "ua", "001565aabbcc.cfg", 200), t0);
         assert_eq!(f.lock_fetches().last[&mac].rec.unix, t0);
         f.flush(&store).unwrap();
         assert_eq!(journal_records(dir.path()).len(), 1);
         // Repeats: the table is not touched, the readers take the gate's time.
         for dt in 1..=10 {
-            f.fetched_at(&gate, ip, "ua", "001565aabbcc.cfg", 200, t0 + dt);
+            f.fetched_at(&gate, asked(ip, "ua", "001565aabbcc.cfg", 200), t0 + dt);
         }
         assert_eq!(f.lock_fetches().last[&mac].rec.unix, t0);
         assert_eq!(f.last_fetch_unix(&store, mac), Some(t0 + 10));
@@ -889,14 +909,8 @@ mod tests {
             "a touch is not written"
         );
         // A repeat past TOUCH_PERSIST_EVERY goes through the table, which writes it.
-        f.fetched_at(
-            &gate,
-            ip,
-            "ua",
-            "001565aabbcc.cfg",
-            200,
-            t0 + TOUCH_PERSIST_EVERY,
-        );
+        let cfg = asked(ip, "ua", "001565aabbcc.cfg", 200);
+        f.fetched_at(&gate, cfg, t0 + TOUCH_PERSIST_EVERY);
         assert_eq!(
             f.lock_fetches().last[&mac].rec.unix,
             t0 + TOUCH_PERSIST_EVERY
@@ -908,9 +922,9 @@ mod tests {
         // A different request (another file, as a firmware download) is recorded at once,
         // and going back to the first one is a different request again.
         let t1 = t0 + TOUCH_PERSIST_EVERY + 1;
-        f.fetched_at(&gate, ip, "ua", "fw.rom", 200, t1);
+        f.fetched_at(&gate, asked(ip, "ua", "fw.rom", 200), t1);
         assert_eq!(f.last_fetch(&store, mac).unwrap().file, "fw.rom");
-        f.fetched_at(&gate, ip, "ua", "001565aabbcc.cfg", 200, t1 + 1);
+        f.fetched_at(&gate, asked(ip, "ua", "001565aabbcc.cfg", 200), t1 + 1);
         let shown = f.last_fetch(&store, mac).unwrap();
         assert_eq!(
             (shown.file.as_str(), shown.time),
@@ -920,14 +934,12 @@ mod tests {
 
     #[test]
     fn a_gate_leaving_the_memo_hands_its_time_back() {
-        let store = Store::temporary().unwrap();
-        let f = Fleet::load(&store, None).unwrap();
-        let mac = Mac::parse_plain("001565aabbcc").unwrap();
-        let ip = std::net::IpAddr::from([10, 0, 0, 2]);
+        let (_dir, store, f) = journaled();
+        let (mac, ip) = phone();
         let gate = linked(&store, mac);
         let t0 = 1_800_000_000;
-        f.fetched_at(&gate, ip, "ua", "001565aabbcc.cfg", 200, t0);
-        f.fetched_at(&gate, ip, "ua", "001565aabbcc.cfg", 200, t0 + 7);
+        f.fetched_at(&gate, asked(ip, "ua", "001565aabbcc.cfg", 200), t0);
+        f.fetched_at(&gate, asked(ip, "ua", "001565aabbcc.cfg", 200), t0 + 7);
         // An admin change replaces the gate; the old one goes with its last holder.
         let mut p = store.phone(mac).unwrap().unwrap();
         p.model = "yealink-t48s".into();
@@ -940,9 +952,9 @@ mod tests {
         assert_eq!(f.lock_fetches().last[&mac].rec.unix, t0 + 7);
         // A time handed back for a request since replaced is dropped.
         let gate = linked(&store, mac);
-        f.fetched_at(&gate, ip, "ua", "001565aabbcc.cfg", 200, t0 + 8);
-        f.fetched_at(&gate, ip, "ua", "001565aabbcc.cfg", 200, t0 + 9);
-        f.fetched(mac, ip, "ua", "other.cfg", 200);
+        f.fetched_at(&gate, asked(ip, "ua", "001565aabbcc.cfg", 200), t0 + 8);
+        f.fetched_at(&gate, asked(ip, "ua", "001565aabbcc.cfg", 200), t0 + 9);
+        f.fetched(mac, asked(ip, "ua", "other.cfg", 200));
         drop(gate);
         store.commit(&change).unwrap();
         assert_eq!(f.last_fetch(&store, mac).unwrap().file, "other.cfg");
@@ -951,14 +963,12 @@ mod tests {
     #[test]
     fn a_fresh_gate_records_through_the_table() {
         // A gate built for one request (not kept in the memo) records every request.
-        let store = Store::temporary().unwrap();
-        let f = Fleet::load(&store, None).unwrap();
-        let mac = Mac::parse_plain("001565aabbcc").unwrap();
-        let ip = std::net::IpAddr::from([10, 0, 0, 2]);
+        let (_dir, store, f) = journaled();
+        let (mac, ip) = phone();
         let phone = crate::model::Phone::new(mac, "yealink-t46s".into());
         for t in [1_800_000_000, 1_800_000_005] {
             let gate = Gate::of(&phone, |n| n.into(), &store.folds());
-            f.fetched_at(&gate, ip, "ua", "001565aabbcc.cfg", 200, t);
+            f.fetched_at(&gate, asked(ip, "ua", "001565aabbcc.cfg", 200), t);
             assert_eq!(f.lock_fetches().last[&mac].rec.unix, t);
         }
         assert_ne!(signature(ip, 200, "ua", "x"), 0);

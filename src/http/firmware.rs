@@ -33,6 +33,7 @@ use super::phone::{
 };
 use crate::AppState;
 use crate::error::AppError;
+use crate::fleet::Asked;
 use crate::model::Gate;
 use crate::model::agent::{self, Agent};
 use crate::telemetry::RequestFacts;
@@ -91,10 +92,12 @@ pub async fn fetch(
     if let Some(gate) = &known {
         st.fleet.fetched_by(
             gate,
-            ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
-            ua,
-            &file,
-            resp.status().as_u16(),
+            Asked {
+                ip: ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+                user_agent: ua,
+                file: &file,
+                status: resp.status().as_u16(),
+            },
         );
     }
     resp.extensions_mut().insert(facts);

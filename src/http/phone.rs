@@ -16,6 +16,7 @@ use crate::auth::{self, BasicCredentials};
 use crate::cache::{FileKey, Outcome, Packed, Rendered};
 use crate::digest::{self, DigestResponse, NonceState};
 use crate::error::AppError;
+use crate::fleet::Asked;
 use crate::guard;
 use crate::model::agent::{self, Agent};
 use crate::model::{Account, Domain, FileRef, FileSpec, Gate, Mac, Member, Model, Phone};
@@ -92,10 +93,12 @@ pub(crate) async fn fetch_file(
     if let Some(gate) = &req.known {
         st.fleet.fetched_by(
             gate,
-            peer_ip.unwrap_or(UNSPECIFIED),
-            ua,
-            file,
-            resp.status().as_u16(),
+            Asked {
+                ip: peer_ip.unwrap_or(UNSPECIFIED),
+                user_agent: ua,
+                file,
+                status: resp.status().as_u16(),
+            },
         );
     }
     (resp, req.facts)
