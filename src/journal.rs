@@ -37,10 +37,22 @@ pub struct Record {
 
 /// Appends the encoding of one record to `out`.
 pub fn encode(out: &mut Vec<u8>, r: &Record) {
-    out.extend_from_slice(&r.mac.bytes());
-    out.extend_from_slice(&r.unix.to_be_bytes());
-    out.extend_from_slice(&r.status.to_be_bytes());
-    match r.ip {
+    encode_parts(out, r.mac, r.unix, r.status, r.ip, [&r.user_agent, &r.file]);
+}
+
+/// Appends the encoding of a record given by its fields (User-Agent, then file).
+pub fn encode_parts(
+    out: &mut Vec<u8>,
+    mac: Mac,
+    unix: u64,
+    status: u16,
+    ip: IpAddr,
+    texts: [&str; 2],
+) {
+    out.extend_from_slice(&mac.bytes());
+    out.extend_from_slice(&unix.to_be_bytes());
+    out.extend_from_slice(&status.to_be_bytes());
+    match ip {
         IpAddr::V4(a) => {
             out.push(4);
             out.extend_from_slice(&a.octets());
@@ -50,7 +62,7 @@ pub fn encode(out: &mut Vec<u8>, r: &Record) {
             out.extend_from_slice(&a.octets());
         }
     }
-    for s in [&r.user_agent, &r.file] {
+    for s in texts {
         let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
         out.extend_from_slice(&(b.len() as u16).to_be_bytes());
         out.extend_from_slice(b);
