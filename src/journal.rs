@@ -63,7 +63,13 @@ pub fn encode_parts(
         }
     }
     for s in texts {
-        let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+        // At most 65,535 bytes, cut at a character boundary (a cut inside one would make
+        // the record undecodable, and with it the rest of the file).
+        let mut end = s.len().min(u16::MAX as usize);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        let b = &s.as_bytes()[..end];
         out.extend_from_slice(&(b.len() as u16).to_be_bytes());
         out.extend_from_slice(b);
     }
@@ -228,6 +234,20 @@ mod tests {
         let mut got = Vec::new();
         let (_, clean) = decode(b, |r| got.push(r));
         (got, clean)
+    }
+
+    #[test]
+    fn a_long_text_is_cut_at_a_character_boundary() {
+        // 65,535 bytes would end inside a two-byte character.
+        let ua = "é".repeat(40_000);
+        let mut b = Vec::new();
+        encode(&mut b, &record(1, &ua));
+        encode(&mut b, &record(2, "next"));
+        let (got, clean) = decode_all(&b);
+        assert!(clean);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].user_agent.len(), 65_534);
+        assert_eq!(&*got[1].user_agent, "next");
     }
 
     #[test]
