@@ -37,15 +37,7 @@ pub fn pairs(format: Format, text: &str) -> Result<Vec<(String, String)>, XmlErr
             let doc = Doc::parse(text)?;
             let mut out = Vec::new();
             if let Some(root) = doc.root() {
-                let mut idx_attr = None;
-                walk_leaves(
-                    root,
-                    "",
-                    &mut |key, e| {
-                        out.push((key.to_string(), e.text()));
-                    },
-                    &mut idx_attr,
-                );
+                for_each_leaf(root, &mut |key, _, e| out.push((key.to_string(), e.text())));
             }
             Ok(out)
         }
@@ -88,34 +80,58 @@ fn index_of(e: &Elem) -> Option<(&'static str, &str)> {
 
 /// The key segment of an element: `name` or `name[n]`.
 fn segment(e: &Elem) -> String {
-    match index_of(e) {
-        Some((_, n)) => format!("{}[{}]", e.name, xml::unescape(n)),
-        None => e.name.clone(),
+    let mut s = String::new();
+    push_segment(&mut s, e);
+    s
+}
+
+/// Appends `e`'s key segment ([`segment`]) to `key`.
+fn push_segment(key: &mut String, e: &Elem) {
+    key.push_str(&e.name);
+    if let Some((_, n)) = index_of(e) {
+        key.push('[');
+        key.push_str(&xml::unescape(n));
+        key.push(']');
     }
 }
 
-/// Calls `f(key, leaf)` for every leaf below `e` (the root itself is never a key).
-fn walk_leaves(
-    e: &Elem,
-    prefix: &str,
-    f: &mut dyn FnMut(&str, &Elem),
-    idx_attr: &mut Option<&'static str>,
-) {
-    for c in &e.children {
-        let Node::Elem(c) = c else { continue };
-        if let Some((a, _)) = index_of(c) {
-            idx_attr.get_or_insert(a);
-        }
-        if c.is_leaf() {
-            f(&format!("{prefix}{}", segment(c)), c);
-        } else {
-            let p = match index_of(c) {
-                Some(_) => format!("{prefix}{}/", segment(c)),
-                None => prefix.to_string(),
-            };
-            walk_leaves(c, &p, f, idx_attr);
+/// Calls `f(key, path, leaf)` for every leaf below `root` in document order (the root
+/// itself is never a key; `path`: child indexes from the root); returns the index
+/// attribute of the first indexed element, if any. One key string and one path are
+/// reused throughout.
+fn for_each_leaf(root: &Elem, f: &mut dyn FnMut(&str, &[usize], &Elem)) -> Option<&'static str> {
+    fn go(
+        e: &Elem,
+        key: &mut String,
+        path: &mut Vec<usize>,
+        f: &mut dyn FnMut(&str, &[usize], &Elem),
+        idx_attr: &mut Option<&'static str>,
+    ) {
+        for (i, c) in e.children.iter().enumerate() {
+            let Node::Elem(c) = c else { continue };
+            let indexed = index_of(c);
+            if let Some((a, _)) = indexed {
+                idx_attr.get_or_insert(a);
+            }
+            path.push(i);
+            let len = key.len();
+            if c.is_leaf() {
+                push_segment(key, c);
+                f(key, path, c);
+            } else {
+                if indexed.is_some() {
+                    push_segment(key, c);
+                    key.push('/');
+                }
+                go(c, key, path, f, idx_attr);
+            }
+            key.truncate(len);
+            path.pop();
         }
     }
+    let mut idx_attr = None;
+    go(root, &mut String::new(), &mut Vec::new(), f, &mut idx_attr);
+    idx_attr
 }
 
 /// Every leaf's key and path (child indexes from the root), in document order. The paths
@@ -135,53 +151,19 @@ impl Leaves {
     }
 }
 
-/// Appends `e`'s key segment (`name` or `name[n]`, as [`segment`]) to `key`.
-fn push_segment(key: &mut String, e: &Elem) {
-    key.push_str(&e.name);
-    if let Some((_, n)) = index_of(e) {
-        key.push('[');
-        match quick_xml::escape::unescape(n) {
-            Ok(u) => key.push_str(&u),
-            Err(_) => key.push_str(n),
-        }
-        key.push(']');
-    }
-}
-
 /// Paths (child indexes from the root) of every leaf, with its key.
 fn leaf_paths(root: &Elem) -> Leaves {
-    fn go(e: &Elem, key: &mut String, path: &mut Vec<usize>, out: &mut Leaves) {
-        for (i, c) in e.children.iter().enumerate() {
-            let Node::Elem(c) = c else { continue };
-            let indexed = index_of(c);
-            if let Some((a, _)) = indexed {
-                out.idx_attr.get_or_insert(a);
-            }
-            path.push(i);
-            let len = key.len();
-            if c.is_leaf() {
-                push_segment(key, c);
-                let start = out.paths.len();
-                out.paths.extend_from_slice(path);
-                out.keys.push((key.clone(), start..out.paths.len()));
-            } else {
-                if indexed.is_some() {
-                    push_segment(key, c);
-                    key.push('/');
-                }
-                go(c, key, path, out);
-            }
-            key.truncate(len);
-            path.pop();
-        }
+    let (mut keys, mut paths) = (Vec::new(), Vec::new());
+    let idx_attr = for_each_leaf(root, &mut |key, path, _| {
+        let start = paths.len();
+        paths.extend_from_slice(path);
+        keys.push((key.to_string(), start..paths.len()));
+    });
+    Leaves {
+        keys,
+        paths,
+        idx_attr,
     }
-    let mut out = Leaves {
-        keys: Vec::new(),
-        paths: Vec::new(),
-        idx_attr: None,
-    };
-    go(root, &mut String::new(), &mut Vec::new(), &mut out);
-    out
 }
 
 fn at_mut<'e>(root: &'e mut Elem, path: &[usize]) -> Option<&'e mut Elem> {
