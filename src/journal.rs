@@ -35,6 +35,15 @@ pub struct Record {
     pub file: Box<str>,
 }
 
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub fn truncate_str(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Appends the encoding of one record to `out`.
 pub fn encode(out: &mut Vec<u8>, r: &Record) {
     encode_parts(out, r.mac, r.unix, r.status, r.ip, [&r.user_agent, &r.file]);
@@ -63,13 +72,9 @@ pub fn encode_parts(
         }
     }
     for s in texts {
-        // At most 65,535 bytes, cut at a character boundary (a cut inside one would make
-        // the record undecodable, and with it the rest of the file).
-        let mut end = s.len().min(u16::MAX as usize);
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        let b = &s.as_bytes()[..end];
+        // Cut at a character boundary: a cut inside one would make the record
+        // undecodable, and with it the rest of the file.
+        let b = truncate_str(s, u16::MAX as usize).as_bytes();
         out.extend_from_slice(&(b.len() as u16).to_be_bytes());
         out.extend_from_slice(b);
     }
