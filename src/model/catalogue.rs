@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
+use smallvec::SmallVec;
 
 use super::mac::Mac;
 use super::records::AuthScheme;
@@ -138,9 +139,66 @@ pub enum CatalogueError {
 pub struct Catalogue {
     models: BTreeMap<String, Model>,
     /// Exact common-file names (lowercase) → model ids that request them.
-    common: HashMap<String, Vec<String>>,
-    /// Per-phone name patterns split at `{mac}`: (prefix, suffix, the whole pattern).
-    patterns: Vec<(String, String, Arc<str>)>,
+    common: HashMap<String, Vec<String>, foldhash::fast::RandomState>,
+    /// Per-phone name patterns split at `{mac}`.
+    patterns: Patterns,
+}
+
+/// Per-phone name patterns split at `{mac}`, longest first. Matching a name runs on every
+/// phone request, where the heap strings of each pattern were cache misses: the lengths
+/// are scanned first in one small array, so only patterns of the name's length are
+/// compared, and their two sides are held inline.
+#[derive(Debug, Default)]
+struct Patterns {
+    /// The length of a name each pattern matches (prefix + 12 + suffix), in `splits` order.
+    lens: Vec<usize>,
+    splits: Vec<Split>,
+}
+
+/// One pattern: the bytes before and after `{mac}`, and the whole pattern.
+#[derive(Debug)]
+struct Split {
+    pre: SmallVec<[u8; 16]>,
+    suf: SmallVec<[u8; 16]>,
+    pattern: Arc<str>,
+}
+
+impl Patterns {
+    fn push(&mut self, pre: &str, suf: &str, pattern: &str) {
+        if self.splits.iter().any(|s| *s.pattern == *pattern) {
+            return;
+        }
+        self.splits.push(Split {
+            pre: SmallVec::from_slice(pre.as_bytes()),
+            suf: SmallVec::from_slice(suf.as_bytes()),
+            pattern: pattern.into(),
+        });
+        // Longest first, so `{mac}-local.cfg` wins over `{mac}.cfg`-like overlaps.
+        self.splits
+            .sort_by_key(|s| std::cmp::Reverse(s.pre.len() + s.suf.len()));
+        self.lens = self
+            .splits
+            .iter()
+            .map(|s| s.pre.len() + 12 + s.suf.len())
+            .collect();
+    }
+
+    /// The first pattern `lower` (lowercase) matches, with the MAC in it.
+    fn find(&self, lower: &str) -> Option<(Mac, &Arc<str>)> {
+        let b = lower.as_bytes();
+        self.lens
+            .iter()
+            .enumerate()
+            .filter(|&(_, &n)| n == b.len())
+            .find_map(|(i, _)| {
+                let s = self.splits.get(i)?;
+                if !(b.starts_with(&s.pre) && b.ends_with(&s.suf)) {
+                    return None;
+                }
+                let mid = lower.get(s.pre.len()..s.pre.len() + 12)?;
+                Mac::parse_plain(mid).ok().map(|mac| (mac, &s.pattern))
+            })
+    }
 }
 
 /// What a request path names.
@@ -283,13 +341,7 @@ impl Catalogue {
                 if f.per_phone() {
                     let pattern = f.pattern();
                     if let Some((pre, suf)) = pattern.split_once("{mac}") {
-                        if !cat.patterns.iter().any(|(_, _, p)| **p == *pattern) {
-                            cat.patterns.push((
-                                pre.to_string(),
-                                suf.to_string(),
-                                pattern.as_str().into(),
-                            ));
-                        }
+                        cat.patterns.push(pre, suf, &pattern);
                     }
                 } else {
                     cat.common
@@ -300,9 +352,6 @@ impl Catalogue {
             }
             cat.models.insert(m.id.clone(), m);
         }
-        // Longest patterns first so `{mac}-local.cfg` wins over `{mac}.cfg`-like overlaps.
-        cat.patterns
-            .sort_by_key(|(p, s, _)| std::cmp::Reverse(p.len() + s.len()));
         Ok(cat)
     }
 
@@ -333,21 +382,11 @@ impl Catalogue {
                 models: models.clone(),
             });
         }
-        for (pre, suf, pattern) in &self.patterns {
-            if lower.len() == pre.len() + 12 + suf.len()
-                && lower.starts_with(pre.as_str())
-                && lower.ends_with(suf.as_str())
-            {
-                let mid = &lower[pre.len()..pre.len() + 12];
-                if let Ok(mac) = Mac::parse_plain(mid) {
-                    return Some(FileRef::Phone {
-                        mac,
-                        pattern: pattern.clone(),
-                    });
-                }
-            }
-        }
-        None
+        let (mac, pattern) = self.patterns.find(&lower)?;
+        Some(FileRef::Phone {
+            mac,
+            pattern: pattern.clone(),
+        })
     }
 
     /// The spec of `pattern` (lowercased `{mac}` form) or common `name` in model `id`.
@@ -426,6 +465,115 @@ format = "key-value"
         assert_eq!(c.match_path("../001565aabbcc.cfg"), None);
         assert_eq!(c.match_path("001565aabbcc.xml"), None);
         assert!(c.file_spec("yealink-t46s", "{mac}.cfg").is_some());
+    }
+
+    /// The matcher as it was before the lengths were indexed: every pattern in order,
+    /// compared in full. The reference for the property test below.
+    fn reference(c: &Catalogue, file: &str) -> Option<FileRef> {
+        if file.len() > 128 || !file.is_ascii() {
+            return None;
+        }
+        let lower = file.to_ascii_lowercase();
+        if let Some(models) = c.common.get(&lower) {
+            return Some(FileRef::Common {
+                name: lower,
+                models: models.clone(),
+            });
+        }
+        c.patterns.splits.iter().find_map(|s| {
+            let (pre, suf) = (s.pre.as_slice(), s.suf.as_slice());
+            let b = lower.as_bytes();
+            if b.len() != pre.len() + 12 + suf.len() || !b.starts_with(pre) || !b.ends_with(suf) {
+                return None;
+            }
+            let mac = Mac::parse_plain(&lower[pre.len()..pre.len() + 12]).ok()?;
+            Some(FileRef::Phone {
+                mac,
+                pattern: s.pattern.clone(),
+            })
+        })
+    }
+
+    fn shipped() -> &'static Catalogue {
+        static CAT: std::sync::LazyLock<Catalogue> = std::sync::LazyLock::new(|| {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+            Catalogue::load(&dir, &|_| true).unwrap()
+        });
+        &CAT
+    }
+
+    #[test]
+    fn shipped_patterns_are_longest_first_and_indexed() {
+        let c = shipped();
+        let p = &c.patterns;
+        assert!(p.splits.len() >= 6, "{:?}", p.splits);
+        assert_eq!(p.lens.len(), p.splits.len());
+        for (s, n) in p.splits.iter().zip(&p.lens) {
+            assert_eq!(*n, s.pre.len() + 12 + s.suf.len());
+        }
+        assert!(p.lens.windows(2).all(|w| w[0] >= w[1]), "{:?}", p.lens);
+        let mac = Mac::parse("001565aabbcc").unwrap();
+        for (name, pattern) in [
+            ("001565AABBCC-user.cfg", "{mac}-user.cfg"),
+            ("cfg001565aabbcc.xml", "cfg{mac}.xml"),
+            ("spa001565aabbcc.xml", "spa{mac}.xml"),
+            ("001565aabbcc.boot", "{mac}.boot"),
+            ("001565aabbcc.cfg", "{mac}.cfg"),
+            ("001565aabbcc.xml", "{mac}.xml"),
+        ] {
+            assert_eq!(
+                c.match_path(name),
+                Some(FileRef::Phone {
+                    mac,
+                    pattern: pattern.into()
+                }),
+                "{name}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// Names built from the shipped patterns (a MAC part of 10 to 14 characters, any
+        /// case, a character inserted anywhere), the common names and arbitrary strings
+        /// match exactly as the reference does.
+        #[test]
+        fn matching_agrees_with_the_reference(
+            kind in 0u8..5,
+            which in 0usize..64,
+            mac in "[0-9a-fA-F]{12}",
+            cut in 0usize..3,
+            extra in "[0-9a-fA-FxX:-]{0,2}",
+            insert in proptest::option::weighted(0.3, (0usize..40, proptest::char::any())),
+            junk in ".{0,40}",
+        ) {
+            let c = shipped();
+            let splits = &c.patterns.splits;
+            let commons: Vec<&String> = c.common.keys().collect();
+            let mut name = match kind {
+                0 => junk,
+                1 => commons[which % commons.len()].clone(),
+                _ => {
+                    let s = &splits[which % splits.len()];
+                    format!(
+                        "{}{}{extra}{}",
+                        String::from_utf8_lossy(&s.pre),
+                        &mac[..12 - cut],
+                        String::from_utf8_lossy(&s.suf)
+                    )
+                }
+            };
+            if let Some((at, ch)) = insert {
+                let at = name
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .nth(at % (name.chars().count() + 1))
+                    .unwrap_or(name.len());
+                name.insert(at, ch);
+            }
+            proptest::prop_assert_eq!(c.match_path(&name), reference(c, &name));
+            let upper = name.to_uppercase();
+            proptest::prop_assert_eq!(c.match_path(&upper), reference(c, &upper));
+        }
     }
 
     #[test]
