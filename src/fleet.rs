@@ -278,6 +278,17 @@ impl Last {
         Last::new(asked, rec.unix, rec.unix, false)
     }
 
+    /// Moves the time to `unix` (a repeat of this request); true when that makes the
+    /// record due for the journal (its written time [`TOUCH_PERSIST_EVERY`] old) and it
+    /// was not queued yet: the caller queues it.
+    fn touch(&mut self, unix: u64) -> bool {
+        self.unix = self.unix.max(seconds32(unix) as u32);
+        let due = !self.dirty
+            && self.unix().saturating_sub(u64::from(self.journaled)) >= TOUCH_PERSIST_EVERY;
+        self.dirty |= due;
+        due
+    }
+
     fn user_agent(&self) -> &str {
         self.text.get(..self.ua_len as usize).unwrap_or("")
     }
@@ -326,23 +337,13 @@ struct Fetches {
 }
 
 impl Fetches {
-    /// Moves a record's time to `unix` (a repeat of it), queueing it for the journal when
-    /// its written time is [`TOUCH_PERSIST_EVERY`] old.
-    fn touch(&mut self, mac: Mac, unix: u64) {
-        if let Some(l) = self.last.get_mut(&mac) {
-            l.unix = l.unix.max(seconds32(unix) as u32);
-            if !l.dirty && l.unix().saturating_sub(u64::from(l.journaled)) >= TOUCH_PERSIST_EVERY {
-                l.dirty = true;
-                self.dirty.push(mac);
-            }
-        }
-    }
-
     /// Applies the times gates handed back (those of a request since replaced are dropped).
     fn fold(&mut self, folds: &Folds) {
         for (mac, sig, unix) in folds.take() {
-            if self.last.get(&mac).is_some_and(|l| l.sig == sig) {
-                self.touch(mac, unix);
+            if let Some(l) = self.last.get_mut(&mac).filter(|l| l.sig == sig) {
+                if l.touch(unix) {
+                    self.dirty.push(mac);
+                }
             }
         }
     }
@@ -515,24 +516,29 @@ impl Fleet {
     }
 
     fn record(&self, mac: Mac, asked: Asked<'_>, sig: u64, now: u64) {
+        use std::collections::hash_map::Entry;
         let mut f = self.lock_fetches();
         f.fold(&self.folds);
-        if f.last.get(&mac).is_some_and(|l| l.sig == sig) {
-            f.touch(mac, now);
-            return;
-        }
         let Fetches { last, dirty } = &mut *f;
-        match last.get_mut(&mac) {
-            Some(l) => {
-                if !l.dirty {
-                    dirty.push(mac);
+        // One lookup: a repeat only moves the time, anything else replaces the record.
+        let queue = match last.entry(mac) {
+            Entry::Occupied(mut e) => {
+                let l = e.get_mut();
+                if l.sig == sig {
+                    l.touch(now)
+                } else {
+                    let queued = l.dirty;
+                    *l = Last::new(asked, now, u64::from(l.journaled), true);
+                    !queued
                 }
-                *l = Last::new(asked, now, u64::from(l.journaled), true);
             }
-            None => {
-                last.insert(mac, Last::new(asked, now, 0, true));
-                dirty.push(mac);
+            Entry::Vacant(e) => {
+                e.insert(Last::new(asked, now, 0, true));
+                true
             }
+        };
+        if queue {
+            dirty.push(mac);
         }
     }
 
@@ -909,14 +915,16 @@ mod tests {
         assert_eq!(journal_records(dir.path()).len(), 4);
     }
 
+    /// Commits `p` to `store`, as an admin change does.
+    fn put(store: &Store, p: crate::model::Phone) {
+        let mut change = crate::store::Change::default();
+        change.phones.push((p.mac, Some(p)));
+        store.commit(&change).unwrap();
+    }
+
     /// A phone linked in `store`, its gate in the memo.
     fn linked(store: &Store, mac: Mac) -> Arc<Gate> {
-        let mut change = crate::store::Change::default();
-        change.phones.push((
-            mac,
-            Some(crate::model::Phone::new(mac, "yealink-t46s".into())),
-        ));
-        store.commit(&change).unwrap();
+        put(store, crate::model::Phone::new(mac, "yealink-t46s".into()));
         store.gate(mac).unwrap().unwrap()
     }
 
@@ -975,9 +983,7 @@ mod tests {
         // An admin change replaces the gate; the old one goes with its last holder.
         let mut p = store.phone(mac).unwrap().unwrap();
         p.model = "yealink-t48s".into();
-        let mut change = crate::store::Change::default();
-        change.phones.push((mac, Some(p)));
-        store.commit(&change).unwrap();
+        put(&store, p.clone());
         drop(gate);
         assert!(store.peek_gate(mac).is_none());
         assert_eq!(f.last_fetch_unix(&store, mac), Some(t0 + 7));
@@ -988,7 +994,7 @@ mod tests {
         f.fetched_at(&gate, asked(ip, "ua", "001565aabbcc.cfg", 200), t0 + 9);
         f.fetched(mac, asked(ip, "ua", "other.cfg", 200));
         drop(gate);
-        store.commit(&change).unwrap();
+        put(&store, p);
         assert_eq!(f.last_fetch(&store, mac).unwrap().file, "other.cfg");
     }
 
@@ -1020,6 +1026,5 @@ mod tests {
             f.fetched_at(&gate, asked(ip, "ua", "001565aabbcc.cfg", 200), t);
             assert_eq!(f.lock_fetches().last[&mac].unix(), t);
         }
-        assert_ne!(signature(ip, 200, "ua", "x"), 0);
     }
 }

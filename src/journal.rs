@@ -44,12 +44,8 @@ pub fn truncate_str(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Appends the encoding of one record to `out`.
-pub fn encode(out: &mut Vec<u8>, r: &Record) {
-    encode_parts(out, r.mac, r.unix, r.status, r.ip, [&r.user_agent, &r.file]);
-}
-
-/// Appends the encoding of a record given by its fields (User-Agent, then file).
+/// Appends the encoding of a record given by its fields (User-Agent, then file); what
+/// [`decode`] reads back as a [`Record`].
 pub fn encode_parts(
     out: &mut Vec<u8>,
     mac: Mac,
@@ -212,6 +208,11 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Appends the encoding of one record.
+    fn encode(out: &mut Vec<u8>, r: &Record) {
+        encode_parts(out, r.mac, r.unix, r.status, r.ip, [&r.user_agent, &r.file]);
+    }
     use proptest::prelude::*;
 
     fn record(i: u8, ua: &str) -> Record {

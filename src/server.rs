@@ -88,14 +88,14 @@ pub async fn run_listeners(
     let mut http = http1::Builder::new();
     // The header-read timeout is the watchdog's: hyper's is off, and with it the only use
     // hyper's HTTP/1 server has for a timer, so none is given.
-    // Headers and body copied into one buffer and sent with one `write`, instead of a
-    // `writev` of the header buffer and the queued body: a phone file is a few KiB, and
-    // the queue was one more piece of per-connection state to walk and free per response
-    // (+3.5-6 % at 256 connections in four alternating series of five, -3.5 % in the
-    // fifth; neutral at 64; docs/PERFORMANCE.md). Peak buffering per connection is
-    // hyper's `max_buf_size` either way; a firmware download's 64 KiB chunks are copied.
     http.header_read_timeout(None)
         .max_header_size(MAX_HEADER_BYTES)
+        // Headers and body copied into one buffer and sent with one `write`, instead of a
+        // `writev` of the header buffer and the queued body: a phone file is a few KiB,
+        // and the queue was one more piece of per-connection state to walk and free per
+        // response (+3.5-6 % at 256 connections in four alternating series of five, -3.5 %
+        // in the fifth; neutral at 64; docs/PERFORMANCE.md). Buffering per connection is
+        // bounded by hyper's `max_buf_size` either way; firmware chunks are copied too.
         .writev(false)
         .keep_alive(true);
     let dog = Arc::new(Watchdog::new(limits.header_read_timeout));
