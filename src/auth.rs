@@ -21,8 +21,48 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Constant-time equality of two secrets (compared as hashes, so lengths do not leak).
+/// The only comparison of secret material outside [`matches_hash`]: `tests/secrets.rs`
+/// fails if this body stops going through `ct_eq` or if `==` appears on a secret.
 pub fn secret_eq(a: &str, b: &str) -> bool {
     hash(a).ct_eq(&hash(b)).into()
+}
+
+/// A secret a client presented (a password). It has no `PartialEq`: the only comparison is
+/// [`Secret::ct_eq`], so `==` on a secret cannot come back (the assertion below stops the
+/// build if an impl appears), and `Debug` never shows it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+static_assertions::assert_not_impl_any!(
+    Secret: PartialEq, PartialEq<str>, PartialEq<String>, PartialEq<&'static str>, PartialOrd
+);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// Constant-time equality with a plaintext (see [`secret_eq`]).
+    pub fn ct_eq(&self, other: &str) -> bool {
+        secret_eq(&self.0, other)
+    }
+
+    /// Constant-time check against a stored SHA-256 (see [`matches_hash`]).
+    pub fn matches_hash(&self, stored: &[u8]) -> bool {
+        matches_hash(&self.0, stored)
+    }
+
+    /// The value itself, for hashing or a length; never for `==`.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 /// Constant-time check of `secret` against a stored hash.
@@ -72,13 +112,14 @@ impl HeaderMemo {
     }
 }
 
-/// Credentials from an `Authorization: Basic` header.
-#[derive(Clone, PartialEq, Eq)]
+/// Credentials from an `Authorization: Basic` header. No `PartialEq`: the password is a
+/// [`Secret`], compared only through [`BasicCredentials::matches`].
+#[derive(Clone)]
 pub struct BasicCredentials {
     /// User.
     pub user: String,
     /// Password.
-    pub password: String,
+    pub password: Secret,
 }
 
 impl std::fmt::Debug for BasicCredentials {
@@ -109,13 +150,13 @@ impl BasicCredentials {
         }
         Some(BasicCredentials {
             user: c.user_id,
-            password: c.password,
+            password: Secret::new(c.password),
         })
     }
 
     /// Constant-time check against a plaintext pair (both halves always compared).
     pub fn matches(&self, user: &str, password: &str) -> bool {
-        secret_eq(&self.user, user) & secret_eq(&self.password, password)
+        secret_eq(&self.user, user) & self.password.ct_eq(password)
     }
 }
 
@@ -135,46 +176,57 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The user and whether the password is `password` (constant-time), for assertions.
+    fn parsed(header: &[u8], password: &str) -> Option<(String, bool)> {
+        BasicCredentials::parse(header).map(|c| (c.user.clone(), c.password.ct_eq(password)))
+    }
+
     #[test]
     fn basic_variants() {
-        let ok = BasicCredentials {
-            user: "phone".into(),
-            password: "secret".into(),
-        };
+        let ok = Some(("phone".to_string(), true));
+        assert_eq!(parsed(b"Basic cGhvbmU6c2VjcmV0", "secret"), ok);
+        assert_eq!(parsed(b"basic cGhvbmU6c2VjcmV0", "secret"), ok);
+        assert_eq!(parsed(b"Basic  cGhvbmU6c2VjcmV0", "secret"), ok);
         assert_eq!(
-            BasicCredentials::parse(b"Basic cGhvbmU6c2VjcmV0"),
-            Some(ok.clone())
+            parsed(b"Basic cGhvbmU6c2VjcmV0", "secreT"),
+            Some(("phone".to_string(), false))
         );
-        assert_eq!(
-            BasicCredentials::parse(b"basic cGhvbmU6c2VjcmV0"),
-            Some(ok.clone())
-        );
-        assert_eq!(
-            BasicCredentials::parse(b"Basic  cGhvbmU6c2VjcmV0"),
-            Some(ok)
-        );
-        assert_eq!(
-            BasicCredentials::parse(b"Basic cGhvbmU6"),
-            None,
+        assert!(
+            BasicCredentials::parse(b"Basic cGhvbmU6").is_none(),
             "empty password"
         );
-        assert_eq!(
-            BasicCredentials::parse(b"Basic OnNlY3JldA=="),
-            None,
+        assert!(
+            BasicCredentials::parse(b"Basic OnNlY3JldA==").is_none(),
             "empty user"
         );
-        assert_eq!(BasicCredentials::parse(b"Bearer abc"), None);
-        assert_eq!(BasicCredentials::parse(b"Basic"), None);
-        assert_eq!(BasicCredentials::parse(b"Basic \xff\xfe"), None);
-        assert_eq!(
-            BasicCredentials::parse(b"Basic cGhvbmU6c2VjcmV0="),
-            None,
+        assert!(BasicCredentials::parse(b"Bearer abc").is_none());
+        assert!(BasicCredentials::parse(b"Basic").is_none());
+        assert!(BasicCredentials::parse(b"Basic \xff\xfe").is_none());
+        assert!(
+            BasicCredentials::parse(b"Basic cGhvbmU6c2VjcmV0=").is_none(),
             "bad padding"
         );
         let c = BasicCredentials::parse(b"Basic dXNlcjpwYTpzcw==").unwrap();
-        assert_eq!(c.password, "pa:ss");
+        assert_eq!(c.password.expose(), "pa:ss");
         assert!(c.matches("user", "pa:ss") && !c.matches("user", "pa"));
+        assert!(!c.matches("usr", "pa:ss") && !c.matches("user", "pa:sS"));
         assert!(!format!("{c:?}").contains("pa:ss"));
+        assert_eq!(format!("{:?}", c.password), "Secret(<redacted>)");
+    }
+
+    #[test]
+    fn secrets_compare_by_value_only() {
+        let s = Secret::new("hunter2");
+        assert!(s.ct_eq("hunter2"));
+        for other in ["", "hunter", "hunter22", "Hunter2", "hunter2\0"] {
+            assert!(!s.ct_eq(other), "{other:?}");
+        }
+        assert!(s.matches_hash(&hash("hunter2")) && !s.matches_hash(&hash("hunter3")));
+        assert!(
+            !s.matches_hash(&hash("hunter2")[..31]),
+            "a truncated hash never matches"
+        );
+        assert!(secret_eq("", "") && !secret_eq("a", "") && !secret_eq("", "a"));
     }
 
     #[test]

@@ -421,7 +421,7 @@ pub(crate) fn server_default_ok(st: &AppState, p: &Presented<'_>) -> bool {
     };
     if let Some(c) = p.creds() {
         let ok = (auth::secret_eq(&c.user, &st.prov_user)
-            & auth::matches_hash(&c.password, &st.prov_pass_hash))
+            & c.password.matches_hash(&st.prov_pass_hash))
             || bootstrap();
         if ok && let Some(raw) = p.raw {
             st.prov_memo.remember(raw);
