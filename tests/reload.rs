@@ -340,6 +340,42 @@ async fn concurrent_reloads_run_one_at_a_time() {
     );
 }
 
+/// A reload that finds another running waits for it: with the lock held by the test, two
+/// reloads cannot finish; once it is let go they run one after the other.
+#[tokio::test]
+async fn a_reload_waits_while_another_holds_the_lock() {
+    let files = Files::new();
+    let s = server(&files).await;
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let state = s.state.clone();
+    let holder = std::thread::spawn(move || {
+        let _held = state.reload_lock.lock().unwrap();
+        locked_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+    });
+    locked_rx.recv().unwrap();
+    let mut both = Box::pin(async { tokio::join!(reload(&s), reload(&s)) });
+    // Correct code can never finish here; without the lock both reloads would.
+    let early = tokio::time::timeout(std::time::Duration::from_secs(2), &mut both).await;
+    assert!(
+        early.is_err(),
+        "a reload ran while another held the lock: {early:?}"
+    );
+    files.edit_template("snom/phone.xml", "\n", "\n<!-- reloaded -->\n");
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    let (a, b) = both.await;
+    assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK));
+    let mut reported = vec![ids(&a.1["changed"]), ids(&b.1["changed"])];
+    reported.sort();
+    assert!(reported[0].is_empty(), "{reported:?}");
+    assert!(
+        reported[1].contains(&"snom-d785".to_string()),
+        "{reported:?}"
+    );
+}
+
 #[test]
 fn sighup_reloads_through_the_binary() {
     let files = Files::new();
