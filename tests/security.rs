@@ -196,13 +196,20 @@ async fn server_bootstrap_from_config() {
     assert_eq!(p["device-provisioning-username"], format!("ap{MAC}"));
 }
 
+/// The credential grace in the rotation test, and a wait that certainly outlasts it.
+const GRACE: u64 = 5;
+const PAST_GRACE: Duration = Duration::from_millis(GRACE * 1000 + 100);
+
 #[tokio::test]
 async fn rotated_credentials_work_for_the_grace_window_then_stop() {
+    // The store keeps whole seconds (`until` = the second of the change + grace), so a
+    // grace of G leaves at least G - 1 s for the in-window checks and is over for certain
+    // G + 0.1 s after the change. G = 5 keeps 4 s for a loaded machine.
     let s = TestServer::start_with(|c| {
-        c.security.credential_grace = Duration::from_secs(2);
+        c.security.credential_grace = Duration::from_secs(GRACE);
     })
     .await;
-    s.state.store.set_credential_grace(2);
+    s.state.store.set_credential_grace(GRACE);
     linked(&s, "example.com", MAC, "1004a").await;
     let set = |u: &'static str, p: &'static str| json!({"device-provisioning-username": u, "device-provisioning-password": p});
     let (st, b) = s
@@ -235,7 +242,7 @@ async fn rotated_credentials_work_for_the_grace_window_then_stop() {
         fetch(&s, &c, &file, Some(("desk", "New-Pass-2"))).await.0,
         StatusCode::OK
     );
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(PAST_GRACE).await;
     assert_eq!(
         fetch(&s, &c, &file, Some(("desk", "Old-Pass-1"))).await.0,
         StatusCode::UNAUTHORIZED
@@ -256,7 +263,7 @@ async fn rotated_credentials_work_for_the_grace_window_then_stop() {
         json!({"device-provisioning-username": null, "device-provisioning-password": null}),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(PAST_GRACE).await;
     let (_, b) = s
         .put(
             "/domains/example.com",
@@ -275,7 +282,7 @@ async fn rotated_credentials_work_for_the_grace_window_then_stop() {
         fetch(&s, &c, &file, Some(("dom", "Dom-2"))).await.0,
         StatusCode::OK
     );
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(PAST_GRACE).await;
     assert_eq!(
         fetch(&s, &c, &file, Some(("dom", "Dom-1"))).await.0,
         StatusCode::UNAUTHORIZED
