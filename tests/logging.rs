@@ -23,6 +23,97 @@ impl Write for Buf {
     }
 }
 
+/// Every form a secret could take on its way to a log: as it is, base64 (standard, URL-safe,
+/// padded or not) of it and of `user:secret` (a Basic `Authorization` value), percent- and
+/// JSON-escaped, hex, and its SHA-256 in hex.
+fn encodings(user: &str, secret: &str) -> Vec<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    use sha2::Digest as _;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut out = vec![secret.to_string(), hex(secret.as_bytes())];
+    out.push(hex(&sha2::Sha256::digest(secret.as_bytes())));
+    let basic = format!("{user}:{secret}");
+    for raw in [secret, basic.as_str()] {
+        for e in [STANDARD, URL_SAFE] {
+            out.push(e.encode(raw));
+        }
+        for e in [STANDARD_NO_PAD, URL_SAFE_NO_PAD] {
+            out.push(e.encode(raw));
+        }
+    }
+    let percent: String = secret
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    out.push(percent);
+    out.push(serde_json::to_string(secret).unwrap());
+    out
+}
+
+/// Opens a common file with the server-default credentials through Digest (SHA-256, then
+/// MD5) and returns what a log must never show: each `response=` value and each HA1.
+async fn digest_answers(s: &TestServer) -> Vec<String> {
+    use md5::Digest as _;
+    fn h(md5: bool, text: &str) -> String {
+        let b: Vec<u8> = if md5 {
+            md5::Md5::digest(text.as_bytes()).to_vec()
+        } else {
+            sha2::Sha256::digest(text.as_bytes()).to_vec()
+        };
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+    // A domain on Digest makes the server challenge with it.
+    let (st, b) = s
+        .put(
+            "/domains/digest.example",
+            serde_json::json!({"device-provisioning-auth-scheme": "digest"}),
+        )
+        .await;
+    assert!(st.is_success(), "{b}");
+    let uri = "/y000000000066.cfg";
+    let r = s.fetch_as(&uri[1..], None, None).await;
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let nonce = challenge
+        .split("nonce=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let mut secrets = Vec::new();
+    for (md5, alg) in [(false, "SHA-256"), (true, "MD5")] {
+        let ha1 = h(md5, &format!("{}:autoprov:{}", s.prov.0, s.prov.1));
+        let ha2 = h(md5, &format!("GET:{uri}"));
+        let nc = if md5 { "00000002" } else { "00000001" };
+        let response = h(md5, &format!("{ha1}:{nonce}:{nc}:0a4f113b:auth:{ha2}"));
+        let header = format!(
+            "Digest username=\"{}\", realm=\"autoprov\", nonce=\"{nonce}\", uri=\"{uri}\", \
+             algorithm={alg}, qop=auth, nc={nc}, cnonce=\"0a4f113b\", response=\"{response}\"",
+            s.prov.0
+        );
+        let r = s
+            .client
+            .get(format!("{}{uri}", s.url))
+            .header("authorization", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{alg} answer");
+        secrets.extend([ha1, response]);
+    }
+    secrets
+}
+
 #[tokio::test]
 async fn logs_carry_no_secrets() {
     let buf = Buf::default();
@@ -111,6 +202,7 @@ async fn logs_carry_no_secrets() {
         .unwrap()
         .to_string();
 
+    let digest = digest_answers(&s).await;
     let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     assert!(
         logs.contains("status=200"),
@@ -121,21 +213,34 @@ async fn logs_carry_no_secrets() {
             .any(|l| l.contains("path=/001565aabbcc.cfg") && l.contains("mac=001565aabbcc")),
         "a phone's request line names its MAC: {logs}"
     );
-    for secret in [
-        "SIP-SECRET-123",
-        "PROV-SECRET-456",
-        "WRONG-SECRET-789",
-        s.token.as_str(),
-        s.prov.1.as_str(),
-        domain_token.as_str(),
-        "BOOT-SECRET-321",
-        "SIP-SECRET-654",
-        issued.as_str(),
-        "account.1.password",
-        "Authorization",
-        "authorization",
-    ] {
-        assert!(!logs.contains(secret), "{secret} appears in the logs");
+    let pairs = [
+        ("", "SIP-SECRET-123"),
+        ("provuser", "PROV-SECRET-456"),
+        ("provuser", "WRONG-SECRET-789"),
+        ("", s.token.as_str()),
+        (s.prov.0.as_str(), s.prov.1.as_str()),
+        ("", domain_token.as_str()),
+        ("boot", "BOOT-SECRET-321"),
+        ("", "SIP-SECRET-654"),
+        ("", issued.as_str()),
+    ];
+    for (user, secret) in pairs {
+        for form in encodings(user, secret) {
+            assert!(
+                !logs.contains(&form),
+                "{form} (a form of {secret}) is in the logs"
+            );
+        }
+    }
+    for value in digest.iter().chain(&[
+        "account.1.password".to_string(),
+        "Authorization".to_string(),
+        "authorization".to_string(),
+    ]) {
+        assert!(
+            !logs.contains(value.as_str()),
+            "{value} appears in the logs"
+        );
     }
     assert!(
         !logs.contains(body.lines().nth(4).unwrap()),
