@@ -1538,3 +1538,828 @@ async fn oversized_body_and_wrong_method_get_json_errors() {
     assert_eq!(v["error"]["code"], "not_found");
     assert_eq!(s.dump(), before);
 }
+
+// ---------------------------------------------------------------- every entry point
+//
+// One table of hostile values per bulk column, driven through the admin API, `POST /import`
+// (CSV and JSON rows) and `autoprov import` (data folder and `--url`): every entry point
+// refuses the same values naming the same field, changes nothing when it refuses, and a
+// phone's file never gains a line from a value.
+
+/// Free-text characters the rules refuse: the line breaks a `key = value` file knows, TAB,
+/// and other C0/C1 controls (ESC, DEL, NEL, the last C1).
+const REFUSED_CHARS: &[&str] = &[
+    "\r\n", "\n", "\r", "\u{0}", "\t", "\u{1b}", "\u{7f}", "\u{85}", "\u{9f}",
+];
+/// Unicode's line and paragraph separators: text, not controls, to the rules (the API
+/// accepts them in free text) and to a phone, whose parser ends a line at LF or CR only.
+const SEPARATORS: &[&str] = &["\u{2028}", "\u{2029}"];
+/// The line a hostile value tries to add to a phone's file.
+const INJECTED: &str = "injected.by.test = 1";
+/// The override key the value cases use (not in the template: appended as `key = value`).
+const OV_KEY: &str = "custom.note";
+/// What every entry point starts from: example.com, the T46S with 1004a on port 1.
+const SEED_CSV: &str = "mac,model,domain,user,device,line,label,password,transport,server\n\
+    001565aabbcc,yealink-t46s,example.com,1004,1004a,1,Desk,pw-1004a,udp,sip.example.com\n";
+
+/// One value for one bulk column, refused or accepted by every entry point alike.
+#[derive(Clone, Debug)]
+struct Hostile {
+    /// The bulk column (`label`, `override:<key>`, …): the field a refusal names.
+    col: String,
+    value: String,
+    refused: bool,
+}
+
+fn refuse(col: &str, value: impl Into<String>) -> Hostile {
+    Hostile {
+        col: col.into(),
+        value: value.into(),
+        refused: true,
+    }
+}
+
+fn accept(col: &str, value: impl Into<String>) -> Hostile {
+    Hostile {
+        refused: false,
+        ..refuse(col, value)
+    }
+}
+
+impl Hostile {
+    fn what(&self) -> String {
+        let head: String = self.value.chars().take(24).collect();
+        let more = if head.len() < self.value.len() {
+            "…"
+        } else {
+            ""
+        };
+        let verdict = if self.refused { "refused" } else { "accepted" };
+        format!(
+            "{:?} = {head:?}{more} ({} bytes, {verdict})",
+            self.col,
+            self.value.len()
+        )
+    }
+}
+
+/// Free text (`label`, `password`, an override value): no control character anywhere,
+/// at most 1024 bytes (counted in bytes, not characters); quotes, commas and non-ASCII kept.
+fn free_text_cases(col: &str) -> Vec<Hostile> {
+    let mut v = vec![];
+    for c in REFUSED_CHARS {
+        v.push(refuse(col, format!("x{c}{INJECTED}")));
+        v.push(refuse(col, format!("trailing{c}")));
+    }
+    for c in SEPARATORS {
+        v.push(accept(col, format!("x{c}{INJECTED}")));
+    }
+    v.extend([
+        accept(col, "a".repeat(1024)),
+        refuse(col, "a".repeat(1025)),
+        accept(col, "é".repeat(512)),
+        refuse(col, format!("{}a", "é".repeat(512))),
+    ]);
+    for ok in [
+        r#"Say "hi", it's <b>&amp;</b>"#,
+        "\"",
+        "\"\"",
+        "Empfang Zürich – 受付 ☎",
+        "a,b;c#d=e",
+    ] {
+        v.push(accept(col, ok));
+    }
+    v
+}
+
+/// Names (`domain` ≤ 64, `user` ≤ 16, `device` ≤ 64): A–Z a–z 0–9 `.` `_` `-` only.
+fn name_cases() -> Vec<Hostile> {
+    let mut v = vec![];
+    for (col, max, ch) in [("domain", 64, "d"), ("user", 16, "7"), ("device", 64, "x")] {
+        let others = [" ", "/", "@", ":", "ä", "\"", "'", ","];
+        for c in REFUSED_CHARS.iter().chain(SEPARATORS).chain(&others) {
+            v.push(refuse(col, format!("a{c}b")));
+        }
+        v.extend([
+            refuse(col, ch.repeat(max + 1)),
+            accept(col, ch.repeat(max)),
+            accept(col, "Ab-_.9"),
+        ]);
+    }
+    v
+}
+
+/// Override keys: no control character, space, `=`, leading `#`/`;`; at most 256 bytes.
+fn override_key_cases() -> Vec<Hostile> {
+    let mut v = vec![];
+    let others = [" ", "=", "\u{a0}"];
+    for c in REFUSED_CHARS.iter().chain(SEPARATORS).chain(&others) {
+        v.push(refuse(&format!("override:custom{c}x"), "v"));
+    }
+    for key in ["#custom", ";custom", &"k".repeat(257)] {
+        v.push(refuse(&format!("override:{key}"), "v"));
+    }
+    for key in ["x;y", "a#b", &"k".repeat(256)] {
+        v.push(accept(&format!("override:{key}"), "v"));
+    }
+    v
+}
+
+/// MACs, models, ports, enums and hosts. Accepted cases that change the seeded phone end
+/// on the seed's own value (line 1, yealink-t46s), for the entry points that reuse it.
+fn code_cases() -> Vec<Hostile> {
+    let mut v = vec![];
+    #[rustfmt::skip]
+    let table: [(&str, &[&str], &[&str]); 5] = [
+        ("mac", &["aa:bb:cc:dd:ee", "gg:bb:cc:dd:ee:ff", "aa:bb-cc:dd:ee:ff", "+a:bb:cc:dd:ee:ff",
+            "aabbccddeef", "aabbccddeeff0", "aabb.ccdd.eef", "aabbccddeeff.cfg", "00:15:65\n:aa:bb:cc",
+            "001565aabbcc\u{0}", "001565aa\u{2028}bbcc"],
+            &["00:15:65:0a:00:01", "00-15-65-0A-00-02", "0015.650a.0003", "0015650A0004"]),
+        ("model", &["yealink-t99", "yealink\nt46s", "yealink-t46s\u{0}", "../yealink-t46s", ""],
+            &["yealink-t48s", "yealink-t46s"]),
+        ("line", &["0", "17", "-1", "1.5", "one", "1\u{0}", "1\n2", "99999999999"], &["16", "1"]),
+        ("transport", &["sctp", "UDP", "u\ndp", "udp\u{0}", "tls;transport=udp"], &["tcp", "tls", "udp"]),
+        ("server", &["sip server", "sip.example.com:0", "sip.example.com:65536", "sip.example.com:x",
+            "sip\nexample.com", "sip.example.com\u{0}", "-sip.example.com", "[zz]:5060", &"h".repeat(256)],
+            &["[2001:db8::1]:5061", "192.0.2.1", &"h".repeat(255), "sip.example.com"]),
+    ];
+    for (col, bad, good) in table {
+        v.extend(bad.iter().map(|b| refuse(col, *b)));
+        v.extend(good.iter().map(|g| accept(col, *g)));
+    }
+    v
+}
+
+/// The whole table; checks that every column has values of both kinds.
+fn hostile_table() -> Vec<Hostile> {
+    let mut v = free_text_cases("label");
+    v.extend(free_text_cases("password"));
+    v.extend(free_text_cases(&format!("override:{OV_KEY}")));
+    v.extend(override_key_cases());
+    v.extend(name_cases());
+    v.extend(code_cases());
+    for col in autoprov::bulk::COLUMNS {
+        for refused in [true, false] {
+            assert!(
+                v.iter().any(|c| c.col == *col && c.refused == refused),
+                "the table has no {} value for {col}",
+                if refused { "refused" } else { "accepted" }
+            );
+        }
+    }
+    v
+}
+
+/// A MAC as the store spells it.
+fn canonical(mac: &str) -> String {
+    mac.chars()
+        .filter(char::is_ascii_hexdigit)
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// The bulk row for case `i`: a refused value rewrites 1004a's line on the seeded T46S (a
+/// file that exists, so it can be compared); an accepted one is a new phone with a new
+/// account, so that each is checked alone (in one file, rows would share the T46S).
+fn case_row(c: &Hostile, i: usize) -> Vec<(String, String)> {
+    let (mac, user, device, label, pw) = if c.refused {
+        (
+            T46S.to_string(),
+            "1004".into(),
+            "1004a".into(),
+            "Desk".into(),
+            "pw-1004a".into(),
+        )
+    } else {
+        let mac = format!("0015650b{i:04x}");
+        (
+            mac,
+            format!("u{i}"),
+            format!("d{i}"),
+            format!("L{i}"),
+            format!("pw-{i}"),
+        )
+    };
+    let values = [
+        mac.as_str(),
+        "yealink-t46s",
+        DOM,
+        &user,
+        &device,
+        "1",
+        &label,
+        &pw,
+        "udp",
+        "sip.example.com",
+    ];
+    let mut row: Vec<(String, String)> = autoprov::bulk::COLUMNS
+        .iter()
+        .zip(values)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    match row.iter_mut().find(|(k, _)| *k == c.col) {
+        Some(slot) => slot.1 = c.value.clone(),
+        None => row.push((c.col.clone(), c.value.clone())),
+    }
+    row
+}
+
+/// The phone a bulk row names, as the store spells its MAC.
+fn row_phone(row: &[(String, String)]) -> String {
+    canonical(&row.iter().find(|(k, _)| k == "mac").expect("mac").1)
+}
+
+fn csv_cell(v: &str) -> String {
+    format!("\"{}\"", v.replace('"', "\"\""))
+}
+
+/// Rows as one CSV document (a column for every key any row has; every cell quoted), and
+/// the line each row starts on (line breaks inside quotes count, as in the import's report).
+fn to_csv(rows: &[Vec<(String, String)>]) -> (String, Vec<usize>) {
+    let mut cols: Vec<&str> = vec![];
+    for (k, _) in rows.iter().flatten() {
+        if !cols.contains(&k.as_str()) {
+            cols.push(k);
+        }
+    }
+    let header: Vec<String> = cols.iter().map(|c| csv_cell(c)).collect();
+    let mut text = header.join(",") + "\n";
+    let mut lines = vec![];
+    for r in rows {
+        lines.push(1 + text.matches('\n').count());
+        let cells: Vec<String> = cols
+            .iter()
+            .map(|c| {
+                r.iter()
+                    .find(|(k, _)| k == c)
+                    .map_or(String::new(), |(_, v)| csv_cell(v))
+            })
+            .collect();
+        text += &cells.join(",");
+        text.push('\n');
+    }
+    (text, lines)
+}
+
+/// Rows as JSON rows: overrides in `"overrides"`, an integer `line` as a number.
+fn to_json(rows: &[Vec<(String, String)>]) -> Value {
+    let list = rows.iter().map(|r| {
+        let mut o = serde_json::Map::new();
+        let mut ov = serde_json::Map::new();
+        for (k, v) in r {
+            if let Some(key) = k.strip_prefix("override:") {
+                ov.insert(key.into(), json!(v));
+            } else if let (true, Ok(n)) = (k == "line", v.parse::<i64>()) {
+                o.insert(k.clone(), json!(n));
+            } else {
+                o.insert(k.clone(), json!(v));
+            }
+        }
+        if !ov.is_empty() {
+            o.insert("overrides".into(), Value::Object(ov));
+        }
+        Value::Object(o)
+    });
+    Value::Array(list.collect())
+}
+
+/// A path segment, percent-encoded (every byte but the unreserved ones).
+fn seg(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Via {
+    Api,
+    Csv,
+    Json,
+}
+
+/// One request and what its refusal must name: `field`, and for bulk rows the `line`.
+struct Req {
+    method: Method,
+    path: String,
+    content_type: &'static str,
+    body: Vec<u8>,
+    field: String,
+    line: usize,
+    /// The phone whose file an accepted value reaches, if any.
+    phone: Option<String>,
+}
+
+/// The admin API's request for case `i`: the same value on the record the column maps to.
+fn api_request(c: &Hostile, i: usize) -> Req {
+    let v = c.value.as_str();
+    let member = |k: &str, val: Value| {
+        let mut m = json!({"port": 1, "id": "1004a@example.com", "primaryOwner": true});
+        m[k] = val;
+        json!({ "members": [m] })
+    };
+    let port = v.parse::<i64>().map_or_else(|_| json!(v), |n| json!(n));
+    let (phone, mp) = (format!("/phones/{T46S}"), members_path(T46S));
+    let (pw, t, core) = (
+        "device-sip-registration-password",
+        "device-provisioning-sip-transport-protocol",
+        "device-provisioning-registration-core-server",
+    );
+    let new_acc = |user: &str| format!("/domains/{DOM}/users/{user}/devices/d{i}");
+    let mac_body =
+        json!({"device-provisioning-mac-address": v, "device-models-model": "yealink-t46s"});
+    let (path, body, field) = match c.col.as_str() {
+        "label" => (
+            mp,
+            member("lineLabel", json!(v)),
+            "members[0].lineLabel".into(),
+        ),
+        "line" => (mp, member("port", port), "members[0].port".into()),
+        "password" => (ACC.into(), json!({ pw: v }), pw.into()),
+        "transport" => (ACC.into(), json!({ t: v }), t.into()),
+        "server" => (ACC.into(), json!({ core: v }), core.into()),
+        "model" => (
+            phone,
+            json!({"device-models-model": v}),
+            "device-models-model".into(),
+        ),
+        "mac" => (
+            new_acc(&format!("u{i}")),
+            mac_body,
+            "device-provisioning-mac-address".into(),
+        ),
+        "domain" => (format!("/domains/{}", seg(v)), json!({}), "domain".into()),
+        "user" => (new_acc(&seg(v)), json!({}), "user".into()),
+        "device" => (
+            format!("/domains/{DOM}/users/1004/devices/{}", seg(v)),
+            json!({}),
+            "device".into(),
+        ),
+        col => {
+            let key = col.strip_prefix("override:").expect("an override column");
+            let ov = "device-provisioning-overrides";
+            (phone, json!({ ov: { key: v } }), format!("{ov}.{key}"))
+        }
+    };
+    let phone = match c.col.as_str() {
+        "domain" | "user" | "device" => None,
+        "mac" => Some(canonical(v)),
+        _ => Some(T46S.to_string()),
+    };
+    let body = body.to_string().into_bytes();
+    Req {
+        method: PUT,
+        path,
+        content_type: "application/json",
+        body,
+        field,
+        line: 0,
+        phone,
+    }
+}
+
+/// `POST /import` of case `i` as one CSV or JSON row.
+fn import_request(via: Via, c: &Hostile, i: usize) -> Req {
+    let rows = vec![case_row(c, i)];
+    let (content_type, body, line) = if via == Via::Csv {
+        let (text, lines) = to_csv(&rows);
+        ("text/csv", text.into_bytes(), lines[0])
+    } else {
+        (
+            "application/json",
+            to_json(&rows).to_string().into_bytes(),
+            1,
+        )
+    };
+    let phone = Some(row_phone(&rows[0]));
+    Req {
+        method: POST,
+        path: "/import".into(),
+        content_type,
+        body,
+        field: c.col.clone(),
+        line,
+        phone,
+    }
+}
+
+/// Checks a bulk refusal: `invalid_rows`, and exactly one bad row, naming `line` and `field`.
+fn check_rows_error(body: &Value, line: usize, field: &str) -> Result<(), String> {
+    if body["error"]["code"] != "invalid_rows" || body["error"]["field"] != "rows" {
+        return Err(format!("not an invalid_rows error: {body}"));
+    }
+    match body["rows"].as_array().map(Vec::as_slice) {
+        Some([r])
+            if r["line"] == line
+                && r["field"] == field
+                && r["message"].as_str().is_some_and(|m| !m.is_empty()) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "rows {} instead of one at line {line} naming {field:?}",
+            body["rows"]
+        )),
+    }
+}
+
+/// True when a line of `file`, as a phone splits it (at LF and CR), is one a hostile
+/// value tried to add.
+fn injected(file: &str) -> bool {
+    file.split(['\n', '\r'])
+        .any(|l| l.trim_start().starts_with("injected."))
+}
+
+/// The line an accepted value must stand on, whole, in its phone's file.
+fn expected_line(c: &Hostile) -> Option<String> {
+    match c.col.as_str() {
+        "label" => Some(format!(".label = {}\n", c.value)),
+        "password" => Some(format!(".password = {}\n", c.value)),
+        col => col
+            .strip_prefix("override:")
+            .map(|k| format!("{k} = {}\n", c.value)),
+    }
+}
+
+/// Checks the file of an accepted value's phone: served, the value on its line, nothing
+/// injected.
+fn check_accepted_file(c: &Hostile, status: u16, file: &str) -> Vec<String> {
+    let mut problems = vec![];
+    if status != 200 {
+        problems.push(format!("its phone's file answers {status}"));
+    }
+    if let Some(line) = expected_line(c)
+        && !file.contains(&line)
+    {
+        problems.push(format!("the file lacks {line:?}:\n{file}"));
+    }
+    if injected(file) {
+        problems.push(format!("the file gained a line:\n{file}"));
+    }
+    problems
+}
+
+/// Sends case `i` through `via`: a refusal answers 400 naming the field (bulk: one bad
+/// row, its line and column), changes no record and no byte of the T46S's file; an
+/// acceptance answers 2xx and its phone's file holds the value on one line.
+async fn check_case(s: &TestServer, via: Via, c: &Hostile, i: usize) -> Result<(), String> {
+    let req = match via {
+        Via::Api => api_request(c, i),
+        Via::Csv | Via::Json => import_request(via, c, i),
+    };
+    let before = s.dump();
+    let file_before = s.fetch_text(&format!("{T46S}.cfg")).await.2;
+    let r = s
+        .admin(req.method.clone(), &req.path)
+        .header("content-type", req.content_type)
+        .body(req.body.clone())
+        .send()
+        .await
+        .expect("send");
+    let status = r.status();
+    let body: Value = serde_json::from_str(&r.text().await.expect("body")).unwrap_or(Value::Null);
+    let mut problems = vec![];
+    if c.refused {
+        let named = match via {
+            Via::Api => check_error(&body, 400, "invalid", &req.field),
+            _ => check_rows_error(&body, req.line, &req.field),
+        };
+        if status != StatusCode::BAD_REQUEST {
+            problems.push(format!("status {status} instead of 400: {body}"));
+        } else if let Err(e) = named {
+            problems.push(e);
+        }
+        if s.dump() != before {
+            problems.push("the store changed".into());
+        }
+        let file = s.fetch_text(&format!("{T46S}.cfg")).await.2;
+        if file != file_before || injected(&file) {
+            problems.push(format!("the T46S's file changed:\n{file}"));
+        }
+    } else if !status.is_success() {
+        problems.push(format!("status {status} instead of success: {body}"));
+    } else if let Some(mac) = &req.phone {
+        let (st, _, file) = s.fetch_text(&format!("{mac}.cfg")).await;
+        problems.extend(check_accepted_file(c, st.as_u16(), &file));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// A server holding the seed, imported through `POST /import`.
+async fn seeded_server() -> TestServer {
+    let s = TestServer::start().await;
+    let r = s
+        .admin(POST, "/import")
+        .header("content-type", "text/csv")
+        .body(SEED_CSV)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    let file = s.fetch_text(&format!("{T46S}.cfg")).await.2;
+    assert!(file.contains("account.1.label = Desk\n"), "{file}");
+    s
+}
+
+/// Runs the whole table through `via` on a seeded server; fails once, listing every case
+/// that misbehaved.
+async fn run_table(via: Via) {
+    let s = seeded_server().await;
+    let table = hostile_table();
+    let mut failures = vec![];
+    for (i, c) in table.iter().enumerate() {
+        if let Err(e) = check_case(&s, via, c, i).await {
+            failures.push(format!("{via:?} {}: {e}", c.what()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        table.len(),
+        failures.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn hostile_values_through_the_admin_api() {
+    run_table(Via::Api).await;
+}
+
+#[tokio::test]
+async fn hostile_values_through_csv_import() {
+    run_table(Via::Csv).await;
+}
+
+#[tokio::test]
+async fn hostile_values_through_json_import() {
+    run_table(Via::Json).await;
+}
+
+// ---------------------------------------------------------------- the same table, `autoprov import`
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+fn path_str(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Where `autoprov import` runs: on a data folder (server stopped), or with `--url`
+/// against a running server.
+enum Target<'a> {
+    Folder(&'a std::path::Path),
+    Server(&'a TestServer),
+}
+
+impl Target<'_> {
+    /// `args`, then the flags that pick the target.
+    fn cmd(&self, args: &[&str]) -> Vec<String> {
+        let mut v = strings(args);
+        match self {
+            Target::Folder(data) => v.extend(strings(&["--data", path_str(data)])),
+            Target::Server(s) => v.extend(strings(&["--url", &s.url, "--token", &s.token])),
+        }
+        v
+    }
+
+    /// Every record: the full export of the folder, the server's store dump.
+    async fn records(&self) -> String {
+        match self {
+            Target::Folder(_) => {
+                let o = common::autoprov_cli(self.cmd(&["export"])).await;
+                assert!(o.ok, "{}", o.stderr);
+                o.stdout
+            }
+            Target::Server(s) => s.dump().to_string(),
+        }
+    }
+
+    /// The bytes the T46S gets for its file.
+    async fn t46s_file(&self) -> String {
+        let file = format!("{T46S}.cfg");
+        match self {
+            Target::Folder(_) => {
+                let o = common::autoprov_cli(self.cmd(&["render", T46S, &file])).await;
+                assert!(o.ok, "{}", o.stderr);
+                o.stdout
+            }
+            Target::Server(s) => s.fetch_text(&file).await.2,
+        }
+    }
+}
+
+/// Every refused case of the table in one CSV file and one JSON file: `autoprov import`
+/// fails, reports each row once with its line and column, and changes nothing.
+async fn cli_refuses_every_hostile_row(t: &Target<'_>, dir: &std::path::Path) {
+    let table: Vec<(usize, Hostile)> = hostile_table()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, c)| c.refused)
+        .collect();
+    let rows: Vec<_> = table.iter().map(|(i, c)| case_row(c, *i)).collect();
+    let (csv, csv_lines) = to_csv(&rows);
+    let json = to_json(&rows).to_string();
+    for (name, text, lines) in [
+        ("refused.csv", csv, csv_lines),
+        ("refused.json", json, (1..=rows.len()).collect()),
+    ] {
+        let (before, file_before) = (t.records().await, t.t46s_file().await);
+        let path = dir.join(name);
+        std::fs::write(&path, &text).expect("write");
+        let p = path_str(&path);
+        let o = common::autoprov_cli(t.cmd(&["import", p])).await;
+        assert!(!o.ok, "{name} was imported:\n{}", o.stderr);
+        let mut failures = vec![];
+        for ((_, c), line) in table.iter().zip(&lines) {
+            if !o.stderr.contains(&format!("{p}: line {line}: {}: ", c.col)) {
+                failures.push(format!("line {line}, {}: not reported", c.what()));
+            }
+        }
+        let reported = o.stderr.matches(&format!("{p}: line ")).count();
+        assert!(
+            failures.is_empty(),
+            "{name}:\n{}\n{}",
+            failures.join("\n"),
+            o.stderr
+        );
+        assert_eq!(
+            reported,
+            rows.len(),
+            "{name}: one report per row:\n{}",
+            o.stderr
+        );
+        assert!(o.stderr.contains("nothing was imported"), "{}", o.stderr);
+        assert!(t.records().await == before, "{name}: the records changed");
+        let file = t.t46s_file().await;
+        assert!(
+            file == file_before && !injected(&file),
+            "{name}: the T46S's file changed:\n{file}"
+        );
+    }
+}
+
+/// Every accepted case of the table, each a new phone, in one file of `format`; imported.
+/// Returns the cases with their phones.
+async fn cli_accepts_every_row(
+    t: &Target<'_>,
+    dir: &std::path::Path,
+    format: Via,
+) -> Vec<(Hostile, String)> {
+    let table: Vec<(usize, Hostile)> = hostile_table()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, c)| !c.refused)
+        .collect();
+    let rows: Vec<_> = table.iter().map(|(i, c)| case_row(c, *i)).collect();
+    let (name, text) = match format {
+        Via::Csv => ("accepted.csv", to_csv(&rows).0),
+        _ => ("accepted.json", to_json(&rows).to_string()),
+    };
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    let o = common::autoprov_cli(t.cmd(&["import", path_str(&path)])).await;
+    assert!(o.ok, "{name}:\n{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains(&format!("imported {} row(s)", rows.len())),
+        "{}",
+        o.stderr
+    );
+    let phones = rows.iter().map(|r| row_phone(r));
+    table.into_iter().map(|(_, c)| c).zip(phones).collect()
+}
+
+/// Phone files over HTTP with the provisioning credentials.
+struct Files {
+    client: reqwest::Client,
+    url: String,
+    user: String,
+    pass: String,
+}
+
+impl Files {
+    fn new(url: &str, prov: &(String, String)) -> Self {
+        Files {
+            client: reqwest::Client::new(),
+            url: url.into(),
+            user: prov.0.clone(),
+            pass: prov.1.clone(),
+        }
+    }
+
+    async fn get(&self, mac: &str) -> (u16, String) {
+        let r = self
+            .client
+            .get(format!("{}/{mac}.cfg", self.url))
+            .basic_auth(&self.user, Some(&self.pass))
+            .send()
+            .await
+            .expect("fetch");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    }
+
+    /// Checks every accepted case's phone file; returns the files.
+    async fn check(&self, cases: &[(Hostile, String)]) -> Vec<String> {
+        let mut failures = vec![];
+        let mut files = vec![];
+        for (c, mac) in cases {
+            let (status, file) = self.get(mac).await;
+            let problems = check_accepted_file(c, status, &file);
+            if !problems.is_empty() {
+                failures.push(format!("{} ({mac}): {}", c.what(), problems.join("; ")));
+            }
+            files.push(file);
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        files
+    }
+}
+
+/// A data folder holding the seed, imported with `autoprov import --data`.
+async fn seeded_folder(dir: &std::path::Path) -> std::path::PathBuf {
+    let data = dir.join("data");
+    let seed = dir.join("seed.csv");
+    std::fs::write(&seed, SEED_CSV).expect("write");
+    let o = common::autoprov_cli(strings(&[
+        "import",
+        "--data",
+        path_str(&data),
+        path_str(&seed),
+    ]))
+    .await;
+    assert!(o.ok, "{}", o.stderr);
+    data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_through_cli_import_on_a_data_folder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = seeded_folder(dir.path()).await;
+    let t = Target::Folder(&data);
+    cli_refuses_every_hostile_row(&t, dir.path()).await;
+    let cases = cli_accepts_every_row(&t, dir.path(), Via::Csv).await;
+    let served = common::Served::start(&data, &data);
+    Files::new(&served.url, &served.prov).check(&cases).await;
+    served.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_through_cli_import_with_url() {
+    let s = seeded_server().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = Target::Server(&s);
+    cli_refuses_every_hostile_row(&t, dir.path()).await;
+    let cases = cli_accepts_every_row(&t, dir.path(), Via::Json).await;
+    Files::new(&s.url, &s.prov).check(&cases).await;
+}
+
+/// The full export carries every accepted value back byte for byte: exported from a folder
+/// that took the table's accepted rows, imported into an empty folder, exported again; the
+/// phones get the same files, none with a gained line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_survive_the_full_export_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = seeded_folder(dir.path()).await;
+    let cases = cli_accepts_every_row(&Target::Folder(&data), dir.path(), Via::Json).await;
+    let dump = Target::Folder(&data).records().await;
+    let path = dir.path().join("dump.json");
+    std::fs::write(&path, &dump).expect("write");
+    let data2 = dir.path().join("data2");
+    let o = common::autoprov_cli(strings(&[
+        "import",
+        "--data",
+        path_str(&data2),
+        path_str(&path),
+    ]))
+    .await;
+    assert!(o.ok, "{}", o.stderr);
+    assert!(
+        Target::Folder(&data2).records().await == dump,
+        "the round trip changed bytes"
+    );
+    let mut files = vec![];
+    for d in [&data, &data2] {
+        let served = common::Served::start(d, &data);
+        files.push(Files::new(&served.url, &served.prov).check(&cases).await);
+        served.stop();
+    }
+    assert!(
+        files[0] == files[1],
+        "the imported folder serves other files"
+    );
+}

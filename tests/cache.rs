@@ -9,6 +9,8 @@ use serde_json::json;
 
 const A: &str = "001565000001";
 const B: &str = "001565000002";
+/// The shared-line phone of [`shared_line`].
+const C: &str = "001565000003";
 
 /// Two phones in two domains, both fetched once (warm).
 async fn two_phones() -> TestServer {
@@ -64,15 +66,15 @@ async fn domain_write_reaches_its_phones_only() {
     assert_eq!(s.renders(), n + 1, "only the affected phone re-renders");
 }
 
-#[tokio::test]
-async fn account_write_reaches_every_phone_it_is_on() {
+/// [`two_phones`], and 100a also a shared line (port 2) of a second phone of a.example,
+/// `C`, whose primary owner is 101a; C fetched once too.
+async fn shared_line() -> TestServer {
     let s = two_phones().await;
-    // 100a is also a shared line on a second phone of a.example.
-    s.seed_account("a.example", "101", "101a", "001565000003", "yealink-t46s")
+    s.seed_account("a.example", "101", "101a", C, "yealink-t46s")
         .await;
     let (st, b) = s
         .put(
-            "/phones/001565000003/members",
+            &format!("/phones/{C}/members"),
             json!({"members": [
                 {"port": 1, "id": "101a@a.example", "primaryOwner": true},
                 {"port": 2, "id": "100a@a.example", "lineType": "SHARED_CALL_APPEARANCE"}
@@ -80,6 +82,14 @@ async fn account_write_reaches_every_phone_it_is_on() {
         )
         .await;
     assert_eq!(st, StatusCode::OK, "{b}");
+    assert!(body(&s, C).await.1.contains("account.2.shared_line = 1\n"));
+    s
+}
+
+#[tokio::test]
+async fn account_write_reaches_every_phone_it_is_on() {
+    // 100a is also a shared line on a second phone of a.example.
+    let s = shared_line().await;
     let (ea, _) = body(&s, A).await;
     let (ec, _) = body(&s, "001565000003").await;
     let (eb, _) = body(&s, B).await;
@@ -362,4 +372,205 @@ async fn a_rendered_file_reaches_the_store_once_renders_pause() {
     assert_eq!(unwritten().await.as_deref(), Some("0"));
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
+}
+
+// ---------------------------------------------------------------- the same through bulk import
+
+/// How an account change reaches the store besides the account route.
+#[derive(Clone, Copy, Debug)]
+enum Import {
+    /// `POST /import`, `text/csv`.
+    Csv,
+    /// `POST /import`, JSON rows.
+    Json,
+    /// `autoprov import --url` against the running server.
+    CliUrl,
+}
+
+/// A bulk row that gives 100a the password `pw`, naming only phone A (the row's phone): C
+/// must follow because 100a is its member, not because the row names it.
+fn rotation_csv(pw: &str) -> String {
+    format!("mac,model,domain,user,device,password\n{A},yealink-t46s,a.example,100,100a,{pw}\n")
+}
+
+async fn rotate_through(s: &TestServer, via: Import, pw: &str) {
+    let (ct, text) = match via {
+        Import::Csv => ("text/csv", rotation_csv(pw)),
+        Import::Json => (
+            "application/json",
+            json!([{"mac": A, "model": "yealink-t46s", "domain": "a.example", "user": "100",
+                "device": "100a", "password": pw}])
+            .to_string(),
+        ),
+        Import::CliUrl => {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("rotate.csv");
+            std::fs::write(&f, rotation_csv(pw)).unwrap();
+            let args = [f.to_str().unwrap(), "--url", &s.url, "--token", &s.token];
+            let o = common::autoprov_cli(
+                ["import"]
+                    .iter()
+                    .chain(&args)
+                    .map(|a| a.to_string())
+                    .collect(),
+            )
+            .await;
+            assert!(o.ok, "{}", o.stderr);
+            return;
+        }
+    };
+    let r = s
+        .admin(reqwest::Method::POST, "/import")
+        .header("content-type", ct)
+        .body(text)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "{via:?}: {}",
+        r.text().await.unwrap()
+    );
+}
+
+/// Rotates 100a's password through `via` on a fresh [`shared_line`] server; what went wrong.
+async fn rotation_problems(via: Import) -> Vec<String> {
+    let s = shared_line().await;
+    let (ea, _) = body(&s, A).await;
+    let (ec, _) = body(&s, C).await;
+    let (eb, _) = body(&s, B).await;
+    let n = s.renders();
+    let pw = format!("rotated-{via:?}");
+    rotate_through(&s, via, &pw).await;
+    let (ea2, ba) = body(&s, A).await;
+    let (ec2, bc) = body(&s, C).await;
+    let mut problems = vec![];
+    let mut want = |ok: bool, what: String| {
+        if !ok {
+            problems.push(format!("{via:?}: {what}"));
+        }
+    };
+    want(
+        ec != ec2,
+        format!("the shared-line phone kept its ETag {ec}"),
+    );
+    want(
+        bc.contains(&format!("account.2.password = {pw}\n")),
+        format!("the shared-line phone kept the old password:\n{bc}"),
+    );
+    want(
+        bc.contains("account.2.shared_line = 1\n"),
+        format!("no shared line:\n{bc}"),
+    );
+    want(ea != ea2, format!("the row's own phone kept its ETag {ea}"));
+    want(
+        ba.contains(&format!("account.1.password = {pw}\n")),
+        format!("the row's own phone kept the old password:\n{ba}"),
+    );
+    want(
+        body(&s, B).await.0 == eb,
+        "another domain's phone changed".into(),
+    );
+    let renders = s.renders() - n;
+    want(
+        renders == 2,
+        format!("{renders} re-renders instead of A's and C's"),
+    );
+    problems
+}
+
+/// An account change made by a bulk import re-renders every phone the account is a member
+/// of (here a shared line of a phone the row does not name), through every way in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_account_change_reaches_every_phone_it_is_on() {
+    let mut failures = vec![];
+    for via in [Import::Csv, Import::Json, Import::CliUrl] {
+        failures.extend(rotation_problems(via).await);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The phones' ETags and files from the real binary serving `data`, stopped gracefully
+/// afterwards (so what it rendered is in the store for the next start).
+async fn served_files(data: &std::path::Path, macs: &[&str]) -> Vec<(String, String)> {
+    let served = common::Served::start(data, data);
+    let mut out = vec![];
+    for mac in macs {
+        let (st, etag, text) = served.fetch(&format!("{mac}.cfg")).await;
+        assert_eq!(st, StatusCode::OK, "{mac}: {text}");
+        out.push((etag, text));
+    }
+    served.stop();
+    out
+}
+
+async fn cli_ok(args: &[&str]) {
+    let o = common::autoprov_cli(args.iter().map(|a| a.to_string()).collect()).await;
+    assert!(o.ok, "autoprov {args:?}:\n{}", o.stderr);
+}
+
+/// The same on a data folder: the server renders and keeps A's and C's files, stops;
+/// `autoprov import --data` changes 100a's password naming only A; the next start must not
+/// serve C's kept file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_import_on_a_data_folder_reaches_every_phone_an_account_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let seed = dir.path().join("seed.csv");
+    std::fs::write(
+        &seed,
+        format!(
+            "mac,model,domain,user,device,line,password\n\
+             {A},yealink-t46s,a.example,100,100a,1,pw-100a\n\
+             {C},yealink-t46s,a.example,101,101a,1,pw-101a\n\
+             {C},yealink-t46s,a.example,100,100a,2,\n\
+             {B},yealink-t48s,b.example,200,200b,1,pw-200b\n"
+        ),
+    )
+    .unwrap();
+    cli_ok(&["import", "--data", d, seed.to_str().unwrap()]).await;
+    let (own, shared) = (
+        "port=1,id=101a@a.example,owner=true",
+        "port=2,id=100a@a.example,type=shared",
+    );
+    cli_ok(&[
+        "members", "set", C, "--member", own, "--member", shared, "--data", d,
+    ])
+    .await;
+    let before = served_files(&data, &[A, C, B]).await;
+    assert!(
+        before[1].1.contains("account.2.password = pw-100a\n"),
+        "{}",
+        before[1].1
+    );
+    assert!(
+        before[1].1.contains("account.2.shared_line = 1\n"),
+        "{}",
+        before[1].1
+    );
+
+    let rotate = dir.path().join("rotate.csv");
+    std::fs::write(&rotate, rotation_csv("rotated-offline")).unwrap();
+    cli_ok(&["import", "--data", d, rotate.to_str().unwrap()]).await;
+    let after = served_files(&data, &[A, C, B]).await;
+    assert_ne!(
+        after[1].0, before[1].0,
+        "the shared-line phone kept its ETag"
+    );
+    assert!(
+        after[1]
+            .1
+            .contains("account.2.password = rotated-offline\n"),
+        "the shared-line phone kept the old password:\n{}",
+        after[1].1
+    );
+    assert_ne!(after[0].0, before[0].0, "the row's own phone kept its ETag");
+    assert!(
+        after[0]
+            .1
+            .contains("account.1.password = rotated-offline\n")
+    );
+    assert_eq!(after[2], before[2], "another domain's phone changed");
 }

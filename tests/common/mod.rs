@@ -260,3 +260,95 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// What a run of the binary gave.
+pub struct Ran {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `autoprov args…` with the shipped models and templates (and no `AUTOPROV_*` from
+/// the environment), off the async workers.
+pub async fn autoprov_cli(args: Vec<String>) -> Ran {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_autoprov"))
+            .args(&args)
+            .arg("--models")
+            .arg(repo("models"))
+            .arg("--templates")
+            .arg(repo("templates"))
+            .env_remove("AUTOPROV_URL")
+            .env_remove("AUTOPROV_TOKEN")
+            .env_remove("AUTOPROV_DATA")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run autoprov");
+        Ran {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .expect("join")
+}
+
+/// The real binary serving a data folder (the shipped models and templates), with the
+/// provisioning credentials its phones use.
+pub struct Served {
+    child: std::process::Child,
+    _stdout: StdoutLines,
+    pub url: String,
+    pub prov: (String, String),
+}
+
+impl Served {
+    /// Serves `data`; the credentials are read from `creds`'s `provisioning-credentials`
+    /// (a folder restored from an export has none of its own).
+    pub fn start(data: &std::path::Path, creds: &std::path::Path) -> Self {
+        let (child, url, stdout) = spawn_binary(
+            binary_command(&[], data, &repo("models"), &repo("templates"))
+                .stderr(std::process::Stdio::null()),
+        );
+        let text = std::fs::read_to_string(creds.join("provisioning-credentials")).expect("creds");
+        let (user, pass) = text.trim().split_once(':').expect("user:password");
+        Served {
+            child,
+            _stdout: stdout,
+            url,
+            prov: (user.into(), pass.into()),
+        }
+    }
+
+    /// A phone's fetch of `file`: status, ETag, body.
+    pub async fn fetch(&self, file: &str) -> (StatusCode, String, String) {
+        let r = reqwest::Client::new()
+            .get(format!("{}/{file}", self.url))
+            .basic_auth(&self.prov.0, Some(&self.prov.1))
+            .send()
+            .await
+            .expect("fetch");
+        let etag = r
+            .headers()
+            .get("etag")
+            .map(|v| v.to_str().unwrap_or("").to_string())
+            .unwrap_or_default();
+        (r.status(), etag, r.text().await.expect("body"))
+    }
+
+    /// SIGTERM, a graceful shutdown (renders written, the store flushed), and a clean exit.
+    pub fn stop(mut self) {
+        // The binary installs its SIGTERM handler only once its accept loop first waits
+        // (SIGHUP's is installed before the address is printed): a SIGTERM right after a
+        // quick fetch can meet the default action and kill it unflushed.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "the server exited with {status:?}");
+    }
+}
