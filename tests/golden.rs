@@ -1,6 +1,15 @@
 //! Golden files: for every shipped model and every scenario that fits it, the exact bytes a
-//! phone receives for each file the model requests. `UPDATE_GOLDEN=1 cargo test --test
-//! golden` rewrites them; review the diff like code.
+//! phone receives for each file the model requests. Every file is also read in its own
+//! format (never a key twice, the scenario's overrides set), and every XML file by a
+//! conforming parser (roxmltree: `--` in a comment, `]]>` in text, a bad name or an
+//! undeclared prefix is an error).
+//!
+//! `UPDATE_GOLDEN=1 cargo test --test golden` rewrites the golden files that differ (or are
+//! missing) and then FAILS, listing them, so a rewrite never passes silently: review the
+//! diff like code, then run again without the variable (when no file differs nothing is
+//! written and the run is an ordinary comparison). `UPDATE_GOLDEN` set to anything else
+//! (`0`, `true`, empty) is an error naming it, and with `CI` set (non-empty) rewriting is
+//! refused.
 
 mod common;
 
@@ -96,127 +105,190 @@ fn golden_path(model: &str, scenario: &str, file: &str) -> PathBuf {
         .join(format!("{scenario}--{file}"))
 }
 
+/// Whether this run rewrites the goldens, from `UPDATE_GOLDEN` and `CI`: only
+/// `UPDATE_GOLDEN=1` does, and never under CI; any other value is an error.
+fn update_mode(
+    update: Option<&std::ffi::OsStr>,
+    ci: Option<&std::ffi::OsStr>,
+) -> Result<bool, String> {
+    let Some(v) = update else {
+        return Ok(false);
+    };
+    if v != "1" {
+        return Err(format!(
+            "UPDATE_GOLDEN={v:?}: only UPDATE_GOLDEN=1 rewrites the golden files; unset \
+             UPDATE_GOLDEN to compare against them"
+        ));
+    }
+    if ci.is_some_and(|c| !c.is_empty()) {
+        return Err(
+            "UPDATE_GOLDEN=1 is refused when CI is set: golden files are rewritten \
+                    on a developer's machine and the diff reviewed, never by CI"
+                .into(),
+        );
+    }
+    Ok(true)
+}
+
+#[test]
+fn update_golden_is_1_only_and_never_under_ci() {
+    use std::ffi::OsStr;
+    let os = |s: &'static str| Some(OsStr::new(s));
+    assert_eq!(update_mode(None, None), Ok(false));
+    assert_eq!(update_mode(None, os("true")), Ok(false));
+    assert_eq!(update_mode(os("1"), None), Ok(true));
+    assert_eq!(update_mode(os("1"), os("")), Ok(true));
+    for bad in ["0", "", "true", "yes", "1 ", "01"] {
+        let e = update_mode(os(bad), None).unwrap_err();
+        assert!(e.contains("UPDATE_GOLDEN"), "{bad:?}: {e}");
+    }
+    let e = update_mode(os("1"), os("true")).unwrap_err();
+    assert!(e.contains("UPDATE_GOLDEN") && e.contains("CI"), "{e}");
+}
+
+/// What a run found: files compared (or rewritten), and what differed.
+#[derive(Default)]
+struct Run {
+    update: bool,
+    checked: usize,
+    mismatches: Vec<String>,
+    rewritten: Vec<String>,
+}
+
+impl Run {
+    /// Compares `bytes` with the golden file at `path`; in update mode, rewrites a file
+    /// that differs or is missing instead, and records it.
+    fn compare(&mut self, path: &std::path::Path, bytes: &[u8]) {
+        let problem = match std::fs::read(path) {
+            Ok(want) if want == bytes => return,
+            Ok(_) => "differs",
+            Err(_) => "is missing",
+        };
+        if self.update {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+            self.rewritten
+                .push(format!("{} (it {problem})", path.display()));
+        } else {
+            self.mismatches
+                .push(format!("{} {problem}", path.display()));
+        }
+    }
+}
+
+/// True when `sc` applies to model `m` (ATA or phone, port counts).
+fn fits(sc: &Value, m: &Value) -> bool {
+    let is_ata = m["ata"].as_bool().unwrap_or(false);
+    let ports = m["ports"].as_u64().unwrap();
+    !(sc.get("ata")
+        .and_then(Value::as_bool)
+        .is_some_and(|a| a != is_ata)
+        || sc
+            .get("min_ports")
+            .and_then(Value::as_u64)
+            .is_some_and(|n| ports < n)
+        || sc
+            .get("max_ports")
+            .and_then(Value::as_u64)
+            .is_some_and(|n| ports > n))
+}
+
+/// Well-formed to a conforming parser (roxmltree), or a panic naming the file.
+fn strict_xml(what: &str, text: &str) {
+    if let Err(e) = roxmltree::Document::parse(text) {
+        panic!("{what}: not well-formed XML: {e}");
+    }
+}
+
+/// Checks a served file's contents: never a key twice in its own format, XML with a
+/// declaration and well-formed to a conforming parser, the scenario's overrides set.
+fn check_contents(id: &str, what: &str, pattern: &str, text: &str, ov: Option<&Value>) {
+    let format = formats(id)[pattern];
+    let pairs =
+        autoprov::render::overlay::pairs(format, text).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut seen = std::collections::HashSet::new();
+    for (k, _) in &pairs {
+        assert!(seen.insert(k.clone()), "{what}: {k} twice");
+    }
+    if format.is_xml() {
+        assert!(text.starts_with("<?xml"), "{what}: no XML declaration");
+        strict_xml(what, text);
+    }
+    // The scenario's overrides reached the file that takes them.
+    if let Some(ov) = ov.filter(|_| pattern_takes_overrides(id, pattern)) {
+        let got: std::collections::HashMap<_, _> = pairs.into_iter().collect();
+        for (k, v) in ov.as_object().unwrap() {
+            assert_eq!(
+                got.get(k).map(String::as_str),
+                v.as_str(),
+                "{what}: override {k}"
+            );
+        }
+    }
+}
+
+/// Runs scenario `sc` on a fresh server for model `m`, then fetches every file the model
+/// requests as the phone would, compares it with its golden file and checks its contents.
+async fn check_scenario(m: &Value, name: &str, sc: &Value, run: &mut Run) {
+    let id = m["id"].as_str().unwrap();
+    let s = TestServer::start().await;
+    let vendor = m["vendor"].as_str().unwrap();
+    let ov = vendor_overrides(vendor);
+    for step in sc["steps"].as_array().unwrap() {
+        let step = subst(step, id, &ov);
+        let method = Method::from_bytes(step[0].as_str().unwrap().as_bytes()).unwrap();
+        let (st, body) = s
+            .send(method, step[1].as_str().unwrap(), Some(step[2].clone()))
+            .await;
+        assert!(st.is_success(), "{id}/{name}: {step} → {st} {body}");
+    }
+    let creds = sc.get("credentials").map(|c| subst(c, id, &ov));
+    let creds = match &creds {
+        Some(c) => (c[0].as_str().unwrap(), c[1].as_str().unwrap()),
+        None => (s.prov.0.as_str(), s.prov.1.as_str()),
+    };
+    let ua = user_agent(vendor, m["userAgentModel"].as_str().unwrap());
+    let takes_overrides = sc["steps"].to_string().contains("{overrides}");
+    for f in m["files"].as_array().unwrap() {
+        let pattern = f.as_str().unwrap();
+        let file = pattern
+            .replace("{mac}", MAC)
+            .replace("{MAC}", &MAC.to_ascii_uppercase());
+        let r = s.fetch_as(&file, Some(creds), Some(&ua)).await;
+        assert_eq!(r.status(), StatusCode::OK, "{id}/{name}/{file}");
+        let bytes = r.bytes().await.unwrap();
+        let golden = pattern.replace("{mac}", "MAC").replace("{MAC}", "MAC");
+        run.compare(&golden_path(id, name, &golden), &bytes);
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let what = format!("{id}/{name}/{file}");
+        check_contents(id, &what, pattern, &text, takes_overrides.then_some(&ov));
+        run.checked += 1;
+    }
+}
+
 #[tokio::test]
 async fn every_model_matches_its_golden_files() {
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let update = update_mode(
+        std::env::var_os("UPDATE_GOLDEN").as_deref(),
+        std::env::var_os("CI").as_deref(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let probe = TestServer::start().await;
     let models: Vec<Value> = probe.get("/models").await.1["models"]
         .as_array()
         .unwrap()
         .clone();
     drop(probe);
-    let mut checked = 0;
-    let mut mismatches = Vec::new();
+    let mut run = Run {
+        update,
+        ..Run::default()
+    };
     for m in &models {
         let id = m["id"].as_str().unwrap();
-        let ports = m["ports"].as_u64().unwrap();
         let mut scenarios_for_model = 0;
-        for (name, sc) in scenarios() {
-            let is_ata = m["ata"].as_bool().unwrap_or(false);
-            if sc
-                .get("ata")
-                .and_then(Value::as_bool)
-                .is_some_and(|a| a != is_ata)
-                || sc
-                    .get("min_ports")
-                    .and_then(Value::as_u64)
-                    .is_some_and(|n| ports < n)
-                || sc
-                    .get("max_ports")
-                    .and_then(Value::as_u64)
-                    .is_some_and(|n| ports > n)
-            {
-                continue;
-            }
+        for (name, sc) in scenarios().into_iter().filter(|(_, sc)| fits(sc, m)) {
             scenarios_for_model += 1;
-            let s = TestServer::start().await;
-            let vendor = m["vendor"].as_str().unwrap();
-            let ov = vendor_overrides(vendor);
-            let fmts = formats(id);
-            for step in sc["steps"].as_array().unwrap() {
-                let step = subst(step, id, &ov);
-                let method = Method::from_bytes(step[0].as_str().unwrap().as_bytes()).unwrap();
-                let (st, body) = s
-                    .send(method, step[1].as_str().unwrap(), Some(step[2].clone()))
-                    .await;
-                assert!(st.is_success(), "{id}/{name}: {step} → {st} {body}");
-            }
-            let creds = sc.get("credentials").map(|c| subst(c, id, &ov));
-            let ua = user_agent(vendor, m["userAgentModel"].as_str().unwrap());
-            for f in m["files"].as_array().unwrap() {
-                let pattern = f.as_str().unwrap();
-                let file = pattern
-                    .replace("{mac}", MAC)
-                    .replace("{MAC}", &MAC.to_ascii_uppercase());
-                let r = match &creds {
-                    Some(c) => {
-                        s.fetch_as(
-                            &file,
-                            Some((c[0].as_str().unwrap(), c[1].as_str().unwrap())),
-                            Some(&ua),
-                        )
-                        .await
-                    }
-                    None => {
-                        s.fetch_as(&file, Some((&s.prov.0, &s.prov.1)), Some(&ua))
-                            .await
-                    }
-                };
-                assert_eq!(r.status(), StatusCode::OK, "{id}/{name}/{file}");
-                let bytes = r.bytes().await.unwrap();
-                let path = golden_path(
-                    id,
-                    &name,
-                    &pattern.replace("{mac}", "MAC").replace("{MAC}", "MAC"),
-                );
-                if update {
-                    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-                    std::fs::write(&path, &bytes).unwrap();
-                } else {
-                    match std::fs::read(&path) {
-                        Ok(want) if want == bytes.as_ref() => {}
-                        Ok(_) => mismatches.push(format!("{} differs", path.display())),
-                        Err(_) => mismatches.push(format!("{} is missing", path.display())),
-                    }
-                }
-                // Never a key twice, in the file's own format; XML parses (quick-xml).
-                let text = String::from_utf8(bytes.to_vec()).unwrap();
-                let format = fmts[pattern];
-                let pairs = autoprov::render::overlay::pairs(format, &text)
-                    .unwrap_or_else(|e| panic!("{id}/{name}/{file}: {e}"));
-                let mut seen = std::collections::HashSet::new();
-                for (k, _) in &pairs {
-                    assert!(seen.insert(k.clone()), "{id}/{name}/{file}: {k} twice");
-                }
-                if format.is_xml() {
-                    assert!(
-                        text.starts_with("<?xml"),
-                        "{id}/{name}/{file}: no XML declaration"
-                    );
-                    let mut reader = quick_xml::Reader::from_str(&text);
-                    loop {
-                        match reader.read_event() {
-                            Ok(quick_xml::events::Event::Eof) => break,
-                            Ok(_) => {}
-                            Err(e) => panic!("{id}/{name}/{file}: malformed XML: {e}"),
-                        }
-                    }
-                }
-                // The scenario's overrides reached the file that takes them.
-                if sc["steps"].to_string().contains("{overrides}")
-                    && pattern_takes_overrides(id, pattern)
-                {
-                    let got: std::collections::HashMap<_, _> = pairs.into_iter().collect();
-                    for (k, v) in ov.as_object().unwrap() {
-                        assert_eq!(
-                            got.get(k).map(String::as_str),
-                            v.as_str(),
-                            "{id}/{name}/{file}: override {k}"
-                        );
-                    }
-                }
-                checked += 1;
-            }
+            check_scenario(m, &name, &sc, &mut run).await;
         }
         assert!(
             scenarios_for_model >= 2,
@@ -224,11 +296,36 @@ async fn every_model_matches_its_golden_files() {
         );
     }
     assert!(
-        mismatches.is_empty(),
+        run.mismatches.is_empty(),
         "golden mismatches (UPDATE_GOLDEN=1 to rewrite, then review):\n{}",
-        mismatches.join("\n")
+        run.mismatches.join("\n")
     );
-    assert!(checked >= models.len() * 2);
+    assert!(run.checked >= models.len() * 2);
+    assert!(
+        run.rewritten.is_empty(),
+        "UPDATE_GOLDEN=1 rewrote {} golden file(s); review the diff, then run again without \
+         UPDATE_GOLDEN:\n{}",
+        run.rewritten.len(),
+        run.rewritten.join("\n")
+    );
+}
+
+/// Every shipped XML template's golden files, read straight from disk by a conforming
+/// parser: a golden file that does not parse fails here even before the server is asked.
+#[test]
+fn every_xml_golden_file_is_strictly_well_formed() {
+    let mut n = 0;
+    for dir in std::fs::read_dir(repo("tests/golden")).unwrap() {
+        for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let path = f.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            if text.starts_with("<?xml") {
+                strict_xml(&path.display().to_string(), &text);
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 20, "only {n} XML golden files");
 }
 
 fn pattern_takes_overrides(model: &str, pattern: &str) -> bool {

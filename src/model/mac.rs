@@ -196,6 +196,13 @@ mod tests {
             "001565AABBCC.xml",
             "0015.65aa.bbc:",
             "00156.5aabbcc",
+            "0015.657a0bbcc",
+            "0015.657a.bb.cc",
+            "00.15.65.aa.bb.cc",
+            "00:15:65:aa:bb:cc:",
+            ":00:15:65:aa:bb:cc",
+            "0x001565aabbcc",
+            "001565aabbc\u{FF10}",
             "éé15657abbcc",
         ] {
             assert_eq!(Mac::parse(s), Err(MacError), "{s:?}");
@@ -221,6 +228,156 @@ mod tests {
         if upper { s.to_uppercase() } else { s }
     }
 
+    /// The oracle: when `s` is `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or
+    /// `aabb.ccdd.eeff` (ASCII hex digits in any case), its 12 digits in lowercase.
+    fn spelling_of(s: &str) -> Option<String> {
+        let digits: String = s
+            .chars()
+            .filter(|c| !matches!(c, ':' | '-' | '.'))
+            .collect();
+        if digits.len() != 12 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let pairs: Vec<&str> = (0..6).map(|i| &digits[2 * i..2 * i + 2]).collect();
+        let quads: Vec<&str> = (0..3).map(|i| &digits[4 * i..4 * i + 4]).collect();
+        let forms = [
+            digits.clone(),
+            pairs.join(":"),
+            pairs.join("-"),
+            quads.join("."),
+        ];
+        forms
+            .iter()
+            .any(|f| f == s)
+            .then(|| digits.to_ascii_lowercase())
+    }
+
+    /// Characters that are not hex digits, among them ones that look like one or like a
+    /// separator.
+    const NOT_HEX: &[char] = &[
+        'g', 'G', 'z', 'Z', 'x', 'O', 'l', '-', ':', '.', ' ', '+', '_', '\0', '\n', 'é', 'É',
+        '\u{FF10}', '\u{FF41}', '\u{0660}', '\u{00B2}',
+    ];
+
+    /// A real spelling of random bytes, in one of `styles` (numbered as [`spell`] numbers
+    /// them), lower or upper case.
+    fn spelled(styles: std::ops::Range<u8>) -> impl Strategy<Value = String> + Clone {
+        (any::<[u8; 6]>(), styles, any::<bool>()).prop_map(|(b, st, up)| spell(b, st, up))
+    }
+
+    /// `s` with a character replaced by `c`: the `i`-th of all, or with `seps_only` the
+    /// `i`-th separator.
+    fn replace_char(s: &str, i: prop::sample::Index, c: char, seps_only: bool) -> String {
+        let mut v: Vec<char> = s.chars().collect();
+        let at: Vec<usize> = (0..v.len())
+            .filter(|&k| !seps_only || !v[k].is_ascii_hexdigit())
+            .collect();
+        if !at.is_empty() {
+            v[at[i.index(at.len())]] = c;
+        }
+        v.into_iter().collect()
+    }
+
+    /// `s` with its `i`-th separator taken out and put back at position `j`.
+    fn move_sep(s: &str, i: prop::sample::Index, j: prop::sample::Index) -> String {
+        let mut v: Vec<char> = s.chars().collect();
+        let seps: Vec<usize> = (0..v.len())
+            .filter(|&k| !v[k].is_ascii_hexdigit())
+            .collect();
+        if !seps.is_empty() {
+            let c = v.remove(seps[i.index(seps.len())]);
+            v.insert(j.index(v.len() + 1), c);
+        }
+        v.into_iter().collect()
+    }
+
+    /// `prefix`, then `hex` in groups of `n` joined by `sep`.
+    fn grouped(prefix: &str, hex: &str, n: usize, sep: &str) -> String {
+        let groups: Vec<&str> = (0..hex.len())
+            .step_by(n)
+            .map(|i| &hex[i..(i + n).min(hex.len())])
+            .collect();
+        format!("{prefix}{}", groups.join(sep))
+    }
+
+    /// Strings near a MAC: real spellings (about two in five draws), and ones a single
+    /// slip away: a character replaced by a non-hex one, a separator swapped for another
+    /// (mixed separators) or for a digit, every separator the wrong one, a separator
+    /// moved, a character dropped or added, a `0x` (or other) prefix, 11 or 13 digits,
+    /// groups of the wrong size.
+    fn near_mac() -> impl Strategy<Value = String> {
+        use prop::sample::{Index, select};
+        let seps: &[char] = &[':', '-', '.', '0', 'a'];
+        let prefixes: &[&str] = &["0x", "0X", "x", "#", " "];
+        let joins: &[&str] = &["", ":", "-", "."];
+        prop_oneof![
+            4 => spelled(0..4),
+            1 => "[0-9a-fA-F]{12}",
+            2 => (spelled(0..4), any::<Index>(), select(NOT_HEX))
+                .prop_map(|(s, i, c)| replace_char(&s, i, c, false)),
+            5 => (spelled(1..4), any::<Index>(), select(seps))
+                .prop_map(|(s, i, c)| replace_char(&s, i, c, true)),
+            1 => (spelled(1..3), select(&['.', ' ', '_', '+'][..]))
+                .prop_map(|(s, c)| s.replace([':', '-'], &c.to_string())),
+            2 => (spelled(1..4), any::<Index>(), any::<Index>())
+                .prop_map(|(s, i, j)| move_sep(&s, i, j)),
+            1 => (spelled(0..4), any::<Index>()).prop_map(|(mut s, i)| {
+                s.remove(i.index(s.len()));
+                s
+            }),
+            1 => (spelled(0..4), any::<Index>(), "[0-9a-fA-F:.-]")
+                .prop_map(|(mut s, i, c)| {
+                    s.insert_str(i.index(s.len() + 1), &c);
+                    s
+                }),
+            1 => (select(prefixes), "[0-9a-f]{10,12}", select(joins))
+                .prop_map(|(p, h, sep)| grouped(p, &h, 2, sep)),
+            1 => ("[0-9a-fA-F]{11,13}", select(&[2usize, 3, 4, 6][..]), select(&joins[1..]))
+                .prop_map(|(h, n, sep)| grouped("", &h, n, sep)),
+        ]
+    }
+
+    /// The near-MAC generator reaches both verdicts: in 4,000 draws at least a fifth are
+    /// accepted and at least half refused, and each kind of near miss is among them.
+    #[test]
+    fn near_macs_reach_both_verdicts() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let n = 4000;
+        let draws: Vec<String> = (0..n)
+            .map(|_| near_mac().new_tree(&mut runner).unwrap().current())
+            .collect();
+        let ok = draws.iter().filter(|s| Mac::parse(s).is_ok()).count();
+        assert!(ok * 5 >= n && ok * 2 <= n, "{ok} of {n} accepted");
+        for (what, hit) in [
+            (
+                "a non-hex letter",
+                draws
+                    .iter()
+                    .any(|s| s.len() == 12 && s.contains(['g', 'G', 'z'])),
+            ),
+            (
+                "a fullwidth digit",
+                draws.iter().any(|s| s.contains('\u{FF10}')),
+            ),
+            ("a non-ASCII letter", draws.iter().any(|s| s.contains('é'))),
+            ("11 digits", draws.iter().any(|s| s.len() == 11)),
+            ("13 digits", draws.iter().any(|s| s.len() == 13)),
+            (
+                "16 and 18 characters",
+                draws.iter().any(|s| s.len() == 16) && draws.iter().any(|s| s.len() == 18),
+            ),
+            (
+                "mixed separators",
+                draws.iter().any(|s| s.contains(':') && s.contains('-')),
+            ),
+            ("a 0x prefix", draws.iter().any(|s| s.starts_with("0x"))),
+            ("a space", draws.iter().any(|s| s.contains(' '))),
+        ] {
+            assert!(hit, "no draw with {what}");
+        }
+    }
+
     proptest! {
         #[test]
         fn every_spelling_normalises_and_round_trips(bytes in any::<[u8; 6]>(), style in 0u8..4, upper in any::<bool>()) {
@@ -231,12 +388,19 @@ mod tests {
             prop_assert_eq!(m.lower().len(), 12);
         }
 
+        /// Near-MACs and arbitrary text: never a panic, and accepted exactly when the
+        /// string is one of the four spellings of its own hex digits (any case per digit),
+        /// the MAC then being those 12 digits in lowercase.
         #[test]
-        fn never_panics_and_only_accepts_hex(s in "\\PC{0,20}") {
-            if let Ok(m) = Mac::parse(&s) {
+        fn never_panics_and_only_accepts_hex(s in prop_oneof![7 => near_mac(), 1 => "\\PC{0,20}"]) {
+            let parsed = Mac::parse(&s);
+            if let Ok(m) = &parsed {
                 let digits: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
                 prop_assert_eq!(digits.to_ascii_lowercase(), m.lower());
+                prop_assert!(m.lower().bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
             }
+            let want = spelling_of(&s);
+            prop_assert_eq!(parsed.map(|m| m.lower()).ok(), want, "{:?}", s);
         }
 
         #[test]

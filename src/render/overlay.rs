@@ -467,6 +467,10 @@ pub fn check_override(format: Format, key: &str, value: &str) -> Result<(), Stri
     if value.len() > 1024 {
         return Err("value must be at most 1024 bytes".into());
     }
+    // Not characters XML 1.0 can hold, escaped or not (found by the property tests).
+    if format.is_xml() && value.contains(['\u{FFFE}', '\u{FFFF}']) {
+        return Err("value must not contain U+FFFE or U+FFFF (not XML characters)".into());
+    }
     match format {
         Format::XmlAttribute => {
             if key.len() > 256 || !xml::valid_name(key) || is_namespace_attr(key) {
@@ -583,6 +587,7 @@ fn key_value<'a>(text: &str, overrides: impl IntoIterator<Item = (&'a str, &'a s
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::xml::hostile;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -668,12 +673,86 @@ mod tests {
             prop_assert!(out.starts_with("#!version:1.0.0.1\n"));
         }
 
+        /// What the check lets through is written as one `key = value` line: no line added
+        /// (as a phone splits lines, on LF and CR), no control character written, and the
+        /// file reads back the key and the value as typed (trimmed, as every `key = value`
+        /// reader trims). Keys and values mix hostile fragments (every control character,
+        /// U+2028, `]]>`, `--`, quotes, non-ASCII) with arbitrary text and lengths at the
+        /// limits; what the check refuses is asserted exactly after.
         #[test]
-        fn checked_user_text_never_adds_a_line(key in "\\PC{0,10}", value in "\\PC{0,20}") {
-            if check_override(Format::KeyValue, &key, &value).is_ok() {
+        fn checked_user_text_never_adds_a_line(key in kv_key_text(), value in hostile::text(8, 1024)) {
+            let verdict = check_override(Format::KeyValue, &key, &value);
+            if verdict.is_ok() {
                 let out = apply(Format::KeyValue, "a = 1\n", [(key.as_str(), value.as_str())]).unwrap();
-                prop_assert!(out.lines().count() <= 2);
+                prop_assert!(out.lines().count() <= 2, "{:?}", out);
+                prop_assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "a control character in {:?}", out);
+                let mut want = vec![(key.clone(), value.trim().to_string())];
+                if key != "a" {
+                    want.insert(0, ("a".to_string(), "1".to_string()));
+                }
+                prop_assert_eq!(pairs(Format::KeyValue, &out).unwrap(), want, "{:?}", out);
             }
+            // Refused: a control character or more than 1024 bytes in the value; an empty or
+            // over-long key, a comment marker first, `=`, whitespace or a control character.
+            let bad_value = value.chars().any(char::is_control) || value.len() > 1024;
+            let bad_key = key.is_empty()
+                || key.len() > 256
+                || key.starts_with(['#', ';'])
+                || key.contains('=')
+                || key.chars().any(|c| c.is_whitespace() || c.is_control());
+            prop_assert_eq!(verdict.is_ok(), !bad_key && !bad_value, "{:?} = {:?}: {:?}", key, value, verdict);
+        }
+    }
+
+    /// Override keys for `key = value` files: mostly plausible keys, hostile fragments, and
+    /// keys at the 256-byte limit.
+    fn kv_key_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => "[a-z0-9._#;\\[\\]-]{1,16}",
+            3 => proptest::collection::vec(hostile::fragment(), 0..4).prop_map(|v| v.concat()),
+            1 => hostile::at_length(256),
+        ]
+    }
+
+    /// The generators reach what their names promise: both verdicts of the check in a fair
+    /// share of draws, every kind of hostile fragment, and both sides of each length limit.
+    #[test]
+    fn hostile_generators_reach_both_verdicts() {
+        let n = 4000;
+        let values = hostile::draws(hostile::text(8, 1024), n);
+        let keys = hostile::draws(kv_key_text(), n);
+        let ok_values = values
+            .iter()
+            .filter(|v| check_override(Format::KeyValue, "k", v).is_ok())
+            .count();
+        let ok_keys = keys
+            .iter()
+            .filter(|k| check_override(Format::KeyValue, k, "v").is_ok())
+            .count();
+        for (what, ok) in [("values", ok_values), ("keys", ok_keys)] {
+            assert!(
+                ok * 5 >= n && ok * 5 <= 4 * n,
+                "{what}: {ok} of {n} accepted"
+            );
+        }
+        for needle in [
+            "\r", "\n", "\0", "\t", "\u{b}", "\u{c}", "\u{7f}", "\u{85}", "\u{9f}", "\u{2028}",
+            "\u{2029}", "]]>", "--", "]", "<!--", "\"", "'", "&", "<", ">", "é", "中", "😀",
+            "\u{fffe}",
+        ] {
+            assert!(
+                values.iter().any(|v| v.contains(needle)),
+                "no value holds {needle:?}"
+            );
+        }
+        for len in [1024, 1025] {
+            assert!(
+                values.iter().any(|v| v.len() == len),
+                "no value of {len} bytes"
+            );
+        }
+        for len in [256, 257] {
+            assert!(keys.iter().any(|k| k.len() == len), "no key of {len} bytes");
         }
     }
 
@@ -814,6 +893,39 @@ mod tests {
         assert!(check_override(Format::XmlElement, "line[1]/Reg", "").is_ok());
     }
 
+    /// Found by the XML property tests once a conforming parser checked them: a `:` in a
+    /// key (a namespace prefix never declared) and U+FFFE or U+FFFF in a value (not XML
+    /// characters) were accepted and made files a conforming parser refuses. Markup, `]]>`,
+    /// `--`, `]` and non-ASCII are accepted and read back as typed.
+    #[test]
+    fn xml_overrides_stay_strictly_well_formed() {
+        let v = "]]> -- ] <!-- --> <![CDATA[ &amp; \"'<> é 中 😀 \u{2028}";
+        for f in [Format::XmlElement, Format::XmlAttribute] {
+            assert!(check_override(f, "a:b", "1").is_err());
+            assert!(check_override(f, "P1", "a\u{FFFE}").is_err());
+            assert!(check_override(f, "P1", "a\u{FFFF}").is_err());
+            assert!(check_override(f, "P1", v).is_ok());
+        }
+        assert!(check_override(Format::KeyValue, "a:b", "\u{FFFF}").is_ok());
+        let out = apply(Format::XmlElement, GS, [("P47", v), ("P9", v)]).unwrap();
+        let doc = roxmltree::Document::parse(&out).unwrap();
+        for name in ["P47", "P9"] {
+            let e = doc.descendants().find(|n| n.has_tag_name(name)).unwrap();
+            assert_eq!(e.text(), Some(v), "{out}");
+        }
+        let out = apply(
+            Format::XmlAttribute,
+            POLY,
+            [("reg.1.label", v), ("new.key", v)],
+        )
+        .unwrap();
+        let doc = roxmltree::Document::parse(&out).unwrap();
+        for name in ["reg.1.label", "new.key"] {
+            let e = doc.descendants().find(|n| n.has_attribute(name)).unwrap();
+            assert_eq!(e.attribute(name), Some(v), "{out}");
+        }
+    }
+
     fn no_dup_keys(format: Format, out: &str) -> Result<BTreeMap<String, String>, TestCaseError> {
         let p = pairs(format, out).map_err(|e| TestCaseError::fail(format!("{e}: {out}")))?;
         let mut seen = BTreeMap::new();
@@ -828,58 +940,127 @@ mod tests {
         Ok(seen)
     }
 
+    /// Override keys for XML files: plausible ones, hostile fragments (`:` among them, a
+    /// namespace prefix), and names either side of the 256-byte limit.
     fn xml_key() -> impl Strategy<Value = String> {
         prop_oneof![
             "P[0-9]{1,3}",
             "(line|fkey)\\[[1-3]\\]/(Reg|Port|[A-Z][a-z]{0,3})",
             "user_(host|name)\\[[1-3]\\]",
             "\\PC{0,6}",
+            hostile::text(3, 256),
+            "[a-z]{1,3}:[a-z]{1,3}",
+            "[a-z][a-z0-9_]{252,257}",
         ]
+    }
+
+    /// Template values with what XML forbids unescaped in text and comments (escaped here,
+    /// as the templates escape them).
+    const TEMPLATE_VALUE: &str = "([a-z<&>\"'\\]-]|]]>|--|<!--){0,4}";
+
+    /// What a conforming parser (roxmltree: namespaces, `--` in comments, `]]>` in text,
+    /// characters XML cannot hold) reads from `out`, keyed as [`pairs`] keys it; a failure
+    /// where `out` is not well-formed.
+    fn strict_pairs(format: Format, out: &str) -> Result<Vec<(String, String)>, TestCaseError> {
+        fn leaves(e: roxmltree::Node<'_, '_>, prefix: &str, out: &mut Vec<(String, String)>) {
+            for c in e.children().filter(roxmltree::Node::is_element) {
+                let idx = c.attribute("idx").or_else(|| c.attribute("index"));
+                let name = c.tag_name().name();
+                let seg = idx.map_or_else(|| name.to_string(), |i| format!("{name}[{i}]"));
+                if !c.children().any(|x| x.is_element()) {
+                    let text = c.children().filter_map(|x| x.text()).collect();
+                    out.push((format!("{prefix}{seg}"), text));
+                } else if idx.is_some() {
+                    leaves(c, &format!("{prefix}{seg}/"), out);
+                } else {
+                    leaves(c, prefix, out);
+                }
+            }
+        }
+        let doc = roxmltree::Document::parse(out)
+            .map_err(|e| TestCaseError::fail(format!("not well-formed XML: {e}\n{out}")))?;
+        let mut got = Vec::new();
+        match format {
+            Format::XmlElement => leaves(doc.root_element(), "", &mut got),
+            Format::XmlAttribute => {
+                for e in doc.descendants().filter(roxmltree::Node::is_element) {
+                    got.extend(
+                        e.attributes()
+                            .map(|a| (a.name().to_string(), a.value().to_string())),
+                    );
+                }
+            }
+            Format::KeyValue => return Err(TestCaseError::fail("not an XML format")),
+        }
+        Ok(got)
+    }
+
+    /// Checks an XML overlay's output: well-formed to a conforming parser, which reads the
+    /// same keys and values as [`pairs`]; no key twice; every accepted override's value
+    /// exactly as typed. And what the check refuses, for a value: exactly a control
+    /// character, a character XML cannot hold (U+FFFE, U+FFFF), or more than 1024 bytes.
+    fn check_xml_overlay(
+        format: Format,
+        text: &str,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<(), TestCaseError> {
+        let ok: Vec<(&str, &str)> = overrides
+            .iter()
+            .filter(|(k, v)| check_override(format, k, v).is_ok())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let out = apply(format, text, ok.iter().copied()).unwrap();
+        let got = no_dup_keys(format, &out)?;
+        for (k, v) in &ok {
+            prop_assert_eq!(got.get(*k).map(String::as_str), Some(*v), "{}", out);
+        }
+        let strict = strict_pairs(format, &out)?;
+        prop_assert_eq!(&strict, &pairs(format, &out).unwrap(), "{}", out);
+        for v in overrides.values() {
+            let refused = v
+                .chars()
+                .any(|c| c.is_control() || !hostile::is_xml_char(c))
+                || v.len() > 1024;
+            let verdict = check_override(format, "P1", v);
+            prop_assert_eq!(verdict.is_err(), refused, "{:?}: {:?}", v, verdict);
+        }
+        Ok(())
     }
 
     proptest! {
         #[test]
         fn xml_element_never_a_key_twice_and_overrides_win(
-            overrides in proptest::collection::btree_map(xml_key(), "\\PC{0,8}", 0..8),
-            extra in proptest::collection::vec(("P[0-9]{1,2}", "[a-z<&>\"']{0,4}"), 0..6),
+            overrides in proptest::collection::btree_map(xml_key(), hostile::text(6, 1024), 0..8),
+            extra in proptest::collection::vec(("P[0-9]{1,2}", TEMPLATE_VALUE), 0..6),
         ) {
-            let mut text = String::from("<?xml version=\"1.0\"?>\n<root>\n  <config>\n");
+            let mut text = String::from("<?xml version=\"1.0\"?>\n<root>\n  <!-- a - b ]]> -->\n  <config>\n");
             for (k, v) in &extra {
                 text.push_str(&format!("    <{k}>{}</{k}>\n", xml::escape(v)));
             }
             text.push_str("    <line index=\"1\"><Reg>a</Reg></line>\n    <user_host idx=\"2\" perm=\"\">h</user_host>\n  </config>\n</root>\n");
-            let ok: Vec<(&str, &str)> = overrides
-                .iter()
-                .filter(|(k, v)| check_override(Format::XmlElement, k, v).is_ok())
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let out = apply(Format::XmlElement, &text, ok.iter().copied()).unwrap();
-            let got = no_dup_keys(Format::XmlElement, &out)?;
-            for (k, v) in &ok {
-                prop_assert_eq!(got.get(*k).map(String::as_str), Some(*v), "{}", out);
-            }
+            check_xml_overlay(Format::XmlElement, &text, &overrides)?;
         }
 
         #[test]
         fn xml_attribute_never_a_key_twice_and_overrides_win(
-            overrides in proptest::collection::btree_map("[a-z]{1,3}(\\.[0-9])?|\\PC{0,5}", "\\PC{0,8}", 0..8),
-            extra in proptest::collection::vec(("[a-c]\\.[1-2]", "[a-z<&>\"']{0,4}"), 0..6),
+            overrides in proptest::collection::btree_map(
+                prop_oneof![
+                    "[a-z]{1,3}(\\.[0-9])?|\\PC{0,5}",
+                    hostile::text(3, 256),
+                    "[a-z]{1,3}:[a-z]{1,3}",
+                    "[a-z][a-z0-9.]{252,257}",
+                ],
+                hostile::text(6, 1024),
+                0..8,
+            ),
+            extra in proptest::collection::vec(("[a-c]\\.[1-2]", TEMPLATE_VALUE), 0..6),
         ) {
-            let mut text = String::from("<?xml version=\"1.0\"?>\n<polycomConfig>\n");
+            let mut text = String::from("<?xml version=\"1.0\"?>\n<polycomConfig>\n  <!-- a - b ]]> -->\n");
             for (k, v) in &extra {
                 text.push_str(&format!("  <e {k}=\"{}\"/>\n", xml::escape(v)));
             }
             text.push_str("</polycomConfig>\n");
-            let ok: Vec<(&str, &str)> = overrides
-                .iter()
-                .filter(|(k, v)| check_override(Format::XmlAttribute, k, v).is_ok())
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let out = apply(Format::XmlAttribute, &text, ok.iter().copied()).unwrap();
-            let got = no_dup_keys(Format::XmlAttribute, &out)?;
-            for (k, v) in &ok {
-                prop_assert_eq!(got.get(*k).map(String::as_str), Some(*v), "{}", out);
-            }
+            check_xml_overlay(Format::XmlAttribute, &text, &overrides)?;
         }
     }
 }

@@ -436,19 +436,131 @@ pub fn unescape(s: &str) -> String {
         .unwrap_or_else(|_| s.to_string())
 }
 
-/// True for an XML name this crate will write (`[A-Za-z_][A-Za-z0-9_.:-]*`).
+/// True for an XML name this crate will write (`[A-Za-z_][A-Za-z0-9_.-]*`, not starting
+/// with `xml`). No `:`: a prefix without its namespace declaration is not well-formed to a
+/// namespace-aware parser (found by the overlay's property tests).
 pub fn valid_name(s: &str) -> bool {
     let mut chars = s.chars();
     chars
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
         && !s.to_ascii_lowercase().starts_with("xml")
+}
+
+/// Hostile text for the property tests of the overlay and of this module: explicit
+/// fragments a user could type (every control character, the Unicode line separators,
+/// XML's markup and what XML forbids in comments and text, non-ASCII, the two characters
+/// XML 1.0 cannot hold) mixed with arbitrary text, and strings at a length limit.
+#[cfg(test)]
+pub(crate) mod hostile {
+    use proptest::prelude::*;
+
+    /// Fragments besides the control characters ([`control`]).
+    pub const FRAGMENTS: &[&str] = &[
+        "\r\n",
+        "\u{2028}",
+        "\u{2029}",
+        "]]>",
+        "--",
+        "]",
+        "<!--",
+        "-->",
+        "\"",
+        "'",
+        "&",
+        "<",
+        ">",
+        "&amp;",
+        "&#x41;",
+        "&#0;",
+        "<![CDATA[",
+        "<a>",
+        "</x>",
+        "é",
+        "中",
+        "😀",
+        "\u{FEFF}",
+        "\u{FFFE}",
+        "\u{FFFF}",
+        " ",
+        "=",
+        "#",
+        ";",
+        "[",
+        "/",
+        ":",
+        "\u{A0}",
+        "-",
+    ];
+
+    /// One control character: every C0 (NUL, TAB, LF, VT, FF, CR among them), DEL and every
+    /// C1 (U+0085 among them).
+    pub fn control() -> impl Strategy<Value = String> {
+        prop_oneof![0u32..0x20, Just(0x7f_u32), 0x80u32..0xa0]
+            .prop_map(|c| char::from_u32(c).map(String::from).unwrap_or_default())
+    }
+
+    /// One fragment: a control character, an explicit fragment, or arbitrary text.
+    pub fn fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            1 => control(),
+            4 => proptest::sample::select(FRAGMENTS).prop_map(str::to_string),
+            3 => "\\PC{1,4}",
+            1 => any::<char>().prop_map(String::from),
+        ]
+    }
+
+    /// Up to `parts` fragments end to end; or, one draw in five, text of `limit - 4` to
+    /// `limit + 2` bytes ([`at_length`]).
+    pub fn text(parts: usize, limit: usize) -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => proptest::collection::vec(fragment(), 0..=parts).prop_map(|v| v.concat()),
+            1 => at_length(limit),
+        ]
+    }
+
+    /// Exactly `limit - 4` to `limit + 2` bytes: filler (ASCII or a 3-byte character) and a
+    /// fragment last, so a multi-byte character can sit on the limit.
+    pub fn at_length(limit: usize) -> impl Strategy<Value = String> {
+        (
+            limit - 4..=limit + 2,
+            fragment(),
+            prop_oneof!["[a-z]", Just("中".to_string())],
+        )
+            .prop_map(|(n, tail, fill)| {
+                let mut s = String::with_capacity(n);
+                while s.len() + fill.len() + tail.len() <= n {
+                    s.push_str(&fill);
+                }
+                while s.len() + tail.len() < n {
+                    s.push('x');
+                }
+                s.push_str(&tail);
+                s
+            })
+    }
+
+    /// True when XML 1.0 can hold `c` at all (its `Char` production).
+    pub fn is_xml_char(c: char) -> bool {
+        matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')
+            || c >= '\u{10000}'
+    }
+
+    /// `n` draws of `s` from a deterministic runner (to measure what a generator yields).
+    pub fn draws<S: Strategy>(s: S, n: usize) -> Vec<S::Value> {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        (0..n)
+            .map(|_| s.new_tree(&mut runner).expect("a value").current())
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn round_trips_exactly() {
@@ -552,6 +664,53 @@ mod tests {
             [("k", "9")],
         );
         assert_eq!(out.unwrap(), "<r><e a='x k=\"1\"' k=\"9\"/></r>");
+    }
+
+    /// Text of an element as a conforming parser reads it (no text: empty).
+    fn strict_text(e: roxmltree::Node<'_, '_>) -> String {
+        e.children().filter_map(|c| c.text()).collect()
+    }
+
+    proptest::proptest! {
+        /// Text and attribute values set here come out escaped, whatever they hold: a
+        /// conforming parser (roxmltree) reads the document exactly when the value holds
+        /// only XML characters (the overlay's check refuses the others), and then reads back
+        /// the text as set (up to XML's end-of-line handling of CR) and the attribute as set
+        /// (unless it holds TAB, LF or CR, which attribute normalisation makes spaces).
+        #[test]
+        fn escaped_values_read_back_strictly(t in hostile::text(8, 1024)) {
+            let src = "<?xml version=\"1.0\"?>\n<r>\n  <p>1</p>\n  <q a=\"1\"/>\n</r>\n";
+            let mut d = Doc::parse(src).unwrap();
+            let root = d.root_mut().unwrap();
+            if let Some(Node::Elem(q)) = root.children.get_mut(3) {
+                q.set_attr("a", &escape(&t));
+                q.set_text(&t);
+            }
+            root.append(Elem::new("z", vec![("b".into(), escape(&t))], &t));
+            let out = d.write();
+            // Our own reader reads back every value exactly.
+            let ours = Doc::parse(&out).map_err(|e| TestCaseError::fail(format!("{e}: {out}")))?;
+            let ours = ours.root().unwrap();
+            for (i, attr) in [(3, "a"), (5, "b")] {
+                let Some(Node::Elem(e)) = ours.children.get(i) else { panic!("{out}") };
+                prop_assert_eq!(e.text(), t.as_str());
+                prop_assert_eq!(e.attr(attr).map(unescape), Some(t.clone()));
+            }
+            let strict = roxmltree::Document::parse(&out);
+            let xml_text = t.chars().all(hostile::is_xml_char);
+            prop_assert_eq!(strict.is_ok(), xml_text, "{:?}: {:?}", out, strict.err());
+            let Ok(doc) = strict else { return Ok(()) };
+            let elems: Vec<_> = doc.root_element().children().filter(|n| n.is_element()).collect();
+            prop_assert_eq!(elems.len(), 3);
+            // XML's end-of-line handling may read CR LF and CR as LF.
+            let lf = |s: &str| s.replace("\r\n", "\n").replace('\r', "\n");
+            for (e, attr) in [(elems[1], "a"), (elems[2], "b")] {
+                prop_assert_eq!(lf(&strict_text(e)), lf(&t), "{:?}", out);
+                if !t.contains(['\t', '\n', '\r']) {
+                    prop_assert_eq!(e.attribute(attr), Some(t.as_str()), "{:?}", out);
+                }
+            }
+        }
     }
 
     #[test]
