@@ -2363,3 +2363,106 @@ async fn hostile_values_survive_the_full_export_round_trip() {
         "the imported folder serves other files"
     );
 }
+/// The record field of the seed's export that a bulk column's value lands in, if it is a
+/// string field (names are keys, a port is a number): (tree, key, JSON pointer, field).
+fn dump_slot(col: &str) -> Option<(&'static str, &'static str, String, String)> {
+    let acc = "1004a@example.com";
+    let (t, core) = (
+        "device-provisioning-sip-transport-protocol",
+        "device-provisioning-registration-core-server",
+    );
+    Some(match col {
+        "label" => (
+            "phones",
+            T46S,
+            "/members/0/lineLabel".into(),
+            "lineLabel".into(),
+        ),
+        "model" => ("phones", T46S, "/model".into(), "model".into()),
+        "password" => ("accounts", acc, "/password".into(), "password".into()),
+        "transport" => ("accounts", acc, format!("/settings/{t}"), t.into()),
+        "server" => ("accounts", acc, format!("/settings/{core}"), core.into()),
+        col => {
+            let key = col.strip_prefix("override:")?;
+            let ptr = format!("/overrides/{}", key.replace('~', "~0").replace('/', "~1"));
+            ("phones", T46S, ptr, key.into())
+        }
+    })
+}
+
+/// The seed's export with `c`'s value in its record field.
+fn hostile_dump(dump: &Value, c: &Hostile) -> Option<(Value, String)> {
+    let (tree, key, ptr, field) = dump_slot(&c.col)?;
+    let mut doc = dump.clone();
+    let entries = doc["trees"][tree].as_array_mut().expect("tree");
+    let e = entries
+        .iter_mut()
+        .find(|e| e["key"] == key || e["key-hex"] == key)
+        .expect("the seed's record");
+    let (parent, last) = ptr.rsplit_once('/').expect("pointer");
+    let last = last.replace("~1", "/").replace("~0", "~");
+    let slot = e["record"].pointer_mut(parent).expect("parent field");
+    if slot.is_null() {
+        *slot = json!({});
+    }
+    slot[last.as_str()] = json!(c.value);
+    Some((doc, field))
+}
+
+/// The full export is an entry point too: a backup edited by hand (or by anyone who can
+/// write the file) must not bring in what every other entry point refuses. Each refused
+/// value of the table, placed in the record field its column maps to, makes
+/// `autoprov import` fail naming that field, leaves the new folder without records, and
+/// never reaches a phone's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_in_a_full_export_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = seeded_folder(dir.path()).await;
+    let dump: Value = serde_json::from_str(&Target::Folder(&data).records().await).expect("json");
+    let mut failures = vec![];
+    let mut tried = 0;
+    for (i, c) in hostile_table()
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.refused)
+    {
+        let Some((doc, field)) = hostile_dump(&dump, c) else {
+            continue;
+        };
+        tried += 1;
+        let (path, into) = (
+            dir.path().join(format!("dump{i}.json")),
+            dir.path().join(format!("d{i}")),
+        );
+        std::fs::write(&path, doc.to_string()).expect("write");
+        let o = common::autoprov_cli(strings(&[
+            "import",
+            "--data",
+            path_str(&into),
+            path_str(&path),
+        ]))
+        .await;
+        let mut problems = vec![];
+        if o.ok {
+            problems.push("imported".to_string());
+            let served = common::Served::start(&into, &data);
+            let (_, _, file) = served.fetch(&format!("{T46S}.cfg")).await;
+            served.stop();
+            if injected(&file) {
+                problems.push(format!("the T46S's file gained a line:\n{file}"));
+            }
+        } else if !o.stderr.contains(&field) {
+            problems.push(format!("the error does not name {field:?}: {}", o.stderr));
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{}: {}", c.what(), problems.join("; ")));
+        }
+    }
+    assert!(tried > 50, "only {tried} cases map to a record field");
+    assert!(
+        failures.is_empty(),
+        "{} of {tried} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

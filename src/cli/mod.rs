@@ -1005,6 +1005,7 @@ async fn import(
             // Everything is validated before the store is even opened.
             let dump = crate::store::parse_export(&bytes)
                 .map_err(|e| anyhow::Error::new(e).context(name.clone()))?;
+            check_dump(config, &dump).map_err(|e| e.context(name.clone()))?;
             let store = open_store(config, true)?;
             store
                 .import(&dump, replace)
@@ -1071,6 +1072,29 @@ async fn import(
             Ok(())
         }
     }
+}
+
+/// Holds a full export to the rules the admin API enforces, against the configured
+/// catalogue (a record naming a model it lacks is refused, as the API would).
+fn check_dump(config: &Config, dump: &crate::store::Dump) -> anyhow::Result<()> {
+    let engine = crate::render::Engine::load(&config.templates)
+        .map_err(|e| anyhow::Error::new(e).context("--templates"))?;
+    let cat = crate::model::Catalogue::load(&config.models, &|t| engine.has(t))
+        .map_err(|e| anyhow::Error::new(e).context("--models"))?;
+    let ports = |m: &str| cat.get(m).map(|m| m.ports);
+    let override_ok = |model: Option<&str>, k: &str, v: &str| match model.and_then(|m| cat.get(m)) {
+        Some(m) => m
+            .files
+            .iter()
+            .filter(|f| f.overrides)
+            .try_for_each(|f| crate::render::overlay::check_override(f.format, k, v)),
+        None => crate::render::overlay::check_override_unlinked(k, v),
+    };
+    dump.check(&crate::model::rules::Knowledge {
+        ports: &ports,
+        override_ok: &override_ok,
+    })?;
+    Ok(())
 }
 
 #[derive(serde::Deserialize)]

@@ -145,18 +145,7 @@ impl Admin {
 }
 
 pub(crate) fn check_name(field: &str, v: &str, max: usize) -> Result<(), AppError> {
-    if v.is_empty()
-        || v.len() > max
-        || !v
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-    {
-        return Err(AppError::invalid(
-            field,
-            format!("must be 1 to {max} of A-Z a-z 0-9 . _ -"),
-        ));
-    }
-    Ok(())
+    crate::model::rules::check_name(v, max).map_err(|m| AppError::invalid(field, m))
 }
 
 /// Resolves `~` in the domain path segment to the token's domain.

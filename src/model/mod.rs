@@ -6,6 +6,7 @@ pub mod catalogue;
 pub mod mac;
 pub mod merge;
 pub mod records;
+pub mod rules;
 pub mod settings;
 
 pub use catalogue::{Catalogue, FileRef, FileSpec, Format, Model};

@@ -34,7 +34,7 @@ use serde_json::{Map, Value};
 use sled::Transactional;
 
 use super::{SCHEMA_VERSION, Store, StoreError, dec};
-use crate::model::{Account, Domain, Phone};
+use crate::model::{Account, Domain, Phone, rules};
 
 /// The `format` header.
 pub const FORMAT: &str = "autoprov-export";
@@ -76,6 +76,16 @@ pub enum ImportError {
         /// What is wrong.
         message: String,
     },
+    /// A record breaks a rule the admin API enforces.
+    #[error("trees.{tree} (key {key:?}): {violation}")]
+    Record {
+        /// Tree name.
+        tree: String,
+        /// The record's key.
+        key: String,
+        /// The field and the rule.
+        violation: crate::model::rules::Violation,
+    },
     /// The store holds data and `--replace` was not given.
     #[error(
         "the store already holds data ({what}); nothing was written. Pass --replace to replace everything in it, or import into an empty data folder"
@@ -96,6 +106,33 @@ pub struct Dump {
 }
 
 impl Dump {
+    /// Checks every domain, account and phone record against the rules the admin API
+    /// enforces (names, one-line text, settings, credentials, members, overrides, a model
+    /// the catalogue knows), so a hand-edited backup brings in nothing the API refuses.
+    pub fn check(&self, knows: &rules::Knowledge<'_>) -> Result<(), ImportError> {
+        for (tree, entries) in &self.trees {
+            for (k, v) in entries {
+                let checked = match tree.as_str() {
+                    "domains" => dec::<Domain>("domains", v).map(|d| rules::check_domain(&d)),
+                    "accounts" => {
+                        dec::<Account>("accounts", v).map(|a| rules::check_account(&a, knows))
+                    }
+                    "phones" => dec::<Phone>("phones", v).map(|p| rules::check_phone(&p, knows)),
+                    _ => continue,
+                };
+                // Decoding was proven by `parse`; a failure here is the store's error.
+                if let Err(violation) = checked? {
+                    return Err(ImportError::Record {
+                        tree: tree.clone(),
+                        key: String::from_utf8_lossy(k).into_owned(),
+                        violation,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Number of entries across all trees.
     pub fn entries(&self) -> usize {
         self.trees.values().map(BTreeMap::len).sum()
