@@ -12,11 +12,14 @@
 #   FUZZ_TIMEOUT  seconds for one input before libFuzzer reports a hang, default 20
 #   FUZZ_ARGS     extra libFuzzer flags, appended as they are
 #
-# Needs the nightly toolchain (`rustup toolchain install nightly`); installs cargo-fuzz
-# when missing. Corpora live in fuzz/corpus/<target> (seeded on the first run from
+# Uses the nightly toolchain when rustup has it; otherwise the stable one with
+# RUSTC_BOOTSTRAP=1 (libFuzzer's sanitizer flags are nightly-only, and a machine that reaches
+# only the package registries cannot install nightly). Installs cargo-fuzz when missing.
+# Corpora live in fuzz/corpus/<target> (seeded on the first run from
 # tests/golden/ and a few hand-written inputs), crashes in fuzz/artifacts/<target>, logs
 # in fuzz/logs/<target>.log. Reproduce a crash with
-#   cargo +nightly fuzz run <target> fuzz/artifacts/<target>/crash-...
+#   cargo +nightly fuzz run <target>   (or RUSTC_BOOTSTRAP=1 cargo fuzz run <target>)
+#       fuzz/artifacts/<target>/crash-...
 # and minimise it with
 #   cargo +nightly fuzz tmin <target> fuzz/artifacts/<target>/crash-...
 # Exit status: 0 when no target crashed, 1 when one did, 2 on a setup error.
@@ -27,21 +30,27 @@ root=$(pwd)
 seconds=${FUZZ_SECONDS:-300}
 timeout=${FUZZ_TIMEOUT:-20}
 
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+if cargo +nightly --version >/dev/null 2>&1; then
+    fuzz=(cargo +nightly fuzz)
+else
+    export RUSTC_BOOTSTRAP=1
+    fuzz=(cargo fuzz)
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "installing cargo-fuzz" >&2
-    cargo +nightly install cargo-fuzz --locked || exit 2
+    cargo install cargo-fuzz --locked || exit 2
 fi
 
 cd fuzz
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
-    mapfile -t targets < <(cargo +nightly fuzz list)
+    mapfile -t targets < <("${fuzz[@]}" list)
 fi
 [ "${#targets[@]}" -gt 0 ] || { echo "no fuzz targets" >&2; exit 2; }
 
 mkdir -p logs
-cargo +nightly fuzz build >logs/build.log 2>&1 || { cat logs/build.log >&2; exit 2; }
+"${fuzz[@]}" build -O >logs/build.log 2>&1 || { cat logs/build.log >&2; exit 2; }
 
 # Seeds: rendered files of every model for the overlays, a few spellings for the parsers.
 seed() {
@@ -92,7 +101,7 @@ for t in "${targets[@]}"; do
     before=$(ls "artifacts/$t" | wc -l)
     set +e
     # shellcheck disable=SC2086
-    cargo +nightly fuzz run "$t" -- \
+    "${fuzz[@]}" run -O "$t" -- \
         -max_total_time="$seconds" -timeout="$timeout" -print_final_stats=1 \
         ${FUZZ_ARGS:-} >"$log" 2>&1
     rc=$?
