@@ -1614,6 +1614,13 @@ fn free_text_cases(col: &str) -> Vec<Hostile> {
     for c in SEPARATORS {
         v.push(accept(col, format!("x{c}{INJECTED}")));
     }
+    // Not XML characters: free text lands in XML files too (an override's value is held
+    // to its file's format instead, and a key/value file can carry them).
+    if !col.starts_with("override:") {
+        for c in ["\u{FFFE}", "\u{FFFF}"] {
+            v.push(refuse(col, format!("x{c}")));
+        }
+    }
     v.extend([
         accept(col, "a".repeat(1024)),
         refuse(col, "a".repeat(1025)),

@@ -599,7 +599,10 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(200))]
+        // Each case renders: 200 by default, PROPTEST_CASES when set.
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
+        ))]
 
         /// The hand-built tera context is exactly what serde makes of the struct, and the
         /// settings maps are those of a fresh fold: the memo of shared layers (kept across

@@ -505,9 +505,6 @@ pub fn check_override(format: Format, key: &str, value: &str) -> Result<(), Stri
                         .into(),
                 );
             }
-            if value.chars().any(char::is_control) {
-                return Err("value must not contain line breaks or control characters".into());
-            }
             Ok(())
         }
     }
