@@ -83,9 +83,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         listeners.https = Some((l, acceptor));
     }
     let addr = urls.join(" and ");
-    // Installed before the address is printed, so a SIGHUP sent after it is never lost.
+    // Installed before the address is printed, so a signal sent after it is never lost.
     #[cfg(unix)]
     reload_on_hangup(state.clone())?;
+    let stop = shutdown_signal()?;
     println!(
         "autoprov listening on {addr} ({} models loaded, data in {})",
         startup.models,
@@ -109,7 +110,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ),
     }
     tracing::info!(%addr, "listening");
-    autoprov::serve_listeners(listeners, state, shutdown_signal()).await?;
+    autoprov::serve_listeners(listeners, state, stop).await?;
     tracing::info!("stopped; store flushed");
     Ok(())
 }
@@ -131,23 +132,28 @@ fn reload_on_hangup(state: autoprov::AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM or SIGINT (Ctrl-C) stops the server gracefully. The handlers are installed when
+/// this is called, before the address is printed: a signal sent right after it is never
+/// lost (tokio installs `ctrl_c` only when first polled, which let a SIGTERM kill the
+/// process unflushed).
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| anyhow::anyhow!("cannot install the {name} handler: {e}"))
+        };
+        let mut term = install(SignalKind::terminate(), "SIGTERM")?;
+        let mut int = install(SignalKind::interrupt(), "SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        })
     }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

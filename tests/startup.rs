@@ -138,6 +138,33 @@ fn prints_address_and_serves(workers: &str) {
     child.kill().unwrap();
 }
 
+/// A stop signal sent the moment the address is printed still stops the server
+/// gracefully (the handlers are installed before it is printed), for SIGTERM and SIGINT.
+#[cfg(unix)]
+#[test]
+fn a_stop_signal_right_after_start_is_graceful() {
+    for signal in ["-TERM", "-INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, _url, _lines) = common::spawn_binary(
+            common::binary_command(
+                &[],
+                &dir.path().join("data"),
+                &repo("models"),
+                &repo("templates"),
+            )
+            .stderr(Stdio::null()),
+        );
+        let sent = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{signal}: {status:?}");
+    }
+}
+
 #[test]
 fn bad_config_names_the_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -339,10 +339,6 @@ impl Served {
 
     /// SIGTERM, a graceful shutdown (renders written, the store flushed), and a clean exit.
     pub fn stop(mut self) {
-        // The binary installs its SIGTERM handler only once its accept loop first waits
-        // (SIGHUP's is installed before the address is printed): a SIGTERM right after a
-        // quick fetch can meet the default action and kill it unflushed.
-        std::thread::sleep(std::time::Duration::from_millis(300));
         let pid = self.child.id().to_string();
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &pid])
