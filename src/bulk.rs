@@ -7,7 +7,7 @@
 //! `{line, field, message}`, and change nothing if there is any; otherwise build one
 //! [`Change`] and commit it (one sled transaction), then flush.
 //!
-//! Semantics (README "Bulk import"): a row is one line (member) of a phone. Rows add or
+//! Semantics (docs/OPERATIONS.md "Bulk import"): a row is one line (member) of a phone. Rows add or
 //! update; an import never deletes. The phone is created or updated (model, domain,
 //! overrides named in the row); the account `device@domain` is created or updated
 //! (password, transport, server when given; a new account without a password gets a
@@ -1023,7 +1023,7 @@ fn csv_field(out: &mut String, v: &str) {
 /// Every phone as bulk CSV: one row per member (a phone without members gets one row with
 /// no line), the same columns the import takes, override columns for every override key
 /// in use. Importing it into an empty store gives the same phones, accounts and members
-/// (see README for what CSV does not carry).
+/// (see docs/OPERATIONS.md "Bulk import" for what CSV does not carry).
 pub fn export_csv(store: &Store) -> Result<String, StoreError> {
     let mut all = Vec::new();
     let mut after = None;

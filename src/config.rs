@@ -95,7 +95,7 @@ pub enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
         /// `json`: the full store dump; `csv`: one row per phone line, the columns `import`
-        /// takes (see README "Bulk import").
+        /// takes (see docs/OPERATIONS.md "Bulk import").
         #[arg(long, value_enum, default_value = "json")]
         format: crate::cli::ExportFormat,
     },

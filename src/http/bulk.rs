@@ -37,7 +37,7 @@ impl From<BulkError> for AppError {
 #[utoipa::path(
     post, path = "/import", tag = "bulk",
     request_body(
-        description = "CSV with a header row (columns in README), or JSON rows",
+        description = "CSV with a header row (columns in docs/OPERATIONS.md), or JSON rows",
         content(
             (String = "text/csv"),
             (super::schema::ImportRows = "application/json"),
