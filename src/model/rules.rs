@@ -32,13 +32,16 @@ impl std::fmt::Display for Violation {
     }
 }
 
+/// Checks an override key and value for a model (`None`: not linked to one yet).
+pub type OverrideCheck<'a> = &'a dyn Fn(Option<&str>, &str, &str) -> Result<(), String>;
+
 /// What the rules need to know beyond a record: whether a model exists (and its ports),
 /// and whether an override fits the formats of the files it would land in.
 pub struct Knowledge<'a> {
     /// The number of ports of a model, or `None` when the catalogue has no such model.
     pub ports: &'a dyn Fn(&str) -> Option<u32>,
     /// Checks an override key and value for a model (`None`: not linked to one yet).
-    pub override_ok: &'a dyn Fn(Option<&str>, &str, &str) -> Result<(), String>,
+    pub override_ok: OverrideCheck<'a>,
 }
 
 /// A name (domain, user, device): 1 to `max` of `A-Z a-z 0-9 . _ -`.
@@ -249,7 +252,8 @@ mod tests {
     fn a_clean_phone_passes_and_each_hostile_field_is_named() {
         let k = knows();
         assert_eq!(check_phone(&phone(), &k), Ok(()));
-        let cases: Vec<(&str, Box<dyn Fn(&mut Phone)>)> = vec![
+        type Edit = Box<dyn Fn(&mut Phone)>;
+        let cases: Vec<(&str, Edit)> = vec![
             (
                 "members[0].lineLabel",
                 Box::new(|p| p.members[0].line_label = "x\ny".into()),
