@@ -20,7 +20,8 @@
 #                    CI uses `test` to share the build of `cargo test`).
 #
 # Reports: target/mutants-out/<group>/mutants.out/{caught,missed,timeout,unviable}.txt.
-# Exit status: 0 no survivor, 1 a survivor or a timeout, 2 a setup error.
+# Exit status: 0 no survivor, 1 a survivor, 2 a setup error. A mutant that makes the tests
+# hang past 120 s counts as detected (listed as timed out).
 # Documented survivors (not observable; see docs/TESTING.md) are excluded in
 # .cargo/mutants.toml.
 set -euo pipefail
@@ -113,7 +114,7 @@ for row in "${rows[@]}"; do
     # relinks only the binaries that run.
     target_args=()
     for t in $tests; do target_args+=("--cargo-arg=$t"); done
-    cmd=(cargo mutants --no-shuffle --profile "${MUTANTS_PROFILE:-mutants}" --baseline skip --timeout 300
+    cmd=(cargo mutants --no-shuffle --profile "${MUTANTS_PROFILE:-mutants}" --baseline skip --timeout 120
         --output "$out/$name" "${file_args[@]}" "${diff_args[@]}" "${place_args[@]}"
         "${target_args[@]}")
     rc=0
@@ -130,7 +131,8 @@ for row in "${rows[@]}"; do
         "timeout $(printf '%s' "$timeouts" | grep -c . || true)," \
         "unviable $(grep -c . "$report/unviable.txt" 2>/dev/null || echo 0)"
     [ -n "$missed" ] && { echo "   SURVIVED:"; printf '     %s\n' "$missed"; status=1; }
-    [ -n "$timeouts" ] && { echo "   TIMED OUT:"; printf '     %s\n' "$timeouts"; status=1; }
+    # A mutant that makes the suite hang is detected: the suite never passes with it.
+    [ -n "$timeouts" ] && { echo "   timed out (detected: the suite hangs):"; printf '     %s\n' "$timeouts"; }
     case "$rc" in
         0|2|3) ;;
         124) echo "   stopped: MUTANTS_BUDGET spent; the mutants after the last one reported were not tested" >&2 ;;
