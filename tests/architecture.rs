@@ -1,0 +1,192 @@
+//! The module layers (docs/ARCHITECTURE.md): a module imports only from its own layer or
+//! the layers below it, and no two top-level modules import each other, directly or
+//! through others. Read from the `crate::…` paths under `src/` (tests excluded).
+//!
+//! The layout is being moved onto these layers (issue 29). Until it is, the edges that
+//! break a rule today are listed in `KNOWN`: a new one fails this test, and so does a
+//! listed one that is gone (take it off the list, so it cannot come back unnoticed).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Layer of each top-level module of `src/`, lowest first. `lib` is the crate root.
+const LAYERS: &[(&str, u8)] = &[
+    // Pure domain: MAC, User-Agent, catalogue, records, settings, merge, rules.
+    ("model", 0),
+    // Credential and address primitives on domain types.
+    ("auth", 1),
+    ("digest", 1),
+    ("guard", 1),
+    // Rendering and persistence, each on the domain only.
+    ("render", 2),
+    ("store", 2),
+    ("journal", 2),
+    // The phone pipeline's state and the activity record.
+    ("cache", 3),
+    ("fleet", 3),
+    // Admin use cases.
+    ("bulk", 4),
+    ("tokens", 4),
+    ("reload", 4),
+    // Adapters and wiring.
+    ("error", 5),
+    ("http", 5),
+    ("cli", 5),
+    ("config", 5),
+    ("server", 5),
+    ("tls", 5),
+    ("telemetry", 5),
+    ("metrics", 5),
+    ("lib", 5),
+    ("main", 6),
+];
+
+/// Edges that break a rule today, `from -> to`, each to be removed by issue 29.
+const KNOWN: &[&str] = &[
+    // Upward imports.
+    "bulk -> error",
+    "bulk -> http",
+    "bulk -> lib",
+    "cache -> error",
+    "journal -> fleet",
+    "model -> cache",
+    "model -> fleet",
+    "reload -> lib",
+    "render -> config",
+    "store -> fleet",
+    "tokens -> config",
+    "tokens -> error",
+    "tokens -> http",
+    // Cycles inside the adapter layer.
+    "cli -> config",
+    "cli -> http",
+    "cli -> lib",
+    "config -> cli",
+    "config -> server",
+    "config -> tls",
+    "http -> lib",
+    "http -> metrics",
+    "http -> server",
+    "http -> telemetry",
+    "lib -> config",
+    "metrics -> lib",
+    "metrics -> telemetry",
+    "server -> config",
+    "server -> http",
+    "server -> lib",
+    "telemetry -> config",
+    "tls -> config",
+];
+
+fn top_module(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).unwrap();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
+    first.trim_end_matches(".rs").to_string()
+}
+
+fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// `from -> to` for every `crate::x` path outside tests; `crate::Item` is the root (`lib`).
+fn edges(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let modules: BTreeSet<&str> = LAYERS.iter().map(|(m, _)| *m).collect();
+    let mut list = Vec::new();
+    files(src, &mut list);
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in list {
+        let from = top_module(src, &f);
+        let text = std::fs::read_to_string(&f).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for (i, _) in code.match_indices("crate::") {
+            if i > 0 && code.as_bytes()[i - 1].is_ascii_alphanumeric() {
+                continue;
+            }
+            let rest = &code[i + 7..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            let name = &rest[..end];
+            let to = if modules.contains(name) { name } else { "lib" };
+            if to != from && !(from == "main" || name.is_empty()) {
+                out.entry(from.clone()).or_default().insert(to.to_string());
+            }
+        }
+    }
+    out
+}
+
+fn layer(m: &str) -> u8 {
+    LAYERS
+        .iter()
+        .find(|(n, _)| *n == m)
+        .map(|(_, l)| *l)
+        .unwrap_or_else(|| panic!("module {m} has no layer in tests/architecture.rs"))
+}
+
+/// Whether `to` reaches `from` through modules of one layer (so `from -> to` closes a cycle
+/// inside that layer; a cycle across layers has an upward edge, reported as such).
+fn reaches(g: &BTreeMap<String, BTreeSet<String>>, to: &str, from: &str) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![to.to_string()];
+    while let Some(m) = stack.pop() {
+        if m == from {
+            return true;
+        }
+        if seen.insert(m.clone()) {
+            let same = g.get(&m).into_iter().flatten();
+            stack.extend(same.filter(|n| layer(n) == layer(from)).cloned());
+        }
+    }
+    false
+}
+
+#[test]
+fn imports_point_down_and_never_round() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let g = edges(&src);
+    assert!(g.len() > 10, "read the module graph: {g:?}");
+    let mut broken = BTreeSet::new();
+    for (from, tos) in &g {
+        for to in tos {
+            let round = layer(to) == layer(from) && reaches(&g, to, from);
+            if layer(to) > layer(from) || round {
+                broken.insert(format!("{from} -> {to}"));
+            }
+        }
+    }
+    let known: BTreeSet<String> = KNOWN.iter().map(|s| s.to_string()).collect();
+    let new: Vec<&String> = broken.difference(&known).collect();
+    let gone: Vec<&String> = known.difference(&broken).collect();
+    assert!(
+        new.is_empty(),
+        "imports that point up or close a cycle (docs/ARCHITECTURE.md): {new:?}"
+    );
+    assert!(
+        gone.is_empty(),
+        "fixed, take them off KNOWN in tests/architecture.rs: {gone:?}"
+    );
+}
+
+#[test]
+fn the_checker_sees_cycles_and_upward_imports() {
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    g.entry("http".into()).or_default().insert("cli".into());
+    g.entry("cli".into()).or_default().insert("server".into());
+    assert!(!reaches(&g, "cli", "http"));
+    g.entry("server".into()).or_default().insert("http".into());
+    assert!(reaches(&g, "cli", "http"), "http -> cli -> server -> http");
+    assert!(layer("http") > layer("model") && layer("model") == 0);
+}
