@@ -6,6 +6,8 @@
 //! break a rule today are listed in `KNOWN`: a new one fails this test, and so does a
 //! listed one that is gone (take it off the list, so it cannot come back unnoticed).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -89,22 +91,10 @@ fn top_module(src: &Path, file: &Path) -> String {
     first.trim_end_matches(".rs").to_string()
 }
 
-fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
-
 /// `from -> to` for every `crate::x` path outside tests; `crate::Item` is the root (`lib`).
 fn edges(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let modules: BTreeSet<&str> = LAYERS.iter().map(|(m, _)| *m).collect();
-    let mut list = Vec::new();
-    files(src, &mut list);
+    let list = common::rust_sources(src);
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for f in list {
         let from = top_module(src, &f);

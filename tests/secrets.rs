@@ -4,21 +4,12 @@
 //! outside tests has an operand that names a secret. `auth::Secret` has no `PartialEq`
 //! (a static assertion in src/auth.rs stops the build if one appears).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 
 /// Words that make an operand a secret.
 const SECRET_WORDS: &[&str] = &["password", "passwd", "secret", "token", "ha1", "nonce_key"];
-
-fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            sources(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
 
 /// The file's lines before its `#[cfg(test)]` module (tests compare on purpose).
 fn production(text: &str) -> Vec<(usize, &str)> {
@@ -61,11 +52,7 @@ fn names_a_secret(operand: &str) -> bool {
 
 #[test]
 fn no_secret_is_compared_with_eq() {
-    let mut files = Vec::new();
-    sources(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src"),
-        &mut files,
-    );
+    let files = common::rust_sources(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src"));
     assert!(files.len() > 20, "read the sources: {files:?}");
     let mut found = Vec::new();
     for f in &files {

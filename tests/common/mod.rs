@@ -348,3 +348,21 @@ impl Served {
         assert!(status.success(), "the server exited with {status:?}");
     }
 }
+
+/// Every `.rs` file under `dir`, for the tests that read the source (architecture, secrets).
+pub fn rust_sources(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
