@@ -250,18 +250,90 @@ fn store_phone(state: &autoprov::AppState, mac: autoprov::model::Mac) {
         .unwrap();
 }
 
+/// Serves `state` on 127.0.0.1:0: the URL, the stop sender and the server's task.
+async fn serve_state(
+    state: autoprov::AppState,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(autoprov::serve(listener, state, async move {
+        let _ = rx.await;
+    }));
+    (url, tx, task)
+}
+
+/// Phone A's file with `store_phone`'s credentials: status, ETag, body.
+async fn fetch_a(url: &str, if_none_match: Option<&str>) -> (u16, String, String) {
+    let mut rb = reqwest::Client::new()
+        .get(format!("{url}/{A}.cfg"))
+        .basic_auth("u", Some("p"));
+    if let Some(t) = if_none_match {
+        rb = rb.header("if-none-match", t);
+    }
+    let r = rb.send().await.unwrap();
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    (r.status().as_u16(), etag, r.text().await.unwrap())
+}
+
+/// After a restart the records are the same, the file a phone holds is still valid (its
+/// ETag answers 304, the same bytes come without a render), and a change made after the
+/// restart still makes it stale.
 #[tokio::test]
 async fn restart_keeps_data_and_cache_validity() {
     let dir = tempfile::tempdir().unwrap();
     let config = common::config_in(dir.path());
-    let (state, startup) = autoprov::init(&config).unwrap();
     let mac = autoprov::model::Mac::parse(A).unwrap();
-    store_phone(&state, mac);
-    state.store.flush().await.unwrap();
-    drop(state);
-    drop(startup);
+    let (before, etag, body) = {
+        let (state, _) = autoprov::init(&config).unwrap();
+        store_phone(&state, mac);
+        let (url, stop, task) = serve_state(state.clone()).await;
+        let (status, etag, body) = fetch_a(&url, None).await;
+        assert_eq!(status, 200);
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+        state.store.flush().await.unwrap();
+        (state.store.phone(mac).unwrap().unwrap(), etag, body)
+    };
     let (state, _) = autoprov::init(&config).unwrap();
-    assert!(state.store.phone(mac).unwrap().is_some());
+    let after = state.store.phone(mac).unwrap().unwrap();
+    assert_eq!(after, before, "the record survives as it was");
+    let (url, stop, task) = serve_state(state.clone()).await;
+    assert_eq!(
+        fetch_a(&url, Some(&etag)).await.0,
+        304,
+        "the old tag is valid"
+    );
+    assert_eq!(fetch_a(&url, None).await, (200, etag.clone(), body.clone()));
+    assert_eq!(
+        state.cache.render_count(),
+        0,
+        "served from the stored render"
+    );
+    let mut changed = after.clone();
+    changed
+        .overrides
+        .insert("custom.note".into(), "sip.changed.example".into());
+    state
+        .store
+        .commit(&autoprov::store::Change {
+            phones: vec![(mac, Some(changed))],
+            ..Default::default()
+        })
+        .unwrap();
+    let (status, new_etag, new_body) = fetch_a(&url, Some(&etag)).await;
+    assert_eq!(
+        status, 200,
+        "a change after the restart makes the old tag stale"
+    );
+    assert_ne!(new_etag, etag);
+    assert!(new_body.contains("sip.changed.example"), "{new_body}");
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -279,15 +351,7 @@ async fn a_restarted_server_warms_its_memory_tiers_from_the_store() {
         assert_eq!(r.status(), 200);
         r.text().await.unwrap()
     };
-    let serve = |state: autoprov::AppState| async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(autoprov::serve(listener, state, async move {
-            let _ = rx.await;
-        }));
-        (url, tx, task)
-    };
+    let serve = serve_state;
     // First process: the phone's file is rendered and packed into the store.
     let first = {
         let (state, _) = autoprov::init(&config).unwrap();
