@@ -252,8 +252,8 @@ pub struct TlsConfig {
     pub listen: SocketAddr,
 }
 
-/// The server-layer setting `public-url` fills: the firmware folder's base URL.
-pub const FIRMWARE_URL_SETTING: &str = "firmware-url";
+/// The server-layer setting `public-url` fills (defined with the other setting keys).
+pub use crate::model::settings::FIRMWARE_URL as FIRMWARE_URL_SETTING;
 
 /// Connection and request limits (enforced in [`crate::server`] and the router).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

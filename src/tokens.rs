@@ -39,7 +39,8 @@ pub fn create(
     scope: Option<&str>,
     domain: &str,
 ) -> Result<(Token, String), AppError> {
-    crate::http::admin::check_name("domain", domain, 64)?;
+    crate::model::rules::check_name(domain, crate::model::rules::DOMAIN_MAX)
+        .map_err(|m| AppError::invalid("domain", m))?;
     if scope.is_some_and(|s| s != domain) {
         return Err(AppError::NotFound(format!("no domain {domain}")));
     }

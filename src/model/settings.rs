@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 /// A layer of settings: key → value.
 pub type Settings = BTreeMap<String, String>;
 
+/// The firmware folder's base URL (the server layer's, from `public-url`).
+pub const FIRMWARE_URL: &str = "firmware-url";
 /// SIP server host, optionally `host:port`.
 pub const CORE_SERVER: &str = "device-provisioning-registration-core-server";
 /// SIP server port when the core server names none.

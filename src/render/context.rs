@@ -308,7 +308,7 @@ impl RenderContext {
         let idle_line_keys = (1..=m.ports.min(m.line_keys))
             .filter(|k| !lines.iter().any(|l| l.line_keys.contains(k)))
             .collect();
-        let firmware_url = match merged.get(crate::config::FIRMWARE_URL_SETTING) {
+        let firmware_url = match merged.get(crate::model::settings::FIRMWARE_URL) {
             Some(u) if !u.is_empty() => u.trim_end_matches('/').to_string(),
             _ => "/firmware".to_string(),
         };

@@ -295,7 +295,7 @@ fn readers(setting: &str) -> Vec<String> {
         "allowCallDeclineEnabled" => &["line.allow_call_decline"],
         "t38FaxCompressionEnabled" => &["line.t38"],
         "emergency-address-id" => &["line.emergency_address_id"],
-        crate::config::FIRMWARE_URL_SETTING => &["firmware_url"],
+        crate::model::settings::FIRMWARE_URL => &["firmware_url"],
         _ => &[],
     };
     r.extend(field.iter().map(|s| s.to_string()));
