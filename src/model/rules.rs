@@ -252,8 +252,19 @@ mod tests {
     fn a_clean_phone_passes_and_each_hostile_field_is_named() {
         let k = knows();
         assert_eq!(check_phone(&phone(), &k), Ok(()));
-        type Edit = Box<dyn Fn(&mut Phone)>;
-        let cases: Vec<(&str, Edit)> = vec![
+        for (field, edit) in hostile_edits() {
+            let mut p = phone();
+            edit(&mut p);
+            let v = check_phone(&p, &k).expect_err(field);
+            assert_eq!(v.field, field, "{v}");
+        }
+    }
+
+    type Edit = Box<dyn Fn(&mut Phone)>;
+
+    /// One edit of a clean phone per rule, with the field its refusal names.
+    fn hostile_edits() -> Vec<(&'static str, Edit)> {
+        vec![
             (
                 "members[0].lineLabel",
                 Box::new(|p| p.members[0].line_label = "x\ny".into()),
@@ -316,13 +327,7 @@ mod tests {
                     p.overrides.insert("k".into(), "1\n2".into());
                 }),
             ),
-        ];
-        for (field, edit) in cases {
-            let mut p = phone();
-            edit(&mut p);
-            let v = check_phone(&p, &k).expect_err(field);
-            assert_eq!(v.field, field, "{v}");
-        }
+        ]
     }
 
     #[test]
