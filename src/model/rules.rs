@@ -221,7 +221,11 @@ mod tests {
 
     fn knows() -> Knowledge<'static> {
         Knowledge {
-            ports: &|m| (m == "yealink-t46s").then_some(16),
+            ports: &|m| match m {
+                "yealink-t46s" => Some(16),
+                "big" => Some(100),
+                _ => None,
+            },
             override_ok: &|_, k, v| {
                 settings::check_text(v)?;
                 if k.contains('=') {
@@ -258,6 +262,67 @@ mod tests {
             let v = check_phone(&p, &k).expect_err(field);
             assert_eq!(v.field, field, "{v}");
         }
+    }
+
+    /// The limits themselves are allowed: the last port, the widest line, and a message
+    /// that names its field.
+    #[test]
+    fn limits_are_inclusive() {
+        let k = knows();
+        let with = |model: &str, port: u32, weight: u32| {
+            let mut p = phone();
+            p.model = model.into();
+            p.members[0].port = port;
+            p.members[0].line_weight = weight;
+            check_phone(&p, &k).map_err(|v| v.field)
+        };
+        assert_eq!(with("yealink-t46s", 16, 1), Ok(()));
+        assert_eq!(with("yealink-t46s", 15, 2), Ok(()));
+        assert_eq!(
+            with("yealink-t46s", 15, 3),
+            Err("members[0].lineWeight".into())
+        );
+        assert_eq!(with("yealink-t46s", 17, 1), Err("members[0].port".into()));
+        assert_eq!(with("big", 1, WEIGHT_MAX), Ok(()));
+        assert_eq!(
+            with("big", 1, WEIGHT_MAX + 1),
+            Err("members[0].lineWeight".into())
+        );
+        assert_eq!(with("big", 1, 0), Err("members[0].lineWeight".into()));
+        let mut p = phone();
+        p.members[0].line_label = "a\rb".into();
+        let v = check_phone(&p, &k).unwrap_err();
+        assert_eq!(
+            v.to_string(),
+            format!("members[0].lineLabel: {}", v.message)
+        );
+        assert!(v.message.contains("control characters"), "{v}");
+    }
+
+    #[test]
+    fn replaced_credentials_obey_the_rules_too() {
+        let k = knows();
+        let prev = |u: &str, pw: &str| {
+            let mut p = phone();
+            p.previous_credentials = Some(PreviousCredentials {
+                username: u.into(),
+                password: pw.into(),
+                until: 1,
+            });
+            check_phone(&p, &k).map_err(|v| v.field)
+        };
+        assert_eq!(prev("u", "p"), Ok(()));
+        assert_eq!(prev("u", ""), Err("previousCredentials.password".into()));
+        assert_eq!(prev("u\n", "p"), Err("previousCredentials.username".into()));
+        let d = Domain {
+            name: "example.com".into(),
+            previous_credentials: Some(PreviousCredentials::default()),
+            ..Default::default()
+        };
+        assert_eq!(
+            check_domain(&d).map_err(|v| v.field),
+            Err("previousCredentials.username".into())
+        );
     }
 
     type Edit = Box<dyn Fn(&mut Phone)>;
