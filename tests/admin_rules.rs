@@ -2473,3 +2473,52 @@ async fn hostile_values_in_a_full_export_are_refused() {
         failures.join("\n")
     );
 }
+
+/// A restore on a host without the model folders still holds every rule that does not need
+/// the catalogue: a line break in a label or a password is refused naming its field, and a
+/// clean export imports, with a warning that model names were checked for their form only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_export_is_checked_without_a_catalogue_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = seeded_folder(dir.path()).await;
+    let dump: Value = serde_json::from_str(&Target::Folder(&data).records().await).expect("json");
+    let missing = dir.path().join("no-such-folder");
+    let import = |doc: Value, i: usize| {
+        let (path, into) = (
+            dir.path().join(format!("bare{i}.json")),
+            dir.path().join(format!("bare{i}")),
+        );
+        std::fs::write(&path, doc.to_string()).expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_autoprov"))
+            .arg("import")
+            .arg("--data")
+            .arg(&into)
+            .arg(&path)
+            .arg("--models")
+            .arg(&missing)
+            .arg("--templates")
+            .arg(&missing)
+            .output()
+            .expect("run autoprov");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stderr) = import(dump.clone(), 0);
+    assert!(ok, "a clean export imports: {stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("form only"),
+        "{stderr}"
+    );
+    let cases = [
+        refuse("label", format!("x\r\n{INJECTED}")),
+        refuse("password", "pw\u{0}"),
+        refuse("model", "../yealink-t46s"),
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        let (doc, field) = hostile_dump(&dump, c).expect("a record field");
+        let (ok, stderr) = import(doc, i + 1);
+        assert!(!ok && stderr.contains(&field), "{}: {stderr}", c.what());
+    }
+}

@@ -1075,22 +1075,43 @@ async fn import(
 }
 
 /// Holds a full export to the rules the admin API enforces, against the configured
-/// catalogue (a record naming a model it lacks is refused, as the API would).
+/// catalogue (a record naming a model it lacks is refused, as the API would). Without a
+/// readable catalogue (a restore on a host without the model folders) every rule but the
+/// model's own still holds: a model name is checked for its form, ports against the
+/// highest any model may have, overrides against every format; a warning says so.
 fn check_dump(config: &Config, dump: &crate::store::Dump) -> anyhow::Result<()> {
-    let engine = crate::render::Engine::load(&config.templates)
-        .map_err(|e| anyhow::Error::new(e).context("--templates"))?;
-    let cat = crate::model::Catalogue::load(&config.models, &|t| engine.has(t))
-        .map_err(|e| anyhow::Error::new(e).context("--models"))?;
+    use crate::model::rules::{self, Knowledge};
+    use crate::render::overlay;
+    let catalogue = crate::render::Engine::load(&config.templates)
+        .map_err(|e| anyhow::Error::new(e).context("--templates"))
+        .and_then(|engine| {
+            crate::model::Catalogue::load(&config.models, &|t| engine.has(t))
+                .map_err(|e| anyhow::Error::new(e).context("--models"))
+        });
+    let Ok(cat) = catalogue else {
+        if let Err(e) = &catalogue {
+            eprintln!(
+                "autoprov: warning: {e:#}; the export's model names are checked for their form only"
+            );
+        }
+        let ports = |m: &str| rules::check_name(m, 64).ok().map(|()| rules::PORT_MAX);
+        let override_ok =
+            |_: Option<&str>, k: &str, v: &str| overlay::check_override_unlinked(k, v);
+        return Ok(dump.check(&Knowledge {
+            ports: &ports,
+            override_ok: &override_ok,
+        })?);
+    };
     let ports = |m: &str| cat.get(m).map(|m| m.ports);
     let override_ok = |model: Option<&str>, k: &str, v: &str| match model.and_then(|m| cat.get(m)) {
         Some(m) => m
             .files
             .iter()
             .filter(|f| f.overrides)
-            .try_for_each(|f| crate::render::overlay::check_override(f.format, k, v)),
-        None => crate::render::overlay::check_override_unlinked(k, v),
+            .try_for_each(|f| overlay::check_override(f.format, k, v)),
+        None => overlay::check_override_unlinked(k, v),
     };
-    dump.check(&crate::model::rules::Knowledge {
+    dump.check(&Knowledge {
         ports: &ports,
         override_ok: &override_ok,
     })?;
