@@ -229,6 +229,31 @@ mod tests {
         assert!(secret_eq("", "") && !secret_eq("a", "") && !secret_eq("", "a"));
     }
 
+    /// Every character of the alphabet comes out, equally often: 570,000 draws, 10,000
+    /// expected per character (a standard deviation of 1 %); a biased rejection bound
+    /// makes some characters 25 % more frequent, far past the 15 % allowed here.
+    #[test]
+    fn random_secrets_use_the_whole_alphabet_evenly() {
+        const ALPHABET: &str = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+        let mut counts = std::collections::BTreeMap::new();
+        for _ in 0..10_000 {
+            let s = random_secret(57);
+            assert_eq!(s.len(), 57);
+            for c in s.chars() {
+                *counts.entry(c).or_insert(0u32) += 1;
+            }
+        }
+        let seen: String = counts.keys().collect();
+        let mut want: Vec<char> = ALPHABET.chars().collect();
+        want.sort_unstable();
+        assert_eq!(seen, want.into_iter().collect::<String>());
+        let (min, max) = (
+            counts.values().min().unwrap(),
+            counts.values().max().unwrap(),
+        );
+        assert!(max * 100 < min * 115, "uneven: {min} to {max}: {counts:?}");
+    }
+
     #[test]
     fn header_memo_matches_exact_bytes_only() {
         let m = HeaderMemo::default();
