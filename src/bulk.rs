@@ -25,8 +25,8 @@ use serde_json::Value;
 
 use crate::AppState;
 use crate::auth;
-use crate::http::admin::{check_name, place};
 use crate::model::records::account_id;
+use crate::model::rules;
 use crate::model::settings as st;
 use crate::model::{Account, Domain, Mac, Member, Phone};
 use crate::render::overlay;
@@ -624,15 +624,6 @@ fn checked(
     }
 }
 
-/// The message of an admin-API validation error (its field is the column here).
-fn message(e: crate::error::AppError) -> String {
-    match e {
-        crate::error::AppError::Invalid { message, .. }
-        | crate::error::AppError::Conflict { message, .. } => message,
-        other => other.to_string(),
-    }
-}
-
 #[allow(clippy::too_many_lines)]
 fn stage_row(
     st: &AppState,
@@ -679,11 +670,10 @@ fn stage_row(
             }
         },
     };
-    let name_check =
-        |field: &'static str, max: usize| move |v: &str| check_name(field, v, max).map_err(message);
-    let domain = checked(errors, row, "domain", name_check("domain", 64));
-    let user = checked(errors, row, "user", name_check("user", 16));
-    let device = checked(errors, row, "device", name_check("device", 64));
+    let name_check = |max: usize| move |v: &str| rules::check_name(v, max);
+    let domain = checked(errors, row, "domain", name_check(rules::DOMAIN_MAX));
+    let user = checked(errors, row, "user", name_check(rules::USER_MAX));
+    let device = checked(errors, row, "device", name_check(rules::DEVICE_MAX));
     let label = checked(errors, row, "label", st::check_text);
     let password = checked(errors, row, "password", st::check_text);
     let transport = checked(errors, row, "transport", |v| {
@@ -946,11 +936,11 @@ fn stage_row(
     };
     m.port = port;
     m.line_label = label;
-    if let Err(e) = place(&sp.phone, model, &m, "line") {
+    if let Err(e) = rules::place(&sp.phone, &model.id, model.ports, &m) {
         err(
             errors,
             "line",
-            format!("{} (change it with `autoprov members set`)", message(e)),
+            format!("{} (change it with `autoprov members set`)", e.message()),
         );
         return Ok(());
     }

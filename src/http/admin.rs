@@ -18,6 +18,7 @@ use crate::AppState;
 use crate::auth;
 use crate::error::AppError;
 use crate::model::records::account_id;
+use crate::model::rules;
 use crate::model::settings::{self as st, SEED_FLAGS};
 use crate::model::{Account, Domain, FileRef, LineType, Mac, Member, Model, Phone};
 use crate::render::overlay;
@@ -145,7 +146,7 @@ impl Admin {
 }
 
 pub(crate) fn check_name(field: &str, v: &str, max: usize) -> Result<(), AppError> {
-    crate::model::rules::check_name(v, max).map_err(|m| AppError::invalid(field, m))
+    rules::check_name(v, max).map_err(|m| AppError::invalid(field, m))
 }
 
 /// Resolves `~` in the domain path segment to the token's domain.
@@ -843,29 +844,13 @@ fn account_change(
     Ok((change, acc, created))
 }
 
-/// Checks that `m` fits on `phone` (inside the model's ports, no overlap with others).
+/// Checks that `m` fits on `phone` (see [`rules::place`]): 400 when it does not fit the
+/// model, 409 when another member holds the port.
 pub(crate) fn place(phone: &Phone, model: &Model, m: &Member, field: &str) -> Result<(), AppError> {
-    let last = m.port.saturating_add(m.line_weight.max(1) - 1);
-    if m.port == 0 || last > model.ports {
-        return Err(AppError::invalid(
-            field,
-            format!(
-                "port {} with lineWeight {} does not fit the {} ports of {}",
-                m.port, m.line_weight, model.ports, model.id
-            ),
-        ));
-    }
-    if let Some(o) = phone
-        .members
-        .iter()
-        .find(|o| o.id != m.id && o.ports().any(|p| m.ports().contains(&p)))
-    {
-        return Err(AppError::conflict(
-            field,
-            format!("port {} is taken by {}", m.port, o.id),
-        ));
-    }
-    Ok(())
+    rules::place(phone, &model.id, model.ports, m).map_err(|e| match e {
+        rules::Misplaced::DoesNotFit(msg) => AppError::invalid(field, msg),
+        rules::Misplaced::Taken(msg) => AppError::conflict(field, msg),
+    })
 }
 
 async fn write_account(

@@ -187,6 +187,47 @@ fn member_ok(i: usize, m: &Member, ports: u32, members: &[Member]) -> Result<(),
     text(&f("hotlineDestination"), &m.hotline_destination)
 }
 
+/// Why a member cannot take its place on a phone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Misplaced {
+    /// Its ports run outside the model's.
+    DoesNotFit(String),
+    /// Another member holds one of its ports.
+    Taken(String),
+}
+
+impl Misplaced {
+    /// What is wrong, in words.
+    pub fn message(&self) -> &str {
+        match self {
+            Misplaced::DoesNotFit(m) | Misplaced::Taken(m) => m,
+        }
+    }
+}
+
+/// Whether `m` fits on `phone` of model `model` (`ports` ports): inside the model's ports,
+/// and on no port another member (another account) holds.
+pub fn place(phone: &Phone, model: &str, ports: u32, m: &Member) -> Result<(), Misplaced> {
+    let last = m.port.saturating_add(m.line_weight.max(1) - 1);
+    if m.port == 0 || last > ports {
+        return Err(Misplaced::DoesNotFit(format!(
+            "port {} with lineWeight {} does not fit the {ports} ports of {model}",
+            m.port, m.line_weight
+        )));
+    }
+    match phone
+        .members
+        .iter()
+        .find(|o| o.id != m.id && o.ports().any(|p| m.ports().contains(&p)))
+    {
+        Some(o) => Err(Misplaced::Taken(format!(
+            "port {} is taken by {}",
+            m.port, o.id
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A phone record: its model must exist, its members fit the model's ports.
 pub fn check_phone(p: &Phone, k: &Knowledge<'_>) -> Result<(), Violation> {
     let ports = match (k.ports)(&p.model) {
@@ -323,6 +364,36 @@ mod tests {
             check_domain(&d).map_err(|v| v.field),
             Err("previousCredentials.username".into())
         );
+    }
+
+    #[test]
+    fn placing_a_member() {
+        let p = phone();
+        let mut m = Member::new(2, "1005a@example.com".into());
+        assert_eq!(place(&p, "t", 16, &m), Ok(()));
+        m.line_weight = 15;
+        assert_eq!(place(&p, "t", 16, &m), Ok(()), "ports 2 to 16");
+        m.line_weight = 16;
+        let e = place(&p, "t", 16, &m).unwrap_err();
+        assert!(matches!(e, Misplaced::DoesNotFit(_)), "{e:?}");
+        assert_eq!(
+            e.message(),
+            "port 2 with lineWeight 16 does not fit the 16 ports of t"
+        );
+        m.port = 0;
+        m.line_weight = 1;
+        assert!(matches!(
+            place(&p, "t", 16, &m),
+            Err(Misplaced::DoesNotFit(_))
+        ));
+        m.port = 1;
+        let e = place(&p, "t", 16, &m).unwrap_err();
+        assert_eq!(
+            e,
+            Misplaced::Taken("port 1 is taken by 1004a@example.com".into())
+        );
+        m.id = "1004a@example.com".into();
+        assert_eq!(place(&p, "t", 16, &m), Ok(()), "its own port is not taken");
     }
 
     type Edit = Box<dyn Fn(&mut Phone)>;
