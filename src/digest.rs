@@ -197,11 +197,6 @@ impl Nonces {
         }
     }
 
-    /// How long a nonce stays fresh.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     fn tag(&self, head: &[u8], realm: &str) -> [u8; 32] {
         let mut m = self.mac.clone();
         m.update(head);
