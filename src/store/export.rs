@@ -77,11 +77,11 @@ pub enum ImportError {
         message: String,
     },
     /// A record breaks a rule the admin API enforces.
-    #[error("trees.{tree} (key {key:?}): {violation}")]
+    #[error("trees.{tree}{key}: {violation}")]
     Record {
         /// Tree name.
         tree: String,
-        /// The record's key.
+        /// ` (key …)` or ` (key-hex …)`.
         key: String,
         /// The field and the rule.
         violation: crate::model::rules::Violation,
@@ -124,7 +124,7 @@ impl Dump {
                 if let Err(violation) = checked? {
                     return Err(ImportError::Record {
                         tree: tree.clone(),
-                        key: String::from_utf8_lossy(k).into_owned(),
+                        key: shown_key(k),
                         violation,
                     });
                 }
@@ -207,6 +207,14 @@ fn check_record(tree: &str, v: &[u8]) -> Result<(), String> {
     })
 }
 
+/// A key as an export spells it, for an error: ` (key "…")` or ` (key-hex …)`.
+fn shown_key(key: &[u8]) -> String {
+    match plain_text(key) {
+        Some(s) => format!(" (key {s:?})"),
+        None => format!(" (key-hex {})", hex(key)),
+    }
+}
+
 fn parse_entry(tree: &str, e: &Value) -> Result<(Vec<u8>, Vec<u8>), (String, String)> {
     let Value::Object(o) = e else {
         return Err((String::new(), "must be an object".into()));
@@ -226,10 +234,7 @@ fn parse_entry(tree: &str, e: &Value) -> Result<(Vec<u8>, Vec<u8>), (String, Str
             ));
         }
     };
-    let shown = match plain_text(&key) {
-        Some(s) => format!(" (key {s:?})"),
-        None => format!(" (key-hex {})", hex(&key)),
-    };
+    let shown = shown_key(&key);
     let fail = |m: String| (shown.clone(), m);
     let kinds: Vec<&String> = o
         .keys()
@@ -341,10 +346,7 @@ pub fn parse(bytes: &[u8]) -> Result<Dump, ImportError> {
                 message,
             };
             let (k, v) = parse_entry(name, e).map_err(entry)?;
-            let shown = match plain_text(&k) {
-                Some(s) => format!(" (key {s:?})"),
-                None => format!(" (key-hex {})", hex(&k)),
-            };
+            let shown = shown_key(&k);
             if tree.insert(k, v).is_some() {
                 return Err(entry((shown, "duplicate key".into())));
             }
