@@ -54,7 +54,6 @@ const KNOWN: &[&str] = &[
     "model -> fleet",
     "reload -> lib",
     "store -> fleet",
-    "tokens -> config",
     "tokens -> error",
     // Cycles inside the adapter layer.
     "cli -> config",

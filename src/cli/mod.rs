@@ -8,6 +8,7 @@
 //! `models` on a data folder (models folder only).
 
 mod api;
+pub mod tokens;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -188,7 +189,7 @@ pub async fn run(cli: &Cli, config: &Config, cmd: Command) -> anyhow::Result<()>
         Command::Serve => bail!("internal: serve is not an admin subcommand"),
         Command::Token(t) => match remote {
             None => {
-                let out = crate::tokens::run_cli(config, &t)
+                let out = tokens::run_cli(config, &t)
                     .map_err(|e| api::locked_hint(anyhow::Error::new(e)))?;
                 print!("{out}");
                 Ok(())
