@@ -2297,18 +2297,23 @@ impl Files {
     }
 }
 
+/// `autoprov import --data DATA FILE` with the shipped models and templates.
+async fn import_into(data: &std::path::Path, file: &std::path::Path) -> common::Ran {
+    common::autoprov_cli(strings(&[
+        "import",
+        "--data",
+        path_str(data),
+        path_str(file),
+    ]))
+    .await
+}
+
 /// A data folder holding the seed, imported with `autoprov import --data`.
 async fn seeded_folder(dir: &std::path::Path) -> std::path::PathBuf {
     let data = dir.join("data");
     let seed = dir.join("seed.csv");
     std::fs::write(&seed, SEED_CSV).expect("write");
-    let o = common::autoprov_cli(strings(&[
-        "import",
-        "--data",
-        path_str(&data),
-        path_str(&seed),
-    ]))
-    .await;
+    let o = import_into(&data, &seed).await;
     assert!(o.ok, "{}", o.stderr);
     data
 }
@@ -2347,13 +2352,7 @@ async fn hostile_values_survive_the_full_export_round_trip() {
     let path = dir.path().join("dump.json");
     std::fs::write(&path, &dump).expect("write");
     let data2 = dir.path().join("data2");
-    let o = common::autoprov_cli(strings(&[
-        "import",
-        "--data",
-        path_str(&data2),
-        path_str(&path),
-    ]))
-    .await;
+    let o = import_into(&data2, &path).await;
     assert!(o.ok, "{}", o.stderr);
     assert!(
         Target::Folder(&data2).records().await == dump,
@@ -2442,13 +2441,7 @@ async fn hostile_values_in_a_full_export_are_refused() {
             dir.path().join(format!("d{i}")),
         );
         std::fs::write(&path, doc.to_string()).expect("write");
-        let o = common::autoprov_cli(strings(&[
-            "import",
-            "--data",
-            path_str(&into),
-            path_str(&path),
-        ]))
-        .await;
+        let o = import_into(&into, &path).await;
         let mut problems = vec![];
         if o.ok {
             problems.push("imported".to_string());
