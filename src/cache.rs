@@ -16,8 +16,25 @@ use axum::body::Bytes;
 use axum::http::HeaderValue;
 use sha2::{Digest, Sha256};
 
-use crate::error::AppError;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// Why the cache could not serve or keep a file: the store failed, or a packed file did
+/// not unpack (the HTTP layer answers 500 for both, in `error`).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A file could not be packed or unpacked.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// A file just rendered, before it is packed.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,14 +172,14 @@ impl Packed {
     }
 
     /// The file's bytes.
-    pub fn body(&self) -> Result<Bytes, AppError> {
+    pub fn body(&self) -> Result<Bytes, CacheError> {
         let Some(d) = &self.dict else {
             return Ok(Bytes::copy_from_slice(&self.data));
         };
         let len = self.raw_len as usize;
         match lz4_flex::block::decompress_with_dict(&self.data, len, &d.bytes) {
             Ok(out) if out.len() == len => Ok(Bytes::from(out)),
-            _ => Err(AppError::Io {
+            _ => Err(CacheError::Io {
                 what: "unpacking a cached file",
                 source: std::io::Error::new(std::io::ErrorKind::InvalidData, "lz4"),
             }),
@@ -536,13 +553,13 @@ impl Cache {
     /// `render` returns the file and the revision of the records it was rendered from;
     /// `dictionary` renders the file without phone data, when its dictionary is not known
     /// yet.
-    pub async fn get_or_render(
+    pub async fn get_or_render<E: From<CacheError>>(
         &self,
         store: &Store,
         file: FileKey<'_>,
-        render: impl FnOnce() -> Result<(Rendered, u64), AppError>,
+        render: impl FnOnce() -> Result<(Rendered, u64), E>,
         dictionary: impl FnOnce() -> Option<Rendered>,
-    ) -> Result<(Arc<Packed>, Outcome), AppError> {
+    ) -> Result<(Arc<Packed>, Outcome), E> {
         if let Some(r) = self.lookup(store, &file)? {
             return Ok((r, Outcome::Hit));
         }
@@ -564,14 +581,16 @@ impl Cache {
                     let dict = self.dict(store, &file, Some(dictionary))?;
                     let ct = self
                         .content_type_index(r.content_type.as_bytes())
-                        .ok_or_else(|| AppError::Io {
+                        .ok_or_else(|| CacheError::Io {
                             what: "caching a file",
                             source: std::io::Error::other("more than 256 content types"),
                         })?;
                     let p = Arc::new(Packed::pack(&r, revision, file.digest, dict, ct));
                     self.hot.insert(HotKey::from_slice(key), p.clone());
                     if !self.defer(key, &p) {
-                        store.render_put(key, p.encode(r.content_type.as_bytes()))?;
+                        store
+                            .render_put(key, p.encode(r.content_type.as_bytes()))
+                            .map_err(CacheError::from)?;
                     }
                     Ok((p, Outcome::Miss))
                 }
@@ -623,7 +642,7 @@ impl Cache {
     /// lost with the process is rendered again. A file is taken off the queue only after
     /// it is written, and only if no newer render of it replaced it meanwhile, so the
     /// store never ends up with an older render than the queue had.
-    pub fn write_behind(&self, store: &Store, now: bool, max: usize) -> Result<usize, AppError> {
+    pub fn write_behind(&self, store: &Store, now: bool, max: usize) -> Result<usize, CacheError> {
         let mut written = 0;
         while written < max {
             let chunk: Vec<(HotKey, Arc<Packed>)> = {
@@ -671,7 +690,7 @@ impl Cache {
         store: &Store,
         file: &FileKey<'_>,
         make: Option<impl FnOnce() -> Option<Rendered>>,
-    ) -> Result<Option<Arc<Dict>>, AppError> {
+    ) -> Result<Option<Arc<Dict>>, CacheError> {
         let k = file.dict_key();
         if let Some(d) = self.dicts.read().unwrap_or_else(|p| p.into_inner()).get(&k) {
             return Ok(Some(d.clone()));
@@ -696,7 +715,7 @@ impl Cache {
 
     /// Loads `file` from the store into the memory tier if it is there and valid (startup
     /// warm-up): whether it was; `None` when the tier is nine-tenths full, to stop.
-    pub fn warm(&self, store: &Store, file: &FileKey<'_>) -> Result<Option<bool>, AppError> {
+    pub fn warm(&self, store: &Store, file: &FileKey<'_>) -> Result<Option<bool>, CacheError> {
         if self.hot.weight() >= self.hot.capacity() / 10 * 9 {
             return Ok(None);
         }
@@ -711,7 +730,7 @@ impl Cache {
     }
 
     /// Memory first (valid only at the revision and digest), then the store.
-    fn lookup(&self, store: &Store, file: &FileKey<'_>) -> Result<Option<Arc<Packed>>, AppError> {
+    fn lookup(&self, store: &Store, file: &FileKey<'_>) -> Result<Option<Arc<Packed>>, CacheError> {
         if let Some(h) = self.hot_valid(file) {
             return Ok(Some(h));
         }
@@ -891,7 +910,7 @@ mod tests {
                 .get_or_render(
                     &store,
                     file(b"k", 3),
-                    || Ok((rendered(&body), 3)),
+                    || Ok::<_, CacheError>((rendered(&body), 3)),
                     || Some(rendered(BASE)),
                 )
                 .await
@@ -907,7 +926,7 @@ mod tests {
             .get_or_render(
                 &store,
                 file(b"k", 3),
-                || panic!("must not render again"),
+                || -> Result<(Rendered, u64), CacheError> { panic!("must not render again") },
                 || panic!("the dictionary is in the store"),
             )
             .await
@@ -915,7 +934,12 @@ mod tests {
         assert_eq!((o, p.body().unwrap()), (Outcome::Hit, body.into()));
         // Another revision renders again.
         let (_, o) = cache
-            .get_or_render(&store, file(b"k", 4), || Ok((rendered("new"), 4)), || None)
+            .get_or_render(
+                &store,
+                file(b"k", 4),
+                || Ok::<_, CacheError>((rendered("new"), 4)),
+                || None,
+            )
             .await
             .unwrap();
         assert_eq!(o, Outcome::Miss);
@@ -961,7 +985,12 @@ mod tests {
         body: &str,
     ) -> (Arc<Packed>, Outcome) {
         cache
-            .get_or_render(store, file(key, 1), || Ok((rendered(body), 1)), || None)
+            .get_or_render(
+                store,
+                file(key, 1),
+                || Ok::<_, CacheError>((rendered(body), 1)),
+                || None,
+            )
             .await
             .unwrap()
     }
@@ -980,7 +1009,12 @@ mod tests {
         assert_eq!((o, p.body().unwrap()), (Outcome::Miss, "new".into()));
         // Files it rendered itself are served from memory.
         let (_, o) = cache
-            .get_or_render(&store, file(b"other", 1), || panic!("in memory"), || None)
+            .get_or_render(
+                &store,
+                file(b"other", 1),
+                || -> Result<(Rendered, u64), CacheError> { panic!("in memory") },
+                || None,
+            )
             .await
             .unwrap();
         assert_eq!(o, Outcome::Hit);
@@ -997,7 +1031,12 @@ mod tests {
             .find(|k| cache.hot.get(k.as_slice()).is_none())
             .expect("a 4 KiB tier cannot hold 200 files");
         let (p, o) = cache
-            .get_or_render(&store, file(evicted, 1), || panic!("on disk"), || None)
+            .get_or_render(
+                &store,
+                file(evicted, 1),
+                || -> Result<(Rendered, u64), CacheError> { panic!("on disk") },
+                || None,
+            )
             .await
             .unwrap();
         assert_eq!(o, Outcome::Hit);
@@ -1021,7 +1060,12 @@ mod tests {
         assert_eq!(cache.write_behind(&store, false, usize::MAX).unwrap(), 0);
         // A newer render of the same file takes its place in the queue.
         let (_, o) = cache
-            .get_or_render(&store, file(b"a", 2), || Ok((rendered("two"), 2)), || None)
+            .get_or_render(
+                &store,
+                file(b"a", 2),
+                || Ok::<_, CacheError>((rendered("two"), 2)),
+                || None,
+            )
             .await
             .unwrap();
         assert_eq!(o, Outcome::Miss);
@@ -1060,7 +1104,12 @@ mod tests {
             .find(|k| cache.hot.get(k.as_slice()).is_none() && cache.deferred(k).is_some())
             .expect("a queued file memory let go of");
         let (p, o) = cache
-            .get_or_render(&store, file(evicted, 1), || panic!("queued"), || None)
+            .get_or_render(
+                &store,
+                file(evicted, 1),
+                || -> Result<(Rendered, u64), CacheError> { panic!("queued") },
+                || None,
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -1091,7 +1140,7 @@ mod tests {
                         file(b"k", 1),
                         || {
                             std::thread::sleep(std::time::Duration::from_millis(20));
-                            Ok((rendered("x"), 1))
+                            Ok::<_, CacheError>((rendered("x"), 1))
                         },
                         || None,
                     )

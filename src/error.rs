@@ -73,6 +73,9 @@ pub enum AppError {
     /// The store failed (500).
     #[error("store")]
     Store(#[from] StoreError),
+    /// The render cache failed (500).
+    #[error("cache")]
+    Cache(#[from] crate::cache::CacheError),
     /// A template failed (500).
     #[error("render")]
     Render(#[from] RenderError),
@@ -144,7 +147,7 @@ impl AppError {
                 "range_not_satisfiable",
                 None,
             ),
-            AppError::Store(_) | AppError::Render(_) | AppError::Io { .. } => {
+            AppError::Store(_) | AppError::Cache(_) | AppError::Render(_) | AppError::Io { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
             }
         }
@@ -155,7 +158,7 @@ impl AppError {
             AppError::Invalid { message, .. } | AppError::Conflict { message, .. } => {
                 message.clone()
             }
-            AppError::Store(_) | AppError::Render(_) | AppError::Io { .. } => {
+            AppError::Store(_) | AppError::Cache(_) | AppError::Render(_) | AppError::Io { .. } => {
                 "internal error; see the server log".into()
             }
             other => other.to_string(),
@@ -163,7 +166,9 @@ impl AppError {
     }
 
     fn log(&self) {
-        if let AppError::Store(_) | AppError::Render(_) | AppError::Io { .. } = self {
+        if let AppError::Store(_) | AppError::Cache(_) | AppError::Render(_) | AppError::Io { .. } =
+            self
+        {
             tracing::error!(error = %crate::render::error_chain(self), "request failed");
         }
     }

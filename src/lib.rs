@@ -488,7 +488,7 @@ fn write_audit(state: &AppState) {
     }
 }
 
-fn warn_unwritten(e: &error::AppError) {
+fn warn_unwritten(e: &cache::CacheError) {
     tracing::warn!(error = %e, "writing rendered files to the store failed; they stay queued (served from memory)");
 }
 

@@ -49,7 +49,6 @@ const KNOWN: &[&str] = &[
     "bulk -> error",
     "bulk -> http",
     "bulk -> lib",
-    "cache -> error",
     "model -> cache",
     "model -> fleet",
     "reload -> lib",

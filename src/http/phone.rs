@@ -744,7 +744,11 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
                 .get_or_render(
                     &st.store,
                     file,
-                    || timed(st, || Ok((render_common(st, t, model, spec)?, 0))),
+                    || {
+                        timed(st, || {
+                            Ok::<_, AppError>((render_common(st, t, model, spec)?, 0))
+                        })
+                    },
                     || render_dictionary(st, t, model, spec),
                 )
                 .await?
