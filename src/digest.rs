@@ -891,6 +891,10 @@ mod tests {
         assert!(g.first_use("a", 1));
         assert!(!g.first_use("a", 1));
         assert!(g.first_use("a", 3));
+        assert!(
+            !g.first_use("a", 1),
+            "a count seen before stays seen when the highest moves on"
+        );
         assert!(g.first_use("a", 2), "out of order within the window");
         assert!(!g.first_use("a", 2));
         assert!(!g.first_use("a", 3));
@@ -902,6 +906,16 @@ mod tests {
         // "a" was pushed out by "b" and "c".
         assert!(g.first_use("a", 100));
         assert!(!g.first_use("c", 1));
+        // A jump of 64 or more forgets the window below; what was seen at the old highest
+        // is then more than 63 behind and refused anyway.
+        assert!(g.first_use("c", 65));
+        assert!(!g.first_use("c", 1));
+        assert!(g.first_use("c", 64), "the window restarts at the new highest");
+        assert_eq!(
+            format!("{g:?}"),
+            "ReplayGuard { capacity: 2, .. }",
+            "no nonce in Debug"
+        );
     }
 
     /// A client written from the RFC, independent of the server code.

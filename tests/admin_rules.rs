@@ -1072,6 +1072,37 @@ async fn empty_passwords_are_refused() {
     .await;
 }
 
+/// An account created without a registration password gets a generated one (16
+/// characters), which its phone's file carries; a null password generates a new one.
+#[tokio::test]
+async fn an_account_created_without_a_password_gets_a_generated_one() {
+    let s = TestServer::start().await;
+    s.seed_domain("example.com").await;
+    let path = "/domains/example.com/users/1030/devices/1030a";
+    let link = json!({"device-models-model": "yealink-t46s",
+                      "device-provisioning-mac-address": "001565a0a0a0"});
+    let (st, b) = s.put(path, link).await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    let password = |body: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix("account.1.password = "))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let (_, _, body) = s.fetch_text("001565a0a0a0.cfg").await;
+    let first = password(&body);
+    assert_eq!(first.len(), 16, "a generated password: {body}");
+    assert!(first.chars().all(|c| c.is_ascii_alphanumeric()), "{first}");
+    let (st, b) = s
+        .put(path, json!({"device-sip-registration-password": null}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let (_, _, body) = s.fetch_text("001565a0a0a0.cfg").await;
+    let second = password(&body);
+    assert_eq!(second.len(), 16);
+    assert_ne!(second, first, "null generates a new one");
+}
+
 #[tokio::test]
 async fn account_put_creates_then_changes_only_named_fields() {
     let s = fixture().await;
