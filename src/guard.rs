@@ -280,6 +280,13 @@ impl Throttle {
         self.epoch.elapsed().as_secs()
     }
 
+    /// Moves the throttle's clock `secs` seconds on (tests: a window passing, no sleep).
+    #[cfg(test)]
+    fn age(&mut self, secs: u64) {
+        let back = self.epoch.checked_sub(Duration::from_secs(secs));
+        self.epoch = back.expect("the monotonic clock is older than the test's window");
+    }
+
     fn blocked_for(&self, w: Option<Arc<Window>>, limit: u32, now: u64) -> Option<u64> {
         let w = w?;
         let start = w.start.load(Ordering::Relaxed);
@@ -408,6 +415,60 @@ mod tests {
         assert!((1..=60).contains(&wait), "{wait}");
         assert_eq!(t.check(b, || Some(m2)), None);
         assert_eq!(t.check(b, || None), None);
+    }
+
+    /// A window ends: `window` seconds after its first failure an address or MAC over its
+    /// limit opens again, and the next failure starts a new count.
+    #[test]
+    fn a_window_passes() {
+        let sec = Security {
+            failures_per_ip: 2,
+            failures_per_mac: 2,
+            failure_window: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let mut t = Throttle::new(&sec);
+        let a = ip("192.0.2.1");
+        let m = Mac::from_bytes([0, 0x15, 0x65, 0, 0, 1]);
+        t.failed(a, Some(m));
+        t.failed(a, Some(m));
+        let wait = t.check(a, || Some(m)).expect("over the limit");
+        assert!((9..=10).contains(&wait), "{wait}");
+        t.age(5);
+        let wait = t.check(a, || None).expect("still in the window");
+        assert!((4..=5).contains(&wait), "{wait}");
+        t.age(6);
+        assert_eq!(t.check(a, || Some(m)), None, "the window has passed");
+        t.failed(a, Some(m));
+        assert_eq!(t.check(a, || Some(m)), None, "a new window counts from one");
+        t.failed(a, Some(m));
+        assert!(t.check(a, || Some(m)).is_some());
+        assert_eq!(
+            format!("{t:?}"),
+            "Throttle { window: 10, per_ip: 2, per_mac: 2, .. }"
+        );
+    }
+
+    /// A window is `window` seconds long to the second: its last second still blocks, the
+    /// next one does not, even while another address's later failure keeps the throttle
+    /// from taking its no-recent-failure shortcut.
+    #[test]
+    fn a_window_ends_on_its_last_second() {
+        let sec = Security {
+            failures_per_ip: 1,
+            failure_window: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let mut t = Throttle::new(&sec);
+        let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
+        t.failed(a, None);
+        t.age(5);
+        t.failed(b, None);
+        t.age(4);
+        assert_eq!(t.check(a, || None), Some(1), "the window's last second");
+        t.age(1);
+        assert_eq!(t.check(a, || None), None, "ten seconds after its first failure");
+        assert!(t.check(b, || None).is_some(), "b's window is still open");
     }
 
     #[test]
