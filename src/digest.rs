@@ -910,7 +910,10 @@ mod tests {
         // is then more than 63 behind and refused anyway.
         assert!(g.first_use("c", 65));
         assert!(!g.first_use("c", 1));
-        assert!(g.first_use("c", 64), "the window restarts at the new highest");
+        assert!(
+            g.first_use("c", 64),
+            "the window restarts at the new highest"
+        );
         assert_eq!(
             format!("{g:?}"),
             "ReplayGuard { capacity: 2, .. }",
