@@ -467,7 +467,11 @@ mod tests {
         t.age(4);
         assert_eq!(t.check(a, || None), Some(1), "the window's last second");
         t.age(1);
-        assert_eq!(t.check(a, || None), None, "ten seconds after its first failure");
+        assert_eq!(
+            t.check(a, || None),
+            None,
+            "ten seconds after its first failure"
+        );
         assert!(t.check(b, || None).is_some(), "b's window is still open");
     }
 
