@@ -799,6 +799,19 @@ mod tests {
 
     const BASE: &str = "#!version:1.0.0.1\naccount.1.enable = 0\naccount.1.label = \naccount.1.user_name = \nlocal_time.time_zone = +1\nsip.trust_ctrl = 1\nphone_setting.backlight_time = 60\n";
 
+    /// The damaged-length guard is exact: a stored file of the largest size decodes, a
+    /// length one byte over it is refused (nothing is allocated for it).
+    #[test]
+    fn the_largest_file_decodes_and_one_byte_more_does_not() {
+        let body = "x".repeat(MAX_FILE as usize);
+        let e = Packed::pack(&rendered(&body), 1, 2, None, 0).encode(b"text/plain");
+        let back = Packed::decode(&e, 1, 2, || None, ct).expect("exactly MAX_FILE bytes");
+        assert_eq!(back.body().unwrap().len(), body.len());
+        let mut over = e.clone();
+        over[22..26].copy_from_slice(&(MAX_FILE + 1).to_be_bytes());
+        assert!(Packed::decode(&over, 1, 2, || None, ct).is_none());
+    }
+
     #[test]
     fn entry_round_trips_and_checks_validity() {
         let body = BASE
