@@ -757,10 +757,7 @@ async fn models(cli: &Cli, config: &Config, as_json: bool) -> anyhow::Result<()>
             check(api.call(Method::GET, "/models", None).await?, &|_| None)?.json()?
         }
         None => {
-            let engine = crate::render::Engine::load(&config.templates)
-                .map_err(|e| anyhow::Error::new(e).context("--templates"))?;
-            let cat = crate::model::Catalogue::load(&config.models, &|t| engine.has(t))
-                .map_err(|e| anyhow::Error::new(e).context("--models"))?;
+            let cat = load_catalogue(config)?;
             let list: Vec<Value> = cat
                 .models()
                 .map(|m| {
@@ -1075,6 +1072,14 @@ async fn import(
     }
 }
 
+/// The configured models, checked against the configured templates.
+fn load_catalogue(config: &Config) -> anyhow::Result<crate::model::Catalogue> {
+    let engine = crate::render::Engine::load(&config.templates)
+        .map_err(|e| anyhow::Error::new(e).context("--templates"))?;
+    crate::model::Catalogue::load(&config.models, &|t| engine.has(t))
+        .map_err(|e| anyhow::Error::new(e).context("--models"))
+}
+
 /// Holds a full export to the rules the admin API enforces, against the configured
 /// catalogue (a record naming a model it lacks is refused, as the API would). Without a
 /// readable catalogue (a restore on a host without the model folders) every rule but the
@@ -1083,35 +1088,26 @@ async fn import(
 fn check_dump(config: &Config, dump: &crate::store::Dump) -> anyhow::Result<()> {
     use crate::model::rules::{self, Knowledge};
     use crate::render::overlay;
-    let catalogue = crate::render::Engine::load(&config.templates)
-        .map_err(|e| anyhow::Error::new(e).context("--templates"))
-        .and_then(|engine| {
-            crate::model::Catalogue::load(&config.models, &|t| engine.has(t))
-                .map_err(|e| anyhow::Error::new(e).context("--models"))
-        });
-    let Ok(cat) = catalogue else {
-        if let Err(e) = &catalogue {
+    let cat = load_catalogue(config)
+        .inspect_err(|e| {
             eprintln!(
                 "autoprov: warning: {e:#}; the export's model names are checked for their form only"
             );
-        }
-        let ports = |m: &str| rules::check_name(m, 64).ok().map(|()| rules::PORT_MAX);
-        let override_ok =
-            |_: Option<&str>, k: &str, v: &str| overlay::check_override_unlinked(k, v);
-        return Ok(dump.check(&Knowledge {
-            ports: &ports,
-            override_ok: &override_ok,
-        })?);
+        })
+        .ok();
+    let ports = |m: &str| match &cat {
+        Some(cat) => cat.get(m).map(|m| m.ports),
+        None => rules::check_name(m, 64).ok().map(|()| rules::PORT_MAX),
     };
-    let ports = |m: &str| cat.get(m).map(|m| m.ports);
-    let override_ok = |model: Option<&str>, k: &str, v: &str| match model.and_then(|m| cat.get(m)) {
-        Some(m) => m
-            .files
-            .iter()
-            .filter(|f| f.overrides)
-            .try_for_each(|f| overlay::check_override(f.format, k, v)),
-        None => overlay::check_override_unlinked(k, v),
-    };
+    let override_ok =
+        |model: Option<&str>, k: &str, v: &str| match model.and_then(|m| cat.as_ref()?.get(m)) {
+            Some(m) => m
+                .files
+                .iter()
+                .filter(|f| f.overrides)
+                .try_for_each(|f| overlay::check_override(f.format, k, v)),
+            None => overlay::check_override_unlinked(k, v),
+        };
     dump.check(&Knowledge {
         ports: &ports,
         override_ok: &override_ok,
