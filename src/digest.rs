@@ -452,11 +452,16 @@ impl DigestResponse {
         if response.len() != algorithm.digest_len() {
             return None;
         }
+        // An empty user, nonce or uri names nothing to check against: malformed, not a
+        // failed login.
+        let username = take("username").filter(|v| !v.is_empty())?;
+        let nonce = take("nonce").filter(|v| !v.is_empty())?;
+        let uri = take("uri").filter(|v| !v.is_empty())?;
         Some(DigestResponse {
-            username: take("username")?,
+            username,
             realm: take("realm")?,
-            nonce: take("nonce")?,
-            uri: take("uri")?,
+            nonce,
+            uri,
             cnonce: take("cnonce")?,
             opaque: take("opaque"),
             response,
@@ -750,6 +755,10 @@ mod tests {
             minimal("").replace(&format!("response=\"{MD5_RESPONSE}\", "), ""),
             minimal("").replace(", cnonce=\"c\"", ""),
             minimal("").replace("nc=00000001, ", ""),
+            // Required parameters that are empty.
+            minimal("").replace("username=\"u\"", "username=\"\""),
+            minimal("").replace("nonce=\"n\"", "nonce=\"\""),
+            minimal("").replace("uri=\"/x\"", "uri=\"\""),
             // RFC 2069 form (no qop) is refused.
             minimal("").replace("qop=auth, ", ""),
             // Duplicates, also differing only in case.

@@ -30,9 +30,14 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if let Some(d) = autoprov::digest::DigestResponse::parse(data) {
-        // Required parameters are present; the scheme is the first word.
+        // Required parameters are present and non-empty; the scheme is the first word after
+        // optional leading whitespace (accepted, as hyper may hand it over), followed by
+        // whitespace.
         assert!(!d.username().is_empty() && !d.nonce().is_empty() && !d.uri().is_empty());
-        assert!(data.len() > 7 && data[..7].eq_ignore_ascii_case(b"digest "));
+        let start = data.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(0);
+        let rest = &data[start..];
+        assert!(rest.len() > 7 && rest[..6].eq_ignore_ascii_case(b"digest"));
+        assert!(matches!(rest[6], b' ' | b'\t'));
         // Checking never panics, whatever was parsed.
         let _ = d.verify("GET", "password");
         let _ = d.verify_ha1("GET", "00");
