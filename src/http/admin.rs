@@ -589,6 +589,15 @@ struct LinkRequest {
     line: Patch<i64>,
 }
 
+/// What an account body says besides the account's own fields.
+struct AccountEdits {
+    /// The body named the provisioning credentials (they are copied to the linked phone).
+    prov_named: bool,
+    /// The body named `device-provisioning-overrides`.
+    overrides_named: bool,
+    link: LinkRequest,
+}
+
 /// Builds the change for creating/updating an account. Runs under the writer lock.
 fn account_change(
     st: &AppState,
@@ -599,12 +608,73 @@ fn account_change(
     body: Map<String, Value>,
     create_only: bool,
 ) -> Result<(Change, Account, bool), AppError> {
-    let t = st.templates();
+    let id = account_id(domain, device);
+    let existing = existing_account(st, domain, user, device, &id, create_only)?;
+    let created = existing.is_none();
+    let mut acc = existing.clone().unwrap_or_else(|| Account {
+        domain: domain.into(),
+        user: user.into(),
+        device: device.into(),
+        password: auth::random_secret(16),
+        ..Default::default()
+    });
+    let mut f = Fields::new(body, "");
+    f.echo("device", device)?;
+    f.echo("domain", domain)?;
+    f.echo("user", user)?;
+    f.echo("id", &id)?;
+    let edits = read_account_fields(&mut f, &mut acc, existing.as_ref())?;
+    f.finish()?;
+
+    let mut change = Change::default();
+    let current = linked_phone(st, &id)?;
+    // Which phone the account should end up linked to.
+    let target_mac = match &edits.link.mac {
+        Patch::Set(m) => Some(*m),
+        Patch::Null => None,
+        Patch::Absent => current.as_ref().map(|(p, _)| p.mac),
+    };
+    check_link_request(&edits.link, target_mac)?;
+    // Unlink from the previous phone when the MAC changes or is cleared.
+    if let Some((old, _)) = &current
+        && target_mac != Some(old.mac)
+    {
+        let mut p = old.clone();
+        p.members.retain(|m| m.id != id);
+        change.phones.push((p.mac, Some(p)));
+    }
+    if let Some(mac) = target_mac {
+        let phone = link_account(st, a, current.as_ref(), mac, &id, &acc, &edits)?;
+        change.phones.push((mac, Some(phone)));
+    } else if edits.overrides_named
+        && let Some(ov) = &acc.overrides
+    {
+        for (k, v) in ov {
+            overlay::check_override_unlinked(k, v)
+                .map_err(|m| AppError::invalid(format!("device-provisioning-overrides.{k}"), m))?;
+        }
+    }
+    if existing.as_ref() != Some(&acc) {
+        change.touch.extend(st.store.phones_of_account(&id)?);
+        change.accounts.push((id, Some(acc.clone())));
+    }
+    Ok((change, acc, created))
+}
+
+/// The account `id` as stored, after the checks that it may be written: the domain exists,
+/// a create does not meet an existing device, and a device stays with its user.
+fn existing_account(
+    st: &AppState,
+    domain: &str,
+    user: &str,
+    device: &str,
+    id: &str,
+    create_only: bool,
+) -> Result<Option<Account>, AppError> {
     if st.store.domain(domain)?.is_none() {
         return Err(AppError::NotFound(format!("no domain {domain}")));
     }
-    let id = account_id(domain, device);
-    let existing = st.store.account(&id)?;
+    let existing = st.store.account(id)?;
     if let Some(e) = &existing {
         if create_only {
             return Err(AppError::conflict(
@@ -619,19 +689,15 @@ fn account_change(
             ));
         }
     }
-    let created = existing.is_none();
-    let mut acc = existing.clone().unwrap_or_else(|| Account {
-        domain: domain.into(),
-        user: user.into(),
-        device: device.into(),
-        password: auth::random_secret(16),
-        ..Default::default()
-    });
-    let mut f = Fields::new(body, "");
-    f.echo("device", device)?;
-    f.echo("domain", domain)?;
-    f.echo("user", user)?;
-    f.echo("id", &id)?;
+    Ok(existing)
+}
+
+/// Reads the account body's fields into `acc`, in the order their errors are reported.
+fn read_account_fields(
+    f: &mut Fields,
+    acc: &mut Account,
+    existing: Option<&Account>,
+) -> Result<AccountEdits, AppError> {
     match f.string("device-sip-registration-password")? {
         Patch::Set(p) if p.is_empty() => {
             return Err(AppError::invalid(
@@ -659,18 +725,13 @@ fn account_change(
         f.string("emergency-address-id")?,
     );
     read_credentials(
-        &mut f,
+        f,
         &mut acc.provisioning_username,
         &mut acc.provisioning_password,
     )?;
     let prov_named = acc.provisioning_username
-        != existing
-            .as_ref()
-            .and_then(|e| e.provisioning_username.clone())
-        || acc.provisioning_password
-            != existing
-                .as_ref()
-                .and_then(|e| e.provisioning_password.clone());
+        != existing.and_then(|e| e.provisioning_username.clone())
+        || acc.provisioning_password != existing.and_then(|e| e.provisioning_password.clone());
     let overrides_named = match f.take("device-provisioning-overrides") {
         Patch::Set(v) => {
             acc.overrides = Some(parse_overrides("device-provisioning-overrides", v)?);
@@ -691,16 +752,15 @@ fn account_change(
         model: f.string("device-models-model")?,
         line: f.int("device-provisioning-line", 1, 64)?,
     };
-    f.finish()?;
+    Ok(AccountEdits {
+        prov_named,
+        overrides_named,
+        link,
+    })
+}
 
-    let mut change = Change::default();
-    let current = linked_phone(st, &id)?;
-    // Which phone the account should end up linked to.
-    let target_mac = match &link.mac {
-        Patch::Set(m) => Some(*m),
-        Patch::Null => None,
-        Patch::Absent => current.as_ref().map(|(p, _)| p.mac),
-    };
+/// A model or line names a phone to link to: refused when there is none.
+fn check_link_request(link: &LinkRequest, target_mac: Option<Mac>) -> Result<(), AppError> {
     if link.model.named() && !link.mac.named() && target_mac.is_none() {
         return Err(AppError::invalid(
             "device-models-model",
@@ -713,135 +773,159 @@ fn account_change(
             "needs device-provisioning-mac-address to link a phone",
         ));
     }
-    // Unlink from the previous phone when the MAC changes or is cleared.
-    if let Some((old, _)) = &current
-        && target_mac != Some(old.mac)
+    Ok(())
+}
+
+/// The phone `mac` with account `id` seated on it: its port placed, and the account's
+/// provisioning credentials and overrides copied when the body named them (or the link).
+fn link_account(
+    st: &AppState,
+    a: &Admin,
+    current: Option<&(Phone, u32)>,
+    mac: Mac,
+    id: &str,
+    acc: &Account,
+    edits: &AccountEdits,
+) -> Result<Phone, AppError> {
+    let t = st.templates();
+    let link = &edits.link;
+    let domain = acc.domain.as_str();
+    let mut phone = phone_to_link(st, a, current, mac, domain, &link.model)?;
+    if let Patch::Set(m) = &link.model
+        && t.catalogue.get(m).is_none()
     {
-        let mut p = old.clone();
-        p.members.retain(|m| m.id != id);
-        change.phones.push((p.mac, Some(p)));
+        return Err(AppError::invalid(
+            "device-models-model",
+            format!("unknown model {m:?}; see GET /api/v1/models"),
+        ));
     }
-    if let Some(mac) = target_mac {
-        let existing_phone = match &current {
-            Some((p, _)) if p.mac == mac => Some(p.clone()),
-            _ => st.store.phone(mac)?,
-        };
-        let mut phone = match existing_phone {
-            // A domain token cannot link (or claim) a phone outside its domain.
-            Some(p) if !a.sees_phone(&p) => {
-                return Err(AppError::NotFound(format!("no phone {}", mac.lower())));
+    let model = t.catalogue.get(&phone.model).ok_or_else(|| {
+        AppError::conflict(
+            "device-models-model",
+            format!("model {} is not loaded", phone.model),
+        )
+    })?;
+    phone.domain = Some(domain.to_string());
+    let wanted_port = match link.line {
+        Patch::Set(n) => Some(n as u32),
+        _ => None,
+    };
+    seat_member(&mut phone, model, id, wanted_port)?;
+    if (edits.prov_named || link.mac.named())
+        && let (Some(u), Some(p)) = (&acc.provisioning_username, &acc.provisioning_password)
+    {
+        phone.provisioning_username = Some(u.clone());
+        phone.provisioning_password = Some(p.clone());
+    }
+    if edits.overrides_named || (link.mac.named() && acc.overrides.is_some()) {
+        let ov = acc.overrides.clone().unwrap_or_default();
+        check_overrides(model, "device-provisioning-overrides", &ov)?;
+        phone.overrides = ov;
+    }
+    Ok(phone)
+}
+
+/// The phone an account links to: the stored one when the caller may see it and it agrees
+/// with the body's model and the account's domain, else a new one of the body's model.
+fn phone_to_link(
+    st: &AppState,
+    a: &Admin,
+    current: Option<&(Phone, u32)>,
+    mac: Mac,
+    domain: &str,
+    model: &Patch<String>,
+) -> Result<Phone, AppError> {
+    let stored = match current {
+        Some((p, _)) if p.mac == mac => Some(p.clone()),
+        _ => st.store.phone(mac)?,
+    };
+    match stored {
+        // A domain token cannot link (or claim) a phone outside its domain.
+        Some(p) if !a.sees_phone(&p) => {
+            Err(AppError::NotFound(format!("no phone {}", mac.lower())))
+        }
+        Some(p) => {
+            if let Patch::Set(m) = model
+                && *m != p.model
+            {
+                return Err(AppError::conflict(
+                    "device-models-model",
+                    format!(
+                        "{} is linked as {}; change the model with PUT /phones/{}",
+                        mac.lower(),
+                        p.model,
+                        mac.lower()
+                    ),
+                ));
             }
-            Some(p) => {
-                if let Patch::Set(m) = &link.model
-                    && *m != p.model
-                {
-                    return Err(AppError::conflict(
-                        "device-models-model",
-                        format!(
-                            "{} is linked as {}; change the model with PUT /phones/{}",
-                            mac.lower(),
-                            p.model,
-                            mac.lower()
-                        ),
-                    ));
-                }
-                if let Some(d) = &p.domain
-                    && d != domain
-                {
-                    return Err(AppError::conflict(
+            if let Some(d) = &p.domain
+                && d != domain
+            {
+                return Err(AppError::conflict(
+                    "device-provisioning-mac-address",
+                    format!("{} belongs to another domain", mac.lower()),
+                ));
+            }
+            Ok(p)
+        }
+        None => {
+            let Patch::Set(model) = model else {
+                return Err(AppError::invalid(
+                    "device-models-model",
+                    "is required to link a MAC that is not provisioned yet",
+                ));
+            };
+            if st.templates().catalogue.get(model).is_none() {
+                return Err(AppError::invalid(
+                    "device-models-model",
+                    format!("unknown model {model:?}; see GET /api/v1/models"),
+                ));
+            }
+            Ok(Phone::new(mac, model.clone()))
+        }
+    }
+}
+
+/// Seats member `id` on `phone`: moved to `wanted_port` when it is already there on another
+/// port, else added on that port or the first free one (primary owner when the phone has
+/// none). Members stay sorted by port.
+fn seat_member(
+    phone: &mut Phone,
+    model: &Model,
+    id: &str,
+    wanted_port: Option<u32>,
+) -> Result<(), AppError> {
+    let already = phone.members.iter().position(|m| m.id == id);
+    match (already, wanted_port) {
+        (Some(i), Some(port)) if phone.members[i].port != port => {
+            let mut moved = phone.members.remove(i);
+            moved.port = port;
+            place(phone, model, &moved, "device-provisioning-line")?;
+            phone.members.push(moved);
+        }
+        (Some(_), _) => {}
+        (None, port) => {
+            let port = match port {
+                Some(p) => p,
+                None => phone.first_free_port(model.ports).ok_or_else(|| {
+                    AppError::conflict(
                         "device-provisioning-mac-address",
-                        format!("{} belongs to another domain", mac.lower()),
-                    ));
-                }
-                p
-            }
-            None => {
-                let Patch::Set(model) = &link.model else {
-                    return Err(AppError::invalid(
-                        "device-models-model",
-                        "is required to link a MAC that is not provisioned yet",
-                    ));
-                };
-                if t.catalogue.get(model).is_none() {
-                    return Err(AppError::invalid(
-                        "device-models-model",
-                        format!("unknown model {model:?}; see GET /api/v1/models"),
-                    ));
-                }
-                Phone::new(mac, model.clone())
-            }
-        };
-        if let Patch::Set(m) = &link.model
-            && t.catalogue.get(m).is_none()
-        {
-            return Err(AppError::invalid(
-                "device-models-model",
-                format!("unknown model {m:?}; see GET /api/v1/models"),
-            ));
-        }
-        let model = t.catalogue.get(&phone.model).ok_or_else(|| {
-            AppError::conflict(
-                "device-models-model",
-                format!("model {} is not loaded", phone.model),
-            )
-        })?;
-        phone.domain = Some(domain.to_string());
-        let already = phone.members.iter().position(|m| m.id == id);
-        let wanted_port = match link.line {
-            Patch::Set(n) => Some(n as u32),
-            _ => None,
-        };
-        match (already, wanted_port) {
-            (Some(i), Some(port)) if phone.members[i].port != port => {
-                let mut moved = phone.members.remove(i);
-                moved.port = port;
-                place(&phone, model, &moved, "device-provisioning-line")?;
-                phone.members.push(moved);
-            }
-            (Some(_), _) => {}
-            (None, port) => {
-                let port = match port {
-                    Some(p) => p,
-                    None => phone.first_free_port(model.ports).ok_or_else(|| {
-                        AppError::conflict(
-                            "device-provisioning-mac-address",
-                            format!("all {} ports of {} are taken", model.ports, mac.lower()),
-                        )
-                    })?,
-                };
-                let mut m = Member::new(port, id.clone());
-                m.primary_owner = !phone.members.iter().any(|m| m.primary_owner);
-                place(&phone, model, &m, "device-provisioning-line")?;
-                phone.members.push(m);
-            }
-        }
-        phone.members.sort_by_key(|m| m.port);
-        if prov_named || link.mac.named() {
-            if let (Some(u), Some(p)) = (&acc.provisioning_username, &acc.provisioning_password) {
-                phone.provisioning_username = Some(u.clone());
-                phone.provisioning_password = Some(p.clone());
-            }
-        }
-        if overrides_named || (link.mac.named() && acc.overrides.is_some()) {
-            let ov = acc.overrides.clone().unwrap_or_default();
-            check_overrides(model, "device-provisioning-overrides", &ov)?;
-            phone.overrides = ov;
-        }
-        change.phones.push((mac, Some(phone)));
-    } else if overrides_named {
-        if let Some(ov) = &acc.overrides {
-            for (k, v) in ov {
-                overlay::check_override_unlinked(k, v).map_err(|m| {
-                    AppError::invalid(format!("device-provisioning-overrides.{k}"), m)
-                })?;
-            }
+                        format!(
+                            "all {} ports of {} are taken",
+                            model.ports,
+                            phone.mac.lower()
+                        ),
+                    )
+                })?,
+            };
+            let mut m = Member::new(port, id.to_string());
+            m.primary_owner = !phone.members.iter().any(|m| m.primary_owner);
+            place(phone, model, &m, "device-provisioning-line")?;
+            phone.members.push(m);
         }
     }
-    if existing.as_ref() != Some(&acc) {
-        change.touch.extend(st.store.phones_of_account(&id)?);
-        change.accounts.push((id, Some(acc.clone())));
-    }
-    Ok((change, acc, created))
+    phone.members.sort_by_key(|m| m.port);
+    Ok(())
 }
 
 /// Checks that `m` fits on `phone` (see [`rules::place`]): 400 when it does not fit the
@@ -1139,135 +1223,165 @@ async fn put_phone(
     JsonBody(body): JsonBody,
 ) -> Result<Response, AppError> {
     let mac = parse_mac("mac", &mac)?;
-    let t = st.templates();
-    let (_, phone, created) = {
+    let (phone, created) = {
         let _w = st.store.writer();
         let existing = st.store.phone(mac)?;
         if existing.as_ref().is_some_and(|p| !a.sees_phone(p)) {
             return Err(AppError::NotFound(format!("no phone {}", mac.lower())));
         }
-        let created = existing.is_none();
-        let mut f = Fields::new(body, "");
-        f.echo("mac", &mac.lower())?;
-        let model_patch = f.string("device-models-model")?;
-        let mut phone = match (&existing, &model_patch) {
-            (Some(p), _) => p.clone(),
-            (None, Patch::Set(m)) => Phone::new(mac, m.clone()),
-            (None, _) => {
-                return Err(AppError::invalid(
-                    "device-models-model",
-                    "is required to create a phone",
-                ));
-            }
-        };
-        match model_patch {
-            Patch::Set(m) => {
-                if t.catalogue.get(&m).is_none() {
-                    return Err(AppError::invalid(
-                        "device-models-model",
-                        format!("unknown model {m:?}; see GET /api/v1/models"),
-                    ));
-                }
-                phone.model = m;
-            }
-            Patch::Null => return Err(AppError::invalid("device-models-model", "cannot be null")),
-            Patch::Absent => {}
-        }
-        match f.string("domain")? {
-            Patch::Set(d) => {
-                check_name("domain", &d, 64)?;
-                // Another domain answers like an unknown one under a domain token.
-                if !a.sees(&d) || st.store.domain(&d)?.is_none() {
-                    return Err(AppError::invalid(
-                        "domain",
-                        format!("unknown domain {d:?}; create it with PUT /api/v1/domains/{d}"),
-                    ));
-                }
-                phone.domain = Some(d);
-            }
-            Patch::Null if a.domain.is_some() => {
-                return Err(AppError::invalid(
-                    "domain",
-                    "a domain token cannot take a phone out of its domain",
-                ));
-            }
-            Patch::Null => phone.domain = None,
-            // A phone created with a domain token is created in its domain.
-            Patch::Absent if created && a.domain.is_some() => phone.domain = a.domain.clone(),
-            Patch::Absent => {}
-        }
-        read_credentials(
-            &mut f,
-            &mut phone.provisioning_username,
-            &mut phone.provisioning_password,
-        )?;
-        for key in [st::CORE_SERVER, st::TRANSPORT] {
-            match f.setting(key)? {
-                Patch::Set(v) => {
-                    phone.settings.insert(key.into(), v);
-                }
-                Patch::Null => {
-                    phone.settings.remove(key);
-                }
-                Patch::Absent => {}
-            }
-        }
-        let ov = f.take("device-provisioning-overrides");
-        let model = t.catalogue.get(&phone.model).ok_or_else(|| {
-            AppError::invalid(
-                "device-models-model",
-                format!("model {} is not loaded", phone.model),
-            )
-        })?;
-        merge_patch(
-            &mut phone.overrides,
-            "device-provisioning-overrides",
-            ov,
-            &|_, _| Ok(()),
-        )?;
-        // Every override (kept ones too: the model may have changed) must fit its formats.
-        check_overrides(model, "device-provisioning-overrides", &phone.overrides)?;
-        f.finish()?;
-        // Members must still fit the (possibly new) model and belong to the phone's domain.
-        for (i, m) in phone.members.iter().enumerate() {
-            if m.ports().any(|p| p > model.ports) {
-                return Err(AppError::conflict(
-                    "device-models-model",
-                    format!(
-                        "member {} on port {} does not fit the {} ports of {}",
-                        m.id, m.port, model.ports, model.id
-                    ),
-                ));
-            }
-            if m.t38_fax_compression_enabled && !model.ata {
-                return Err(AppError::conflict(
-                    "device-models-model",
-                    format!("member {i} uses T.38, which {} does not support", model.id),
-                ));
-            }
-            let in_domain = st
-                .store
-                .account(&m.id)?
-                .is_some_and(|a| Some(&a.domain) == phone.domain.as_ref());
-            if !in_domain {
-                return Err(AppError::conflict(
-                    "domain",
-                    format!("member {} is an account of another domain", m.id),
-                ));
-            }
-        }
-        let mut change = Change::default();
+        let phone = edited_phone(&st, &a, mac, existing.as_ref(), body)?;
         if existing.as_ref() != Some(&phone) {
+            let mut change = Change::default();
             change.phones.push((mac, Some(phone.clone())));
             st.store.commit(&change)?;
         }
-        (change, phone, created)
+        (phone, existing.is_none())
     };
     // Even when nothing changed: the state this 2xx reports may be another request's
     // commit that is not on disk yet (flush returns at once when it is).
     st.store.flush().await?;
     let phone = st.store.phone(mac)?.unwrap_or(phone);
     Ok(created_or_ok(created, phone_json(&phone)))
+}
+
+/// The phone `mac` after the body's partial update of `existing` (or a new phone), checked
+/// field by field in the order errors are reported. Runs under the writer lock.
+fn edited_phone(
+    st: &AppState,
+    a: &Admin,
+    mac: Mac,
+    existing: Option<&Phone>,
+    body: Map<String, Value>,
+) -> Result<Phone, AppError> {
+    let t = st.templates();
+    let mut f = Fields::new(body, "");
+    f.echo("mac", &mac.lower())?;
+    let model_patch = f.string("device-models-model")?;
+    let mut phone = match (existing, &model_patch) {
+        (Some(p), _) => p.clone(),
+        (None, Patch::Set(m)) => Phone::new(mac, m.clone()),
+        (None, _) => {
+            return Err(AppError::invalid(
+                "device-models-model",
+                "is required to create a phone",
+            ));
+        }
+    };
+    match model_patch {
+        Patch::Set(m) => {
+            if t.catalogue.get(&m).is_none() {
+                return Err(AppError::invalid(
+                    "device-models-model",
+                    format!("unknown model {m:?}; see GET /api/v1/models"),
+                ));
+            }
+            phone.model = m;
+        }
+        Patch::Null => return Err(AppError::invalid("device-models-model", "cannot be null")),
+        Patch::Absent => {}
+    }
+    read_phone_domain(st, a, &mut f, &mut phone, existing.is_none())?;
+    read_credentials(
+        &mut f,
+        &mut phone.provisioning_username,
+        &mut phone.provisioning_password,
+    )?;
+    for key in [st::CORE_SERVER, st::TRANSPORT] {
+        match f.setting(key)? {
+            Patch::Set(v) => {
+                phone.settings.insert(key.into(), v);
+            }
+            Patch::Null => {
+                phone.settings.remove(key);
+            }
+            Patch::Absent => {}
+        }
+    }
+    let ov = f.take("device-provisioning-overrides");
+    let model = t.catalogue.get(&phone.model).ok_or_else(|| {
+        AppError::invalid(
+            "device-models-model",
+            format!("model {} is not loaded", phone.model),
+        )
+    })?;
+    merge_patch(
+        &mut phone.overrides,
+        "device-provisioning-overrides",
+        ov,
+        &|_, _| Ok(()),
+    )?;
+    // Every override (kept ones too: the model may have changed) must fit its formats.
+    check_overrides(model, "device-provisioning-overrides", &phone.overrides)?;
+    f.finish()?;
+    check_members_fit(st, &phone, model)?;
+    Ok(phone)
+}
+
+/// Reads the phone body's `domain`: a domain the caller sees and that exists; a domain token
+/// can neither clear it nor name another, and creates its phones in its own domain.
+fn read_phone_domain(
+    st: &AppState,
+    a: &Admin,
+    f: &mut Fields,
+    phone: &mut Phone,
+    created: bool,
+) -> Result<(), AppError> {
+    match f.string("domain")? {
+        Patch::Set(d) => {
+            check_name("domain", &d, 64)?;
+            // Another domain answers like an unknown one under a domain token.
+            if !a.sees(&d) || st.store.domain(&d)?.is_none() {
+                return Err(AppError::invalid(
+                    "domain",
+                    format!("unknown domain {d:?}; create it with PUT /api/v1/domains/{d}"),
+                ));
+            }
+            phone.domain = Some(d);
+        }
+        Patch::Null if a.domain.is_some() => {
+            return Err(AppError::invalid(
+                "domain",
+                "a domain token cannot take a phone out of its domain",
+            ));
+        }
+        Patch::Null => phone.domain = None,
+        // A phone created with a domain token is created in its domain.
+        Patch::Absent if created && a.domain.is_some() => phone.domain = a.domain.clone(),
+        Patch::Absent => {}
+    }
+    Ok(())
+}
+
+/// Members must still fit the (possibly new) model and belong to the phone's domain.
+fn check_members_fit(st: &AppState, phone: &Phone, model: &Model) -> Result<(), AppError> {
+    for (i, m) in phone.members.iter().enumerate() {
+        if m.ports().any(|p| p > model.ports) {
+            return Err(AppError::conflict(
+                "device-models-model",
+                format!(
+                    "member {} on port {} does not fit the {} ports of {}",
+                    m.id, m.port, model.ports, model.id
+                ),
+            ));
+        }
+        if m.t38_fax_compression_enabled && !model.ata {
+            return Err(AppError::conflict(
+                "device-models-model",
+                format!("member {i} uses T.38, which {} does not support", model.id),
+            ));
+        }
+        let in_domain = st
+            .store
+            .account(&m.id)?
+            .is_some_and(|a| Some(&a.domain) == phone.domain.as_ref());
+        if !in_domain {
+            return Err(AppError::conflict(
+                "domain",
+                format!("member {} is an account of another domain", m.id),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Deletes a phone.

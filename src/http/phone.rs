@@ -626,132 +626,18 @@ pub fn mac_in_user_agent(ua: &str) -> Option<Mac> {
         .find_map(|t| Mac::parse(t).ok())
 }
 
+/// Serves a phone's file: the path names a catalogue file, the caller passes the checks,
+/// the file comes from the cache (rendered on a miss), the User-Agent rule of the rendered
+/// file holds, and the answer honours conditional headers.
 async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Response, AppError> {
-    let t = req.templates;
-    let Some(fref) = t.catalogue.match_path(req.file) else {
+    let Some(fref) = req.templates.catalogue.match_path(req.file) else {
         return Err(AppError::NotFound("no model requests this file".into()));
     };
-    let creds = &req.auth;
     let ua_mac = req.agent.and_then(|a| a.mac);
     let (rendered, outcome) = match fref {
-        FileRef::Phone { mac, pattern } => {
-            req.facts.mac = Some(mac);
-            if ua_mac.is_some_and(|m| m != mac) {
-                return Err(AppError::Forbidden(
-                    "the MAC in the User-Agent differs from the MAC in the path".into(),
-                ));
-            }
-            let Some((phone, just_read)) = st.store.gate_or_phone(mac)? else {
-                // Same challenge for unknown and known MACs: no enumeration.
-                if server_default_ok(st, creds) {
-                    st.metrics.unknown_mac();
-                    st.fleet
-                        .unprovisioned_seen(mac, &ip_text(req.ip), req.agent, req.file);
-                    return Err(AppError::NotFound("unknown MAC".into()));
-                }
-                return Err(AppError::PhoneUnauthorized);
-            };
-            req.known = Some(phone.clone());
-            let phone = match authenticate(st, t, &phone, creds, req.ip, true).await? {
-                Some(updated) => {
-                    req.known = Some(updated.clone());
-                    updated
-                }
-                None => phone,
-            };
-            let model = t
-                .catalogue
-                .get(&phone.model)
-                .ok_or_else(|| AppError::NotFound("model not loaded".into()))?;
-            let spec = t.catalogue.file_spec(&model.id, &pattern).ok_or_else(|| {
-                AppError::NotFound("this model does not request that file".into())
-            })?;
-            let digest = t.digest(&model.id);
-            if let Some(p) = phone.last_served.get(&pattern, phone.revision, digest) {
-                (p, Outcome::Hit)
-            } else {
-                let key = render_key(Some(mac), &model.id, &pattern);
-                let file = FileKey {
-                    key: &key,
-                    model: &model.id,
-                    file: &pattern,
-                    revision: phone.revision,
-                    digest,
-                };
-                let (p, outcome) = st
-                    .cache
-                    .get_or_render(
-                        &st.store,
-                        file,
-                        || {
-                            // The record read for the gate, unless a bootstrap exchange
-                            // moved on.
-                            let fresh = just_read.filter(|p| p.revision == phone.revision);
-                            timed(st, || render_stored_phone(st, t, model, spec, mac, fresh))
-                        },
-                        || render_dictionary(st, t, model, spec),
-                    )
-                    .await?;
-                phone.last_served.set(&pattern, &p);
-                (p, outcome)
-            }
-        }
+        FileRef::Phone { mac, pattern } => serve_phone_file(st, req, mac, pattern, ua_mac).await?,
         FileRef::Common { name, models } => {
-            // Common files carry no line data. They are served to the server-default
-            // credentials, or to a known phone (MAC from the User-Agent) with its own.
-            let mac = ua_mac.or_else(|| mac_in_user_agent(req.ua));
-            let phone = match mac {
-                Some(m) => st.store.gate(m)?,
-                None => None,
-            };
-            if let Some(p) = &phone {
-                req.known = Some(p.clone());
-                req.facts.mac = Some(p.mac);
-            }
-            match &phone {
-                // Common files carry no secrets: a bootstrap credential reads them without
-                // being exchanged.
-                Some(p) => {
-                    authenticate(st, t, p, creds, req.ip, false).await?;
-                }
-                None if server_default_ok(st, creds) => {}
-                None => return Err(AppError::PhoneUnauthorized),
-            }
-            if let (None, Some(m)) = (&phone, mac) {
-                st.metrics.unknown_mac();
-                st.fleet
-                    .unprovisioned_seen(m, &ip_text(req.ip), req.agent, req.file);
-            }
-            let id = common_model(t, &models, phone.as_deref(), req.agent)
-                .ok_or_else(|| AppError::NotFound("no model".into()))?;
-            let model = t
-                .catalogue
-                .get(&id)
-                .ok_or_else(|| AppError::NotFound("no model".into()))?;
-            let spec = t
-                .catalogue
-                .file_spec(&id, &name)
-                .ok_or_else(|| AppError::NotFound("no file".into()))?;
-            let key = render_key(None, &id, &name);
-            let file = FileKey {
-                key: &key,
-                model: &id,
-                file: &name,
-                revision: 0,
-                digest: t.digest(&id),
-            };
-            st.cache
-                .get_or_render(
-                    &st.store,
-                    file,
-                    || {
-                        timed(st, || {
-                            Ok::<_, AppError>((render_common(st, t, model, spec)?, 0))
-                        })
-                    },
-                    || render_dictionary(st, t, model, spec),
-                )
-                .await?
+            serve_common_file(st, req, &name, &models, ua_mac).await?
         }
     };
     req.facts.cache = Some(match outcome {
@@ -774,6 +660,151 @@ async fn serve_file(st: &AppState, req: &mut PhoneRequest<'_>) -> Result<Respons
         return Err(AppError::Forbidden("User-Agent not allowed".into()));
     }
     respond(st, rendered, req.headers)
+}
+
+/// A per-phone file (`{mac}.cfg`): the MAC must agree with the User-Agent's, be known
+/// (unknown MACs get the same challenge as known ones: no enumeration) and authenticate.
+async fn serve_phone_file(
+    st: &AppState,
+    req: &mut PhoneRequest<'_>,
+    mac: Mac,
+    pattern: Arc<str>,
+    ua_mac: Option<Mac>,
+) -> Result<(Arc<Packed>, Outcome), AppError> {
+    let t = req.templates;
+    let creds = &req.auth;
+    req.facts.mac = Some(mac);
+    if ua_mac.is_some_and(|m| m != mac) {
+        return Err(AppError::Forbidden(
+            "the MAC in the User-Agent differs from the MAC in the path".into(),
+        ));
+    }
+    let Some((phone, just_read)) = st.store.gate_or_phone(mac)? else {
+        // Same challenge for unknown and known MACs: no enumeration.
+        if server_default_ok(st, creds) {
+            st.metrics.unknown_mac();
+            st.fleet
+                .unprovisioned_seen(mac, &ip_text(req.ip), req.agent, req.file);
+            return Err(AppError::NotFound("unknown MAC".into()));
+        }
+        return Err(AppError::PhoneUnauthorized);
+    };
+    req.known = Some(phone.clone());
+    let phone = match authenticate(st, t, &phone, creds, req.ip, true).await? {
+        Some(updated) => {
+            req.known = Some(updated.clone());
+            updated
+        }
+        None => phone,
+    };
+    let model = t
+        .catalogue
+        .get(&phone.model)
+        .ok_or_else(|| AppError::NotFound("model not loaded".into()))?;
+    let spec = t
+        .catalogue
+        .file_spec(&model.id, &pattern)
+        .ok_or_else(|| AppError::NotFound("this model does not request that file".into()))?;
+    let digest = t.digest(&model.id);
+    if let Some(p) = phone.last_served.get(&pattern, phone.revision, digest) {
+        return Ok((p, Outcome::Hit));
+    }
+    {
+        let key = render_key(Some(mac), &model.id, &pattern);
+        let file = FileKey {
+            key: &key,
+            model: &model.id,
+            file: &pattern,
+            revision: phone.revision,
+            digest,
+        };
+        let (p, outcome) = st
+            .cache
+            .get_or_render(
+                &st.store,
+                file,
+                || {
+                    // The record read for the gate, unless a bootstrap exchange
+                    // moved on.
+                    let fresh = just_read.filter(|p| p.revision == phone.revision);
+                    timed(st, || render_stored_phone(st, t, model, spec, mac, fresh))
+                },
+                || render_dictionary(st, t, model, spec),
+            )
+            .await?;
+        phone.last_served.set(&pattern, &p);
+        Ok((p, outcome))
+    }
+}
+
+/// A common file shared by models: served to the server-default credentials, or to a known
+/// phone (MAC from the User-Agent) with its own.
+async fn serve_common_file(
+    st: &AppState,
+    req: &mut PhoneRequest<'_>,
+    name: &str,
+    models: &[String],
+    ua_mac: Option<Mac>,
+) -> Result<(Arc<Packed>, Outcome), AppError> {
+    let t = req.templates;
+    let creds = &req.auth;
+    // Common files carry no line data. They are served to the server-default
+    // credentials, or to a known phone (MAC from the User-Agent) with its own.
+    let mac = ua_mac.or_else(|| mac_in_user_agent(req.ua));
+    let phone = match mac {
+        Some(m) => st.store.gate(m)?,
+        None => None,
+    };
+    if let Some(p) = &phone {
+        req.known = Some(p.clone());
+        req.facts.mac = Some(p.mac);
+    }
+    match &phone {
+        // Common files carry no secrets: a bootstrap credential reads them without
+        // being exchanged.
+        Some(p) => {
+            authenticate(st, t, p, creds, req.ip, false).await?;
+        }
+        None if server_default_ok(st, creds) => {}
+        None => return Err(AppError::PhoneUnauthorized),
+    }
+    if let (None, Some(m)) = (&phone, mac) {
+        st.metrics.unknown_mac();
+        st.fleet
+            .unprovisioned_seen(m, &ip_text(req.ip), req.agent, req.file);
+    }
+    let id = common_model(t, models, phone.as_deref(), req.agent)
+        .ok_or_else(|| AppError::NotFound("no model".into()))?;
+    let model = t
+        .catalogue
+        .get(&id)
+        .ok_or_else(|| AppError::NotFound("no model".into()))?;
+    let spec = t
+        .catalogue
+        .file_spec(&id, name)
+        .ok_or_else(|| AppError::NotFound("no file".into()))?;
+    let key = render_key(None, &id, name);
+    let file = FileKey {
+        key: &key,
+        model: &id,
+        file: name,
+        revision: 0,
+        digest: t.digest(&id),
+    };
+    let served = st
+        .cache
+        .get_or_render(
+            &st.store,
+            file,
+            || {
+                timed(st, || {
+                    Ok::<_, AppError>((render_common(st, t, model, spec)?, 0))
+                })
+            },
+            || render_dictionary(st, t, model, spec),
+        )
+        .await?;
+    Ok(served)
 }
 
 /// Runs a cache-miss render, recording its time.

@@ -467,7 +467,7 @@ mod tests {
     }
 
     #[test]
-    fn accounts_and_domains() {
+    fn accounts() {
         let k = knows();
         let a = Account {
             domain: "example.com".into(),
@@ -527,6 +527,10 @@ mod tests {
                 Err(field.into())
             );
         }
+    }
+
+    #[test]
+    fn domains() {
         let d = Domain {
             name: "example.com".into(),
             ..Default::default()

@@ -214,6 +214,9 @@ fn parse_key(key: &str) -> Option<Vec<(&str, Option<&str>)>> {
     parents.iter().all(|(_, i)| i.is_some()).then_some(segs)
 }
 
+/// A template key's first position in the document (`&[]` for a key added by an override).
+type FirstAt<'k> = std::collections::HashMap<&'k str, &'k [usize], foldhash::fast::FixedState>;
+
 fn xml_element<'a>(
     text: &str,
     overrides: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -224,118 +227,20 @@ fn xml_element<'a>(
     };
     let leaves = leaf_paths(root);
     let idx_attr = leaves.idx_attr.unwrap_or("idx");
-    // A key generated twice: the later value wins, at the first position. Keys are the
-    // template's own (a fast hash; an override key is only looked up, or added once).
-    let mut first: std::collections::HashMap<&str, &[usize], foldhash::fast::FixedState> =
-        std::collections::HashMap::with_capacity_and_hasher(leaves.keys.len(), Default::default());
-    let mut removals: Vec<&[usize]> = Vec::new();
-    for (key, range) in &leaves.keys {
-        let path = leaves.path(range);
-        match first.get(key.as_str()) {
-            Some(&p0) => {
-                let text = at_mut(root, path).map(|e| e.children.clone());
-                if let (Some(children), Some(e0)) = (text, at_mut(root, p0)) {
-                    e0.children = children;
-                    e0.touch();
-                }
-                removals.push(path);
-            }
-            None => {
-                first.insert(key.as_str(), path);
-            }
-        }
-    }
-    // The container for new plain keys: the element holding the most plain leaves (the
-    // settings block: `<config>`, `<flat-profile>`, `<phone-settings>`), the first on a
-    // tie; else the element holding the first indexed element; else the root.
-    let mut counts: Vec<(&[usize], usize)> = Vec::new();
-    for (k, range) in &leaves.keys {
-        if k.contains('/') {
-            continue;
-        }
-        let p = leaves.path(range);
-        let parent = &p[..p.len() - 1];
-        match counts.iter_mut().find(|(q, _)| *q == parent) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((parent, 1)),
-        }
-    }
-    let best = counts
-        .iter()
-        .map(|(_, n)| *n)
-        .max()
-        .and_then(|m| counts.iter().find(|(_, n)| *n == m))
-        .map(|(p, _)| p.to_vec());
-    let container: Vec<usize> = best
-        .or_else(|| {
-            let (_, range) = leaves.keys.first()?;
-            let p = leaves.path(range);
-            (1..=p.len()).find_map(|n| {
-                let e = at_mut(root, &p[..n])?;
-                index_of(e).is_some().then(|| p[..n - 1].to_vec())
-            })
-        })
-        .unwrap_or_default();
-    // The same key twice in `overrides`: the later value wins, as in a map (a second new
-    // key would otherwise find the empty path recorded for the first, the root's).
-    let mut order: Vec<(&str, &str)> = Vec::new();
-    let mut at: std::collections::HashMap<&str, usize> = Default::default();
-    for (k, v) in overrides {
-        match at.get(k) {
-            Some(&i) => order[i].1 = v,
-            None => {
-                at.insert(k, order.len());
-                order.push((k, v));
-            }
-        }
-    }
+    let (mut first, mut removals) = collapse_generated_duplicates(root, &leaves);
+    let container = plain_container(root, &leaves);
     let mut appends: Vec<(Vec<usize>, Elem)> = Vec::new();
-    for (k, v) in order {
+    for (k, v) in last_value_wins(overrides) {
         if let Some(p) = first.get(k) {
             if let Some(e) = at_mut(root, p) {
                 e.set_text(v);
             }
             continue;
         }
-        let Some(segs) = parse_key(k) else { continue };
-        let Some(((name, idx), parents)) = segs.split_last() else {
-            continue;
-        };
-        let leaf_attrs = idx
-            .map(|i| vec![(idx_attr.to_string(), xml::escape(i))])
-            .unwrap_or_default();
-        let mut elem = Elem::new(name, leaf_attrs, v);
-        // Find the deepest existing indexed parent named by the prefix; build the rest
-        // beside the existing elements of that name (`line[2]` next to `line[1]`).
-        let home = match parents.first() {
-            Some((n, _)) => sibling_home(root, n),
-            None if idx.is_some() => sibling_home(root, name),
-            None => None,
-        };
-        let mut target = home.unwrap_or_else(|| container.clone());
-        let mut found = 0;
-        for depth in (1..=parents.len()).rev() {
-            let prefix: String = parents[..depth]
-                .iter()
-                .map(|(n, i)| format!("{n}[{}]/", i.unwrap_or_default()))
-                .collect();
-            if let Some(path) = indexed_parent(root, &prefix) {
-                target = path;
-                found = depth;
-                break;
-            }
+        if let Some(append) = new_element(root, k, v, idx_attr, &container) {
+            appends.push(append);
+            first.insert(k, &[]);
         }
-        for (n, i) in parents[found..].iter().rev() {
-            let attrs = i
-                .map(|i| vec![(idx_attr.to_string(), xml::escape(i))])
-                .unwrap_or_default();
-            let mut wrap = Elem::new(n, attrs, "");
-            wrap.children.clear();
-            wrap.append(elem);
-            elem = wrap;
-        }
-        appends.push((target, elem));
-        first.insert(k, &[]);
     }
     // Appends go after the last element child of their container, so they shift no path
     // taken above; then removals, from the end so earlier paths stay valid.
@@ -357,6 +262,134 @@ fn xml_element<'a>(
         }
     }
     Ok(doc.write_sized(text.len() + 256))
+}
+
+/// A key generated twice: the later value wins, at the first position. Returns each key's
+/// first position and the later positions to remove. Keys are the template's own (a fast
+/// hash; an override key is only looked up, or added once).
+fn collapse_generated_duplicates<'k>(
+    root: &mut Elem,
+    leaves: &'k Leaves,
+) -> (FirstAt<'k>, Vec<&'k [usize]>) {
+    let mut first: FirstAt<'k> =
+        std::collections::HashMap::with_capacity_and_hasher(leaves.keys.len(), Default::default());
+    let mut removals: Vec<&[usize]> = Vec::new();
+    for (key, range) in &leaves.keys {
+        let path = leaves.path(range);
+        match first.get(key.as_str()) {
+            Some(&p0) => {
+                let text = at_mut(root, path).map(|e| e.children.clone());
+                if let (Some(children), Some(e0)) = (text, at_mut(root, p0)) {
+                    e0.children = children;
+                    e0.touch();
+                }
+                removals.push(path);
+            }
+            None => {
+                first.insert(key.as_str(), path);
+            }
+        }
+    }
+    (first, removals)
+}
+
+/// The container for new plain keys: the element holding the most plain leaves (the
+/// settings block: `<config>`, `<flat-profile>`, `<phone-settings>`), the first on a
+/// tie; else the element holding the first indexed element; else the root.
+fn plain_container(root: &mut Elem, leaves: &Leaves) -> Vec<usize> {
+    let mut counts: Vec<(&[usize], usize)> = Vec::new();
+    for (k, range) in &leaves.keys {
+        if k.contains('/') {
+            continue;
+        }
+        let p = leaves.path(range);
+        let parent = &p[..p.len() - 1];
+        match counts.iter_mut().find(|(q, _)| *q == parent) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((parent, 1)),
+        }
+    }
+    let best = counts
+        .iter()
+        .map(|(_, n)| *n)
+        .max()
+        .and_then(|m| counts.iter().find(|(_, n)| *n == m))
+        .map(|(p, _)| p.to_vec());
+    best.or_else(|| {
+        let (_, range) = leaves.keys.first()?;
+        let p = leaves.path(range);
+        (1..=p.len()).find_map(|n| {
+            let e = at_mut(root, &p[..n])?;
+            index_of(e).is_some().then(|| p[..n - 1].to_vec())
+        })
+    })
+    .unwrap_or_default()
+}
+
+/// The same key twice in `overrides`: the later value wins, as in a map, at the first
+/// key's place (a second new key would otherwise find the empty path recorded for the
+/// first, the root's).
+fn last_value_wins<'a>(
+    overrides: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut order: Vec<(&str, &str)> = Vec::new();
+    let mut at: std::collections::HashMap<&str, usize> = Default::default();
+    for (k, v) in overrides {
+        match at.get(k) {
+            Some(&i) => order[i].1 = v,
+            None => {
+                at.insert(k, order.len());
+                order.push((k, v));
+            }
+        }
+    }
+    order
+}
+
+/// The element an override key the template lacks adds, and the path of its parent:
+/// beside the deepest existing indexed parent the key names (`line[2]` next to
+/// `line[1]`), the missing parents built around it; `None` for a key that does not parse.
+fn new_element(
+    root: &Elem,
+    k: &str,
+    v: &str,
+    idx_attr: &str,
+    container: &[usize],
+) -> Option<(Vec<usize>, Elem)> {
+    let segs = parse_key(k)?;
+    let ((name, idx), parents) = segs.split_last()?;
+    let leaf_attrs = idx
+        .map(|i| vec![(idx_attr.to_string(), xml::escape(i))])
+        .unwrap_or_default();
+    let mut elem = Elem::new(name, leaf_attrs, v);
+    let home = match parents.first() {
+        Some((n, _)) => sibling_home(root, n),
+        None if idx.is_some() => sibling_home(root, name),
+        None => None,
+    };
+    let mut target = home.unwrap_or_else(|| container.to_vec());
+    let mut found = 0;
+    for depth in (1..=parents.len()).rev() {
+        let prefix: String = parents[..depth]
+            .iter()
+            .map(|(n, i)| format!("{n}[{}]/", i.unwrap_or_default()))
+            .collect();
+        if let Some(path) = indexed_parent(root, &prefix) {
+            target = path;
+            found = depth;
+            break;
+        }
+    }
+    for (n, i) in parents[found..].iter().rev() {
+        let attrs = i
+            .map(|i| vec![(idx_attr.to_string(), xml::escape(i))])
+            .unwrap_or_default();
+        let mut wrap = Elem::new(n, attrs, "");
+        wrap.children.clear();
+        wrap.append(elem);
+        elem = wrap;
+    }
+    Some((target, elem))
 }
 
 /// The path of the parent of the first indexed element called `name`.
