@@ -32,7 +32,7 @@ cd "$(dirname "$0")/.."
 # exercise them. MUTANTS_WHOLE_FILES=1 drops the regexes.
 GROUPS_TABLE='
 credentials|src/auth.rs src/digest.rs src/guard.rs|src/auth.rs:|digest.rs:.*(verify|Nonces::|ReplayGuard|from_hex|DigestResponse::parse)|guard.rs:.*(Throttle|allowed|parse_cidr|client_ip)|--lib --test security --test digest --test secrets --test logging
-tenant|src/tokens.rs src/http/admin.rs|src/tokens.rs:|admin.rs:.*(Admin::|resolve_domain|resolve_user|phone_for_org|find_account)|--lib --test tokens --test admin_rules
+tenant|src/admin/tokens.rs src/http/admin.rs|admin/tokens.rs:|admin.rs:.*(Admin::|resolve_domain|resolve_user|phone_for_org|find_account)|--lib --test tokens --test admin_rules
 validation|src/model/settings.rs src/model/rules.rs src/model/mac.rs src/bulk.rs src/http/admin.rs|settings.rs:|model/rules.rs:|mac.rs:.*(parse|hex_val|from_str)|bulk.rs:.*(stage_row|checked|plan|apply|csv_field|after_quote|at_field_start|known_columns)|admin.rs:.*(check_|account_change|parse_member|parse_mac|put_phone|put_domain|previous_until)|--lib --test admin_rules --test hostile --test cli --test cache
 cache|src/cache.rs src/store/mod.rs|cache.rs:.*(valid_at|hot_valid|lookup|etag|Packed::decode|Packed::encode|LastServed)|store/mod.rs:.*(commit|revision|phones_of_account|phones_in_domain|render_get|render_put)|--lib --test cache --test reload --test admin_rules --test walkthrough
 conditional|src/http/phone.rs|phone.rs:.*(etag_matches|respond|server_default_ok|Presented|phone_auth|pair|authenticate)|--lib --test conditional --test walkthrough --test security --test digest --test cache

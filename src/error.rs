@@ -93,6 +93,19 @@ pub enum AppError {
     },
 }
 
+/// An admin use case's refusal, as the HTTP answer it gets (the one place it is mapped).
+impl From<crate::admin::AdminError> for AppError {
+    fn from(e: crate::admin::AdminError) -> Self {
+        use crate::admin::AdminError as E;
+        match e {
+            E::Invalid { field, message } => AppError::Invalid { field, message },
+            E::Conflict { field, message } => AppError::Conflict { field, message },
+            E::NotFound(m) => AppError::NotFound(m),
+            E::Store(e) => AppError::Store(e),
+        }
+    }
+}
+
 impl AppError {
     /// 400 naming `field`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {

@@ -8,6 +8,7 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod admin;
 pub mod auth;
 pub mod bulk;
 pub mod cache;
@@ -27,7 +28,6 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
-pub mod tokens;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -27,8 +27,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("cache", 3),
     ("fleet", 3),
     // Admin use cases.
+    ("admin", 4),
     ("bulk", 4),
-    ("tokens", 4),
     ("reload", 4),
     // Adapters and wiring.
     ("error", 5),
@@ -53,7 +53,6 @@ const KNOWN: &[&str] = &[
     "model -> fleet",
     "reload -> lib",
     "store -> fleet",
-    "tokens -> error",
     // Cycles inside the adapter layer.
     "cli -> config",
     "cli -> http",

@@ -1,10 +1,10 @@
-//! `autoprov token …` on a stopped server's data folder: the use cases of `crate::tokens`
+//! `autoprov token …` on a stopped server's data folder: the use cases of `crate::admin::tokens`
 //! on the store directly, printed for a terminal.
 
+use crate::admin::AdminError;
+use crate::admin::tokens::{create, list, revoke};
 use crate::config::{Config, TokenCommand};
-use crate::error::AppError;
 use crate::store::{Store, StoreError};
-use crate::tokens::{create, list, revoke};
 
 /// Why an `autoprov token …` command failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +32,7 @@ pub enum CliError {
     Store(#[from] StoreError),
     /// The request was refused (unknown domain, unknown id, …).
     #[error(transparent)]
-    Refused(#[from] AppError),
+    Refused(#[from] AdminError),
 }
 
 /// Runs `autoprov token …` on `config.data` directly; returns what to print.

@@ -430,7 +430,7 @@ async fn delete_domain(
             ));
         }
         // The domain's tokens go with it: a later domain of the same name is not theirs.
-        let tokens = crate::tokens::of_domain(&st.store, &name)?;
+        let tokens = crate::admin::tokens::of_domain(&st.store, &name)?;
         st.store.commit(&Change {
             domains: vec![(name, None)],
             tokens: tokens.into_iter().map(|h| (h, None)).collect(),

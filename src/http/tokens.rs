@@ -21,8 +21,8 @@ use super::admin::Admin;
 use super::body::{Fields, JsonBody, Patch, Path};
 use super::schema;
 use crate::AppState;
+use crate::admin::tokens::{self, token_json};
 use crate::error::AppError;
-use crate::tokens::{self, token_json};
 
 /// Creates a domain token (`POST /tokens`).
 #[utoipa::path(

@@ -12,8 +12,8 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
+use super::AdminError;
 use crate::auth;
-use crate::error::AppError;
 use crate::model::Token;
 use crate::store::{Change, Store, StoreError};
 
@@ -38,15 +38,15 @@ pub fn create(
     store: &Store,
     scope: Option<&str>,
     domain: &str,
-) -> Result<(Token, String), AppError> {
+) -> Result<(Token, String), AdminError> {
     crate::model::rules::check_name(domain, crate::model::rules::DOMAIN_MAX)
-        .map_err(|m| AppError::invalid("domain", m))?;
+        .map_err(|m| AdminError::invalid("domain", m))?;
     if scope.is_some_and(|s| s != domain) {
-        return Err(AppError::NotFound(format!("no domain {domain}")));
+        return Err(AdminError::NotFound(format!("no domain {domain}")));
     }
     let _w = store.writer();
     if store.domain(domain)?.is_none() {
-        return Err(AppError::invalid(
+        return Err(AdminError::invalid(
             "domain",
             format!("unknown domain {domain:?}; create it with PUT /api/v1/domains/{domain}"),
         ));
@@ -74,7 +74,7 @@ pub fn create(
 }
 
 /// The tokens `scope` may see, oldest first.
-pub fn list(store: &Store, scope: Option<&str>) -> Result<Vec<Token>, AppError> {
+pub fn list(store: &Store, scope: Option<&str>) -> Result<Vec<Token>, AdminError> {
     let mut list: Vec<Token> = store
         .tokens()?
         .into_iter()
@@ -87,14 +87,14 @@ pub fn list(store: &Store, scope: Option<&str>) -> Result<Vec<Token>, AppError> 
 
 /// Revokes token `id` (the caller flushes). Unknown, or another domain's under a domain
 /// token → 404.
-pub fn revoke(store: &Store, scope: Option<&str>, id: &str) -> Result<Token, AppError> {
+pub fn revoke(store: &Store, scope: Option<&str>, id: &str) -> Result<Token, AdminError> {
     let _w = store.writer();
     let found = store
         .tokens()?
         .into_iter()
         .find(|(_, t)| t.id == id && scope.is_none_or(|d| t.domain == d));
     let Some((hash, token)) = found else {
-        return Err(AppError::NotFound(format!("no token {id}")));
+        return Err(AdminError::NotFound(format!("no token {id}")));
     };
     store.commit(&Change {
         tokens: vec![(hash, None)],
@@ -151,18 +151,18 @@ mod tests {
         for d in ["a.example", "nowhere.example"] {
             assert!(matches!(
                 create(&s, Some("b.example"), d),
-                Err(AppError::NotFound(_))
+                Err(AdminError::NotFound(_))
             ));
         }
         assert!(matches!(
             create(&s, None, "nowhere.example"),
-            Err(AppError::Invalid { field, .. }) if field == "domain"
+            Err(AdminError::Invalid { field, .. }) if field == "domain"
         ));
         assert_eq!(list(&s, Some("b.example")).unwrap(), vec![tb.clone()]);
         assert_eq!(list(&s, None).unwrap().len(), 2);
         assert!(matches!(
             revoke(&s, Some("b.example"), &ta.id),
-            Err(AppError::NotFound(_))
+            Err(AdminError::NotFound(_))
         ));
         revoke(&s, Some("a.example"), &ta.id).unwrap();
         assert_eq!(s.token(&auth::hash(&secret)).unwrap(), None);
