@@ -7,12 +7,12 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::body::{Fields, JsonBody, Patch, Path, Query, merge_patch};
+use super::params::{DevicePath, DomainPath, MacFilePath, MacPath, OrgQuery, PhoneQuery, UserPath};
 use super::schema;
 use crate::AppState;
 use crate::auth;
@@ -275,13 +275,13 @@ fn read_cidrs(f: &mut Fields, target: &mut Vec<String>) -> Result<(), AppError> 
 
 /// Reads a domain.
 #[utoipa::path(
-    get, path = "/domains/{domain}", tag = "domains", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own")),
+    get, path = "/domains/{domain}", tag = "domains", params(DomainPath),
     responses((status = 200, description = "The domain", body = schema::DomainOut), schema::ReadErrors)
 )]
 async fn get_domain(
     a: Admin,
     State(st): State<AppState>,
-    Path(domain): Path<String>,
+    Path(DomainPath { domain }): Path<DomainPath>,
 ) -> Result<Json<Value>, AppError> {
     let name = resolve_domain(&a, &domain)?;
     let d = st
@@ -293,7 +293,7 @@ async fn get_domain(
 
 /// Creates or updates a domain (partial update).
 #[utoipa::path(
-    put, path = "/domains/{domain}", tag = "domains", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own")),
+    put, path = "/domains/{domain}", tag = "domains", params(DomainPath),
     request_body = schema::DomainIn,
     responses(
         (status = 200, description = "Updated", body = schema::DomainOut),
@@ -304,7 +304,7 @@ async fn get_domain(
 async fn put_domain(
     a: Admin,
     State(st): State<AppState>,
-    Path(domain): Path<String>,
+    Path(DomainPath { domain }): Path<DomainPath>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, AppError> {
     let name = resolve_domain(&a, &domain)?;
@@ -409,13 +409,13 @@ fn set_opt(target: &mut Option<String>, p: Patch<String>) {
 
 /// Deletes a domain (409 while it has phones or accounts).
 #[utoipa::path(
-    delete, path = "/domains/{domain}", tag = "domains", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own")),
+    delete, path = "/domains/{domain}", tag = "domains", params(DomainPath),
     responses((status = 204, description = "Deleted"), schema::DeleteErrors)
 )]
 async fn delete_domain(
     a: Admin,
     State(st): State<AppState>,
-    Path(domain): Path<String>,
+    Path(DomainPath { domain }): Path<DomainPath>,
 ) -> Result<StatusCode, AppError> {
     let name = resolve_domain(&a, &domain)?;
     {
@@ -972,14 +972,14 @@ async fn write_account(
 
 /// Creates an account (the body names `device`; 409 if it exists).
 #[utoipa::path(
-    post, path = "/domains/{domain}/users/{user}/devices", tag = "accounts", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, example = "100", pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`")),
+    post, path = "/domains/{domain}/users/{user}/devices", tag = "accounts", params(UserPath),
     request_body = schema::AccountIn,
     responses((status = 201, description = "Created", body = schema::AccountOut), schema::WriteErrors)
 )]
 async fn post_account(
     a: Admin,
     State(st): State<AppState>,
-    Path((domain, user)): Path<(String, String)>,
+    Path(UserPath { domain, user }): Path<UserPath>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, AppError> {
     write_account(a, st, domain, user, None, body).await
@@ -987,7 +987,7 @@ async fn post_account(
 
 /// Creates or updates an account (partial update).
 #[utoipa::path(
-    put, path = "/domains/{domain}/users/{user}/devices/{device}", tag = "accounts", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, example = "100", pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`"), ("device" = String, Path, example = "d100", pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "Device name")),
+    put, path = "/domains/{domain}/users/{user}/devices/{device}", tag = "accounts", params(DevicePath),
     request_body = schema::AccountIn,
     responses(
         (status = 200, description = "Updated", body = schema::AccountOut),
@@ -998,7 +998,11 @@ async fn post_account(
 async fn put_account(
     a: Admin,
     State(st): State<AppState>,
-    Path((domain, user, device)): Path<(String, String, String)>,
+    Path(DevicePath {
+        domain,
+        user,
+        device,
+    }): Path<DevicePath>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, AppError> {
     write_account(a, st, domain, user, Some(device), body).await
@@ -1024,13 +1028,17 @@ fn find_account(
 
 /// Reads an account.
 #[utoipa::path(
-    get, path = "/domains/{domain}/users/{user}/devices/{device}", tag = "accounts", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, example = "100", pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`"), ("device" = String, Path, example = "d100", pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "Device name")),
+    get, path = "/domains/{domain}/users/{user}/devices/{device}", tag = "accounts", params(DevicePath),
     responses((status = 200, description = "The account", body = schema::AccountOut), schema::ReadErrors)
 )]
 async fn get_account(
     a: Admin,
     State(st): State<AppState>,
-    Path((domain, user, device)): Path<(String, String, String)>,
+    Path(DevicePath {
+        domain,
+        user,
+        device,
+    }): Path<DevicePath>,
 ) -> Result<Json<Value>, AppError> {
     let acc = find_account(&st, &a, &domain, &user, &device)?;
     Ok(Json(account_json(&st, &acc)?))
@@ -1038,13 +1046,13 @@ async fn get_account(
 
 /// Lists a user's accounts.
 #[utoipa::path(
-    get, path = "/domains/{domain}/users/{user}/devices", tag = "accounts", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, example = "100", pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`")),
+    get, path = "/domains/{domain}/users/{user}/devices", tag = "accounts", params(UserPath),
     responses((status = 200, description = "The user's accounts", body = Vec<schema::AccountOut>), schema::ReadErrors)
 )]
 async fn list_accounts(
     a: Admin,
     State(st): State<AppState>,
-    Path((domain, user)): Path<(String, String)>,
+    Path(UserPath { domain, user }): Path<UserPath>,
 ) -> Result<Json<Value>, AppError> {
     let domain = resolve_domain(&a, &domain)?;
     let user = resolve_user(&a, &user)?;
@@ -1062,13 +1070,17 @@ async fn list_accounts(
 
 /// Deletes an account and its lines on every phone.
 #[utoipa::path(
-    delete, path = "/domains/{domain}/users/{user}/devices/{device}", tag = "accounts", params(("domain" = String, Path, example = "example.com", pattern = r"^(~|[A-Za-z0-9._-]{1,64})$", description = "Domain name, or `~` for a domain token's own"), ("user" = String, Path, example = "100", pattern = r"^(~|[A-Za-z0-9._-]{1,16})$", description = "User (extension), or `~`"), ("device" = String, Path, example = "d100", pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "Device name")),
+    delete, path = "/domains/{domain}/users/{user}/devices/{device}", tag = "accounts", params(DevicePath),
     responses((status = 204, description = "Deleted"), schema::DeleteErrors)
 )]
 async fn delete_account(
     a: Admin,
     State(st): State<AppState>,
-    Path((domain, user, device)): Path<(String, String, String)>,
+    Path(DevicePath {
+        domain,
+        user,
+        device,
+    }): Path<DevicePath>,
 ) -> Result<StatusCode, AppError> {
     {
         let _w = st.store.writer();
@@ -1116,13 +1128,13 @@ fn phone_or_404(st: &AppState, a: &Admin, mac: Mac) -> Result<Phone, AppError> {
 
 /// Reads a phone.
 #[utoipa::path(
-    get, path = "/phones/{mac}", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`")),
+    get, path = "/phones/{mac}", tag = "phones", params(MacPath),
     responses((status = 200, description = "The phone", body = schema::PhoneOut), schema::ReadErrors)
 )]
 async fn get_phone(
     a: Admin,
     State(st): State<AppState>,
-    Path(mac): Path<String>,
+    Path(MacPath { mac }): Path<MacPath>,
 ) -> Result<Json<Value>, AppError> {
     let mac = parse_mac("mac", &mac)?;
     let p = phone_or_404(&st, &a, mac)?;
@@ -1131,27 +1143,10 @@ async fn get_phone(
     Ok(Json(v))
 }
 
-#[derive(Debug, Deserialize)]
-struct PhoneQuery {
-    domain: Option<String>,
-    model: Option<String>,
-    cursor: Option<String>,
-    limit: Option<usize>,
-    /// Only phones whose last fetch is older than this RFC 3339 time, or that never fetched.
-    #[serde(rename = "not-fetched-since")]
-    not_fetched_since: Option<String>,
-}
-
 /// Lists phones in MAC order, a page at a time.
 #[utoipa::path(
     get, path = "/phones", tag = "phones",
-    params(
-        ("domain" = Option<String>, Query, description = "Only this domain's phones"),
-        ("model" = Option<String>, Query, description = "Only this model"),
-        ("cursor" = Option<String>, Query, description = "`next` of the previous page (a MAC)"),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, default 100"),
-        ("not-fetched-since" = Option<String>, Query, format = DateTime, description = "Only phones whose last fetch is older than this RFC 3339 time, or that never fetched")
-    ),
+    params(PhoneQuery),
     responses((status = 200, description = "A page of phones", body = schema::PhoneList), schema::ListErrors)
 )]
 async fn list_phones(
@@ -1208,7 +1203,7 @@ async fn list_phones(
 
 /// Creates or updates a phone (partial update).
 #[utoipa::path(
-    put, path = "/phones/{mac}", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`")),
+    put, path = "/phones/{mac}", tag = "phones", params(MacPath),
     request_body = schema::PhoneIn,
     responses(
         (status = 200, description = "Updated", body = schema::PhoneOut),
@@ -1219,7 +1214,7 @@ async fn list_phones(
 async fn put_phone(
     a: Admin,
     State(st): State<AppState>,
-    Path(mac): Path<String>,
+    Path(MacPath { mac }): Path<MacPath>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, AppError> {
     let mac = parse_mac("mac", &mac)?;
@@ -1386,13 +1381,13 @@ fn check_members_fit(st: &AppState, phone: &Phone, model: &Model) -> Result<(), 
 
 /// Deletes a phone.
 #[utoipa::path(
-    delete, path = "/phones/{mac}", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`")),
+    delete, path = "/phones/{mac}", tag = "phones", params(MacPath),
     responses((status = 204, description = "Deleted"), schema::DeleteErrors)
 )]
 async fn delete_phone(
     a: Admin,
     State(st): State<AppState>,
-    Path(mac): Path<String>,
+    Path(MacPath { mac }): Path<MacPath>,
 ) -> Result<StatusCode, AppError> {
     let mac = parse_mac("mac", &mac)?;
     {
@@ -1408,12 +1403,6 @@ async fn delete_phone(
 }
 
 // ---------------------------------------------------------------- members
-
-#[derive(Debug, Deserialize)]
-struct OrgQuery {
-    #[serde(rename = "orgId")]
-    org_id: Option<String>,
-}
 
 fn phone_for_org(
     st: &AppState,
@@ -1436,13 +1425,13 @@ fn phone_for_org(
 
 /// Lists a phone's members.
 #[utoipa::path(
-    get, path = "/phones/{mac}/members", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`"), ("orgId" = Option<String>, Query, description = "The phone's domain; another gives 404")),
+    get, path = "/phones/{mac}/members", tag = "phones", params(MacPath, OrgQuery),
     responses((status = 200, description = "The members", body = schema::MembersOut), schema::ReadErrors)
 )]
 async fn get_members(
     a: Admin,
     State(st): State<AppState>,
-    Path(mac): Path<String>,
+    Path(MacPath { mac }): Path<MacPath>,
     Query(q): Query<OrgQuery>,
 ) -> Result<Json<Value>, AppError> {
     let p = phone_for_org(&st, &a, &mac, &q.org_id)?;
@@ -1588,14 +1577,14 @@ fn check_members(
 
 /// Replaces a phone's members.
 #[utoipa::path(
-    put, path = "/phones/{mac}/members", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`"), ("orgId" = Option<String>, Query, description = "The phone's domain; another gives 404")),
+    put, path = "/phones/{mac}/members", tag = "phones", params(MacPath, OrgQuery),
     request_body = schema::MembersIn,
     responses((status = 200, description = "The new members", body = schema::MembersOut), schema::WriteErrors)
 )]
 async fn put_members(
     a: Admin,
     State(st): State<AppState>,
-    Path(mac): Path<String>,
+    Path(MacPath { mac }): Path<MacPath>,
     Query(q): Query<OrgQuery>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, AppError> {
@@ -1648,7 +1637,7 @@ async fn put_members(
 /// Returns the bytes the phone would get for a file.
 #[utoipa::path(
     get, path = "/phones/{mac}/files/{file}", tag = "phones",
-    params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`"), ("file" = String, Path, example = "001565aabbcc.cfg", description = "A file name the model requests (`001565aabbcc.cfg`)")),
+    params(MacFilePath),
     responses(
         (status = 200, description = "The file, with its Content-Type and ETag", content(
             (String = "text/plain"),
@@ -1660,7 +1649,7 @@ async fn put_members(
 async fn preview(
     a: Admin,
     State(st): State<AppState>,
-    Path((mac, file)): Path<(String, String)>,
+    Path(MacFilePath { mac, file }): Path<MacFilePath>,
 ) -> Result<Response, AppError> {
     let mac = parse_mac("mac", &mac)?;
     let phone = phone_or_404(&st, &a, mac)?;
@@ -1719,13 +1708,13 @@ async fn preview(
 
 /// Explains where each value of the phone's files comes from.
 #[utoipa::path(
-    get, path = "/phones/{mac}/explain", tag = "phones", params(("mac" = String, Path, example = "001565aabbcc", pattern = r"^([0-9A-Fa-f]{12}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}|([0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4})$", description = "MAC: `aabbccddeeff`, `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabb.ccdd.eeff`")),
+    get, path = "/phones/{mac}/explain", tag = "phones", params(MacPath),
     responses((status = 200, description = "Values by layer, overrides, unused settings", body = schema::ExplainOut), schema::ReadErrors)
 )]
 async fn explain(
     a: Admin,
     State(st): State<AppState>,
-    Path(mac): Path<String>,
+    Path(MacPath { mac }): Path<MacPath>,
 ) -> Result<Json<Value>, AppError> {
     let mac = parse_mac("mac", &mac)?;
     let phone = phone_or_404(&st, &a, mac)?;

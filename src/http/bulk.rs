@@ -6,11 +6,11 @@ use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::admin::Admin;
 use super::body::Query;
+use super::params::ExportQuery;
 use crate::AppState;
 use crate::bulk::{self, BulkError, Format};
 use crate::error::AppError;
@@ -85,15 +85,10 @@ pub async fn import(
     Ok(Json(json!(summary)))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ExportQuery {
-    format: Option<String>,
-}
-
 /// `GET /export[?format=json|csv]`.
 #[utoipa::path(
     get, path = "/export", tag = "bulk",
-    params(("format" = Option<String>, Query, description = "`json` (default: the full store dump, as `autoprov export`) or `csv` (the bulk rows)")),
+    params(ExportQuery),
     responses(
         (status = 200, description = "The export", content(
             (Object = "application/json"),

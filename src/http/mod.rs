@@ -6,6 +6,7 @@ pub(crate) use body::{is_json_type, parse_strict};
 pub mod bulk;
 pub mod firmware;
 pub mod openapi;
+mod params;
 pub mod phone;
 mod reload;
 mod schema;

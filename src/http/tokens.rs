@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use super::admin::Admin;
 use super::body::{Fields, JsonBody, Patch, Path};
+use super::params::TokenPath;
 use super::schema;
 use crate::AppState;
 use crate::admin::tokens::{self, token_json};
@@ -63,13 +64,13 @@ pub async fn list(a: Admin, State(st): State<AppState>) -> Result<Json<Value>, A
 
 /// Revokes a token (`DELETE /tokens/{id}`).
 #[utoipa::path(
-    delete, path = "/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "Token id (`tok_…`)")),
+    delete, path = "/tokens/{id}", tag = "tokens", params(TokenPath),
     responses((status = 204, description = "Revoked"), schema::DeleteErrors)
 )]
 pub async fn revoke(
     a: Admin,
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    Path(TokenPath { id }): Path<TokenPath>,
 ) -> Result<StatusCode, AppError> {
     tokens::revoke(&st.store, a.domain.as_deref(), &id)?;
     st.store.flush().await?;
