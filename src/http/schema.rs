@@ -477,13 +477,13 @@ pub struct AccountIn {
     #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "d100")]
     pub device: Option<String>,
     /// Read-only: must equal the path's if given.
-    #[schema(nullable = false)]
+    #[schema(nullable = false, read_only)]
     pub domain: Option<String>,
     /// Read-only: must equal the path's if given.
-    #[schema(nullable = false)]
+    #[schema(nullable = false, read_only)]
     pub user: Option<String>,
     /// Read-only: `device@domain` if given.
-    #[schema(nullable = false)]
+    #[schema(nullable = false, read_only)]
     pub id: Option<String>,
     /// Write-only; `null` generates a new one.
     #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$", max_length = 1024)]
@@ -711,7 +711,7 @@ pub struct PhoneList {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct PhoneIn {
     /// Read-only: must equal the path's MAC (lowercase) if given.
-    #[schema(nullable = false)]
+    #[schema(nullable = false, read_only)]
     pub mac: Option<String>,
     /// Domain (must exist).
     #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "example.com")]
