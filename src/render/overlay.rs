@@ -825,6 +825,27 @@ mod tests {
         assert_eq!(got, want_sorted, "{out}");
     }
 
+    /// An index may hold letters, digits, `_` and `-` (vendors name lines `line[ext_1]`);
+    /// anything else is not a key and adds nothing.
+    #[test]
+    fn xml_element_index_characters() {
+        let out = apply(
+            Format::XmlElement,
+            FANVIL,
+            [("line[a_1]/EnableReg", "1"), ("line[b-2]/EnableReg", "0")],
+        )
+        .unwrap();
+        let keys: Vec<String> = pairs(Format::XmlElement, &out)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert!(keys.contains(&"line[a_1]/EnableReg".to_string()), "{out}");
+        assert!(keys.contains(&"line[b-2]/EnableReg".to_string()), "{out}");
+        let out = apply(Format::XmlElement, FANVIL, [("line[a.1]/EnableReg", "1")]).unwrap();
+        assert_eq!(out, apply(Format::XmlElement, FANVIL, []).unwrap());
+    }
+
     /// Found by the `overlay_xml_element` fuzz target: a container generated twice
     /// (`<k idx="1">` twice) was emptied of its duplicate leaves and then read as a leaf,
     /// so the output held the key `s[1]/k[1]` twice.
