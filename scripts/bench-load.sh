@@ -4,6 +4,12 @@
 #
 #   scripts/bench-load.sh                          # N=100000 phones, 3 slices of 5 s a case
 #   N=20000 DURATION=3 REPS=2 scripts/bench-load.sh
+#   BASELINE=e401cc1 scripts/bench-load.sh         # also the build of that revision
+#
+# With BASELINE (a git revision), that revision is built in a worktree under target/ and
+# runs as a fourth server (request log off, a copy of the same store) in the same rotation,
+# and a second table compares this build with it case by case (refactors: "no case more
+# than 5 % slower" is read off its last column).
 #
 # The three servers (nginx, autoprov with the request log at info, autoprov with it off)
 # run side by side; each case is measured in REPS slices of DURATION seconds per server,
@@ -43,19 +49,29 @@ echo "building release…" >&2
 (cd "$ROOT" && cargo build --release --quiet && cargo build --release --quiet --example loadtool)
 BIN=$ROOT/target/release/autoprov
 TOOL=$ROOT/target/release/examples/loadtool
+BASE_BIN=
+if [ -n "${BASELINE:-}" ]; then
+    BASE_TREE=$ROOT/target/bench-baseline
+    echo "building $BASELINE in $BASE_TREE…" >&2
+    git -C "$ROOT" worktree remove --force "$BASE_TREE" 2>/dev/null || rm -rf "$BASE_TREE"
+    git -C "$ROOT" worktree prune
+    git -C "$ROOT" worktree add --detach --force "$BASE_TREE" "$BASELINE" >/dev/null
+    (cd "$BASE_TREE" && CARGO_TARGET_DIR=$ROOT/target/bench-baseline-target cargo build --release --quiet)
+    BASE_BIN=$ROOT/target/bench-baseline-target/release/autoprov
+fi
 PIN_SERVER="taskset -c 0"
 PIN_LOAD="taskset -c 1"
 
 # Another server on one of the ports would answer in our place: refuse to start.
-for p in "$PORT" $((PORT + 1)) "$NGINX_PORT"; do
+for p in "$PORT" $((PORT + 1)) $((PORT + 2)) "$NGINX_PORT"; do
     if curl -s -o /dev/null "http://127.0.0.1:$p/"; then
         echo "something already answers on 127.0.0.1:$p; stop it or set PORT/NGINX_PORT" >&2
         exit 1
     fi
 done
 
-start_autoprov() { # $1 RUST_LOG value, $2 port, $3 data folder; sets AP_PID and READY
-    RUST_LOG=$1 $PIN_SERVER "$BIN" --listen "127.0.0.1:$2" --data "$3" \
+start_autoprov() { # $1 RUST_LOG value, $2 port, $3 data folder[, $4 binary]; sets AP_PID and READY
+    RUST_LOG=$1 $PIN_SERVER "${4:-$BIN}" --listen "127.0.0.1:$2" --data "$3" \
         --models "$ROOT/models" --templates "$ROOT/templates" >"$3.out" 2>"$3.log" &
     AP_PID=$!
     PIDS+=("$AP_PID")
@@ -81,8 +97,9 @@ stop_autoprov
 # (d) twice, like every case: request log at info, then off, each on a fresh process and a
 # render tree with nothing in it (two copies of the seeded folder; each keeps its storm's
 # render tree for the cases after).
-rm -rf "$WORK/data-info"
+rm -rf "$WORK/data-info" "$WORK/data-base"
 cp -a "$WORK/data" "$WORK/data-info"
+[ -z "$BASE_BIN" ] || cp -a "$WORK/data" "$WORK/data-base"
 # The copy's dirty pages (~180 MB) are written back now, not during the first storm (at
 # info, it was the lower of the two in six of the seven runs before this line).
 sync
@@ -95,6 +112,16 @@ start_autoprov "autoprov=warn" "$PORT" "$WORK/data"
 STORM_OFF=$($PIN_LOAD "$TOOL" storm "http://127.0.0.1:$PORT" "$CREDS" "$N" "$WORK/www")
 echo "log off: $STORM_OFF" >&2
 stop_autoprov
+if [ -n "$BASE_BIN" ]; then
+    # The baseline's cold storm, on its own copy of the seeded store (nothing rendered yet).
+    rm -rf "$WORK/www-base"
+    sync
+    start_autoprov "autoprov=warn" "$PORT" "$WORK/data-base" "$BASE_BIN"
+    STORM_BASE=$($PIN_LOAD "$TOOL" storm "http://127.0.0.1:$PORT" "$CREDS" "$N" "$WORK/www-base")
+    echo "baseline, log off: $STORM_BASE" >&2
+    stop_autoprov
+    rm -rf "$WORK/www-base"
+fi
 
 # --- the three servers side by side, each idle while another is measured
 mkdir -p "$WORK/nginx"
@@ -127,7 +154,7 @@ until curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT/"; do
     sleep 0.05
 done
 
-declare -A PORT_OF=([nginx]=$NGINX_PORT [ap-info]=$PORT [ap-off]=$((PORT + 1)))
+declare -A PORT_OF=([nginx]=$NGINX_PORT [ap-info]=$PORT [ap-off]=$((PORT + 1)) [ap-base]=$((PORT + 2)))
 declare -A PID_OF=([nginx]=$NG_PID) RESTART ADMIN RSS
 # Restart to ready, each on the folder its storm filled. The startup warm-up (a background
 # thread filling the memory tiers, 0.2-0.6 s for 100,000 phones) shares CPU 0, so the
@@ -140,6 +167,12 @@ start_autoprov "autoprov=warn" "${PORT_OF[ap-off]}" "$WORK/data"
 PID_OF[ap-off]=$AP_PID
 RESTART[off]=$READY
 sleep 1
+if [ -n "$BASE_BIN" ]; then
+    start_autoprov "autoprov=warn" "${PORT_OF[ap-base]}" "$WORK/data-base" "$BASE_BIN"
+    PID_OF[ap-base]=$AP_PID
+    RESTART[base]=$READY
+    sleep 1
+fi
 
 "$TOOL" macs "$N" >"$WORK/macs.txt"
 FIRST=$(head -1 "$WORK/macs.txt")
@@ -190,6 +223,7 @@ run_wrk() { # $1 port, $2 conns, $3 path, rest: extra wrk args (before the URL)
 etag_of() { curl -s -D - -o /dev/null -H "$AUTH" "http://127.0.0.1:$1/$FIRST.cfg" | awk -F': ' 'tolower($1)=="etag"{gsub("\r","",$2); print $2}'; }
 declare -A TAG
 SERVERS=(nginx ap-info ap-off)
+[ -n "$BASE_BIN" ] && SERVERS+=(ap-base)
 for s in "${SERVERS[@]}"; do TAG[$s]=$(etag_of "${PORT_OF[$s]}"); done
 # What the table claims, checked once before measuring: the three serve the same bytes, and
 # each answers its own ETag with a 304 (else case (c) would time 200s).
@@ -228,8 +262,8 @@ declare -A R
 for c in a b64 b256 c; do
     declare -A SL=()
     for ((r = 0; r < REPS; r++)); do
-        for ((k = 0; k < 3; k++)); do
-            s=${SERVERS[$(((k + r) % 3))]}
+        for ((k = 0; k < ${#SERVERS[@]}; k++)); do
+            s=${SERVERS[$(((k + r) % ${#SERVERS[@]}))]}
             out=$(one_case "$c" "$s")
             echo "case $c slice $((r + 1)) $s: $out" >&2
             SL[$s]+="$out"$'\n'
@@ -242,7 +276,9 @@ for c in a b64 b256 c; do
 done
 
 # (e) admin write latency while (b) c64 runs, then (f) peak RSS
-for l in info off; do
+LEVELS=(info off)
+[ -n "$BASE_BIN" ] && LEVELS+=(base)
+for l in "${LEVELS[@]}"; do
     s=ap-$l
     $PIN_LOAD wrk -t1 -c64 -d"${DURATION}s" -H "$AUTH" -s "$WORK/spread.lua" "http://127.0.0.1:${PORT_OF[$s]}" >/dev/null 2>&1 &
     WRK_PID=$!
@@ -294,5 +330,27 @@ for s in "${SERVERS[@]}"; do
     done
 done
 [ -z "$bad" ] || echo "responses that were neither 2xx nor 3xx:$bad"
+if [ -n "$BASE_BIN" ]; then
+    echo
+    echo "this build ($(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src || echo ', modified')) against $BASELINE, both with the request log off, same run"
+    echo
+    printf "| case | before (%s) | after | after/before |\n|---|---|---|---|\n" "$BASELINE"
+    cmp_row() { # $1 label, $2 case, $3 column (1 req/s, 2 p50, 3 p99)
+        local b a
+        b=$(col "${R[ap-base,$2]}" "$3")
+        a=$(col "${R[ap-off,$2]}" "$3")
+        printf "| %s | %s | %s | %s |\n" "$1" "$b" "$a" "$(ratio "$a" "$b")"
+    }
+    cmp_row "(a) one file, c64, req/s" a 1
+    cmp_row "(b) all MACs, c64, req/s" b64 1
+    cmp_row "(b) all MACs, c256, req/s" b256 1
+    cmp_row "(b) c64 p99 ms" b64 3
+    cmp_row "(b) c256 p99 ms" b256 3
+    cmp_row "(c) If-None-Match → 304, req/s" c 1
+    echo "| (d) cold storm | $STORM_BASE | $STORM_OFF | |"
+    echo "| (e) admin writes during (b) | ${ADMIN[base]} | ${ADMIN[off]} | |"
+    echo "| (f) peak RSS | ${RSS[base]} | ${RSS[off]} | |"
+    echo "| (f) restart to ready | ${RESTART[base]} s | ${RESTART[off]} s | |"
+fi
 echo
 echo "work folder: $WORK"
