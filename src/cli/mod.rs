@@ -329,150 +329,185 @@ async fn settle_domain<T>(
 async fn phone(api: &Api, cmd: PhoneCommand) -> anyhow::Result<()> {
     match cmd {
         PhoneCommand::Link { mac, model, domain } => {
-            let mut body = json!({ "device-models-model": model });
-            let mut created = false;
-            if let Some(d) = &domain {
-                created = ensure_domain(api, d, "--domain").await?;
-                body["domain"] = json!(d);
-            }
-            let put = async {
-                check(
-                    api.json(Method::PUT, &format!("/phones/{}", seg(&mac)), &body)
-                        .await?,
-                    &phone_names,
-                )
-            };
-            let r = settle_domain(api, domain.as_deref().unwrap_or(""), created, put.await).await?;
-            let v = r.json()?;
-            out(&format!(
-                "{} {} ({}{})\n",
-                if r.status == 201 {
-                    "created"
-                } else {
-                    "updated"
-                },
-                text(&v["mac"]),
-                text(&v["device-models-model"]),
-                v["domain"]
-                    .as_str()
-                    .map(|d| format!(", domain {d}"))
-                    .unwrap_or_default()
-            ))
+            phone_link(api, &mac, &model, domain.as_deref()).await
         }
-        PhoneCommand::Show { mac, json } => {
-            let r = check(
-                api.call(Method::GET, &format!("/phones/{}", seg(&mac)), None)
-                    .await?,
-                &phone_names,
-            )?;
-            let v = r.json()?;
-            if json {
-                return print_json(&v);
-            }
-            let mut s = String::new();
-            for (label, key) in [
-                ("mac", "mac"),
-                ("model", "device-models-model"),
-                ("domain", "domain"),
-                ("server", crate::model::settings::CORE_SERVER),
-                ("transport", crate::model::settings::TRANSPORT),
-                ("revision", "revision"),
-                ("last fetch", "last-fetch"),
-            ] {
-                s.push_str(&format!("{label:<11}{}\n", text(&v[key])));
-            }
-            if let Some(ov) = v["device-provisioning-overrides"].as_object()
-                && !ov.is_empty()
-            {
-                s.push_str("overrides:\n");
-                for (k, val) in ov {
-                    s.push_str(&format!("  {k} = {}\n", text(val)));
-                }
-            }
-            let rows: Vec<Vec<String>> = v["members"]
-                .as_array()
-                .map(|l| {
-                    l.iter()
-                        .map(|m| {
-                            vec![
-                                text(&m["port"]),
-                                text(&m["id"]),
-                                text(&m["lineLabel"]),
-                                if m["primaryOwner"] == json!(true) {
-                                    "yes".into()
-                                } else {
-                                    "".into()
-                                },
-                            ]
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            s.push_str("members:\n");
-            s.push_str(&table(&["PORT", "ACCOUNT", "LABEL", "OWNER"], &rows));
-            out(&s)
-        }
+        PhoneCommand::Show { mac, json } => phone_show(api, &mac, json).await,
         PhoneCommand::List {
             domain,
             model,
             json,
-        } => {
-            let mut all = Vec::new();
-            let mut cursor: Option<String> = None;
-            loop {
-                let mut q = vec!["limit=1000".to_string()];
-                if let Some(d) = &domain {
-                    q.push(format!("domain={}", seg(d)));
-                }
-                if let Some(m) = &model {
-                    q.push(format!("model={}", seg(m)));
-                }
-                if let Some(c) = &cursor {
-                    q.push(format!("cursor={}", seg(c)));
-                }
-                let r = check(
-                    api.call(Method::GET, &format!("/phones?{}", q.join("&")), None)
-                        .await?,
-                    &|f| Some(format!("--{f}")),
-                )?;
-                let mut v = r.json()?;
-                if let Some(list) = v["phones"].as_array_mut() {
-                    all.append(list);
-                }
-                match v["next"].as_str() {
-                    Some(n) => cursor = Some(n.to_string()),
-                    None => break,
-                }
-            }
-            if json {
-                return print_json(&json!({ "phones": all }));
-            }
-            let rows: Vec<Vec<String>> = all
-                .iter()
-                .map(|p| {
-                    vec![
-                        text(&p["mac"]),
-                        text(&p["device-models-model"]),
-                        text(&p["domain"]),
-                        p["members"].as_array().map_or(0, Vec::len).to_string(),
-                        text(&p["revision"]),
-                    ]
-                })
-                .collect();
-            out(&table(
-                &["MAC", "MODEL", "DOMAIN", "LINES", "REVISION"],
-                &rows,
-            ))
-        }
-        PhoneCommand::Delete { mac } => {
-            check(
-                api.call(Method::DELETE, &format!("/phones/{}", seg(&mac)), None)
-                    .await?,
-                &phone_names,
-            )?;
-            out(&format!("deleted {mac}\n"))
+        } => phone_list(api, domain.as_deref(), model.as_deref(), json).await,
+        PhoneCommand::Delete { mac } => phone_delete(api, &mac).await,
+    }
+}
+
+/// `phone link`: creates the phone or updates its model and domain; a domain this command
+/// created is removed again when the phone write is refused.
+async fn phone_link(api: &Api, mac: &str, model: &str, domain: Option<&str>) -> anyhow::Result<()> {
+    let mut body = json!({ "device-models-model": model });
+    let mut created = false;
+    if let Some(d) = domain {
+        created = ensure_domain(api, d, "--domain").await?;
+        body["domain"] = json!(d);
+    }
+    let put = async {
+        check(
+            api.json(Method::PUT, &format!("/phones/{}", seg(mac)), &body)
+                .await?,
+            &phone_names,
+        )
+    };
+    let r = settle_domain(api, domain.unwrap_or(""), created, put.await).await?;
+    let v = r.json()?;
+    out(&format!(
+        "{} {} ({}{})\n",
+        if r.status == 201 {
+            "created"
+        } else {
+            "updated"
+        },
+        text(&v["mac"]),
+        text(&v["device-models-model"]),
+        v["domain"]
+            .as_str()
+            .map(|d| format!(", domain {d}"))
+            .unwrap_or_default()
+    ))
+}
+
+/// `phone show`: one phone as the API's JSON, or as text.
+async fn phone_show(api: &Api, mac: &str, json: bool) -> anyhow::Result<()> {
+    let r = check(
+        api.call(Method::GET, &format!("/phones/{}", seg(mac)), None)
+            .await?,
+        &phone_names,
+    )?;
+    let v = r.json()?;
+    if json {
+        return print_json(&v);
+    }
+    out(&phone_text(&v))
+}
+
+/// The text of `phone show`: the phone's fields, its overrides (when it has any) and a
+/// table of its members.
+fn phone_text(v: &Value) -> String {
+    let mut s = String::new();
+    for (label, key) in [
+        ("mac", "mac"),
+        ("model", "device-models-model"),
+        ("domain", "domain"),
+        ("server", crate::model::settings::CORE_SERVER),
+        ("transport", crate::model::settings::TRANSPORT),
+        ("revision", "revision"),
+        ("last fetch", "last-fetch"),
+    ] {
+        s.push_str(&format!("{label:<11}{}\n", text(&v[key])));
+    }
+    if let Some(ov) = v["device-provisioning-overrides"].as_object()
+        && !ov.is_empty()
+    {
+        s.push_str("overrides:\n");
+        for (k, val) in ov {
+            s.push_str(&format!("  {k} = {}\n", text(val)));
         }
     }
+    let rows: Vec<Vec<String>> = v["members"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|m| {
+                    vec![
+                        text(&m["port"]),
+                        text(&m["id"]),
+                        text(&m["lineLabel"]),
+                        if m["primaryOwner"] == json!(true) {
+                            "yes".into()
+                        } else {
+                            "".into()
+                        },
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    s.push_str("members:\n");
+    s.push_str(&table(&["PORT", "ACCOUNT", "LABEL", "OWNER"], &rows));
+    s
+}
+
+/// `phone list`: every matching phone (all pages), as JSON or a table.
+async fn phone_list(
+    api: &Api,
+    domain: Option<&str>,
+    model: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let all = all_phones(api, domain, model).await?;
+    if json {
+        return print_json(&json!({ "phones": all }));
+    }
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|p| {
+            vec![
+                text(&p["mac"]),
+                text(&p["device-models-model"]),
+                text(&p["domain"]),
+                p["members"].as_array().map_or(0, Vec::len).to_string(),
+                text(&p["revision"]),
+            ]
+        })
+        .collect();
+    out(&table(
+        &["MAC", "MODEL", "DOMAIN", "LINES", "REVISION"],
+        &rows,
+    ))
+}
+
+/// Fetches the phones of the filters page by page, following `next` until the last page.
+async fn all_phones(
+    api: &Api,
+    domain: Option<&str>,
+    model: Option<&str>,
+) -> anyhow::Result<Vec<Value>> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = vec!["limit=1000".to_string()];
+        if let Some(d) = domain {
+            q.push(format!("domain={}", seg(d)));
+        }
+        if let Some(m) = model {
+            q.push(format!("model={}", seg(m)));
+        }
+        if let Some(c) = &cursor {
+            q.push(format!("cursor={}", seg(c)));
+        }
+        let r = check(
+            api.call(Method::GET, &format!("/phones?{}", q.join("&")), None)
+                .await?,
+            &|f| Some(format!("--{f}")),
+        )?;
+        let mut v = r.json()?;
+        if let Some(list) = v["phones"].as_array_mut() {
+            all.append(list);
+        }
+        match v["next"].as_str() {
+            Some(n) => cursor = Some(n.to_string()),
+            None => return Ok(all),
+        }
+    }
+}
+
+/// `phone delete`: removes the phone (its accounts stay).
+async fn phone_delete(api: &Api, mac: &str) -> anyhow::Result<()> {
+    check(
+        api.call(Method::DELETE, &format!("/phones/{}", seg(mac)), None)
+            .await?,
+        &phone_names,
+    )?;
+    out(&format!("deleted {mac}\n"))
 }
 
 // ---------------------------------------------------------------- members
@@ -616,37 +651,8 @@ async fn account(api: &Api, cmd: AccountCommand) -> anyhow::Result<()> {
         field,
         json,
     } = cmd;
-    let password = match password.as_deref() {
-        Some("-") => {
-            let mut line = String::new();
-            std::io::stdin()
-                .read_line(&mut line)
-                .map_err(|e| anyhow!("--password: reading stdin: {e}"))?;
-            Some(line.trim_end_matches(['\r', '\n']).to_string())
-        }
-        _ => password,
-    };
-    let mut body = Map::new();
-    let mut named: Vec<String> = Vec::new();
-    for f in &field {
-        let (k, v) = f
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--field: {f:?} is not KEY=VALUE"))?;
-        let k = k.trim();
-        let val = match v {
-            "null" => Value::Null,
-            "true" => json!(true),
-            "false" => json!(false),
-            _ => v
-                .parse::<i64>()
-                .map(|n| json!(n))
-                .unwrap_or_else(|_| json!(v)),
-        };
-        if body.insert(k.to_string(), val).is_some() {
-            bail!("--field: {k} is given twice");
-        }
-        named.push(k.to_string());
-    }
+    let password = read_password(password)?;
+    let (mut body, named) = field_body(&field)?;
     for (key, v) in [
         (
             "device-sip-registration-password",
@@ -677,25 +683,7 @@ async fn account(api: &Api, cmd: AccountCommand) -> anyhow::Result<()> {
                 &Value::Object(body),
             )
             .await?,
-            &|f| {
-                Some(match f {
-                    "domain" => "<domain>".into(),
-                    "user" => "<user>".into(),
-                    "device" => "<device>".into(),
-                    "device-sip-registration-password" => "--password".into(),
-                    "device-provisioning-mac-address" | "mac" => "--mac".into(),
-                    "device-models-model" => "--model".into(),
-                    "device-provisioning-line" => "--line".into(),
-                    other => {
-                        let base = other.split(['.', '[']).next().unwrap_or(other);
-                        if named.iter().any(|n| n == base) {
-                            format!("--field {other}")
-                        } else {
-                            return None;
-                        }
-                    }
-                })
-            },
+            &|f| account_names(f, &named),
         )
     };
     let r = settle_domain(api, &domain, created, put.await).await?;
@@ -703,6 +691,77 @@ async fn account(api: &Api, cmd: AccountCommand) -> anyhow::Result<()> {
     if json {
         return print_json(&v);
     }
+    out(&account_summary(r.status == 201, &v))
+}
+
+/// `--password -` reads the password from the first line of stdin (without its line
+/// ending); any other value is the password itself.
+fn read_password(password: Option<String>) -> anyhow::Result<Option<String>> {
+    Ok(match password.as_deref() {
+        Some("-") => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| anyhow!("--password: reading stdin: {e}"))?;
+            Some(line.trim_end_matches(['\r', '\n']).to_string())
+        }
+        _ => password,
+    })
+}
+
+/// The account body from the `--field KEY=VALUE` arguments (`null`, `true`, `false` and
+/// integers as JSON, anything else a string; a key given twice is refused), with the keys
+/// in the order given.
+fn field_body(field: &[String]) -> anyhow::Result<(Map<String, Value>, Vec<String>)> {
+    let mut body = Map::new();
+    let mut named: Vec<String> = Vec::new();
+    for f in field {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--field: {f:?} is not KEY=VALUE"))?;
+        let k = k.trim();
+        let val = match v {
+            "null" => Value::Null,
+            "true" => json!(true),
+            "false" => json!(false),
+            _ => v
+                .parse::<i64>()
+                .map(|n| json!(n))
+                .unwrap_or_else(|_| json!(v)),
+        };
+        if body.insert(k.to_string(), val).is_some() {
+            bail!("--field: {k} is given twice");
+        }
+        named.push(k.to_string());
+    }
+    Ok((body, named))
+}
+
+/// The account route's field names → CLI arguments; a field outside the flags names the
+/// `--field` that carried it (`named`), and none when no argument did.
+fn account_names(f: &str, named: &[String]) -> Option<String> {
+    Some(match f {
+        "domain" => "<domain>".into(),
+        "user" => "<user>".into(),
+        "device" => "<device>".into(),
+        "device-sip-registration-password" => "--password".into(),
+        "device-provisioning-mac-address" | "mac" => "--mac".into(),
+        "device-models-model" => "--model".into(),
+        "device-provisioning-line" => "--line".into(),
+        other => {
+            let base = other.split(['.', '[']).next().unwrap_or(other);
+            if named.iter().any(|n| n == base) {
+                format!("--field {other}")
+            } else {
+                return None;
+            }
+        }
+    })
+}
+
+/// The one-line summary of a written account: created or updated, and the phone line it
+/// is linked to, if any.
+fn account_summary(created: bool, v: &Value) -> String {
     let link = match (
         v["device-provisioning-mac-address"].as_str(),
         &v["device-provisioning-line"],
@@ -714,15 +773,11 @@ async fn account(api: &Api, cmd: AccountCommand) -> anyhow::Result<()> {
         ),
         (None, _) => ", not linked to a phone".into(),
     };
-    out(&format!(
+    format!(
         "{} account {}{link}\n",
-        if r.status == 201 {
-            "created"
-        } else {
-            "updated"
-        },
+        if created { "created" } else { "updated" },
         text(&v["id"])
-    ))
+    )
 }
 
 // ---------------------------------------------------------------- render, models
@@ -994,84 +1049,124 @@ async fn import(
         file.display().to_string()
     };
     match detect(file, &bytes, format, replace) {
-        Kind::Dump => {
-            if cli.remote.url.is_some() {
-                bail!(
-                    "--url: {name} is a full export, which is restored on the data folder of a stopped server: `autoprov import --data DIR {name}`"
-                );
-            }
-            // Everything is validated before the store is even opened.
-            let dump = crate::store::parse_export(&bytes)
-                .map_err(|e| anyhow::Error::new(e).context(name.clone()))?;
-            check_dump(config, &dump).map_err(|e| e.context(name.clone()))?;
-            let store = open_store(config, true)?;
-            store
-                .import(&dump, replace)
-                .map_err(|e| anyhow::Error::new(e).context(name.clone()))?;
-            eprintln!(
-                "autoprov: imported {} entries ({} domains, {} accounts, {} phones) into {}",
-                dump.entries(),
-                dump.count("domains"),
-                dump.count("accounts"),
-                dump.count("phones"),
-                config.data.display()
-            );
-            Ok(())
-        }
-        Kind::Rows(fmt) => {
-            if replace {
-                bail!("--replace: only for a full export; bulk rows add and update");
-            }
-            // Syntax first: a file that does not parse never opens the store.
-            let rows = bulk::parse(&bytes, fmt).map_err(|e| report_rows(&name, &e))?;
-            let summary = match cli.remote.url.as_deref() {
-                Some(url) => {
-                    let api = Api::remote(url, cli.remote.token.as_deref())?;
-                    let ct = match fmt {
-                        bulk::Format::Csv => "text/csv",
-                        bulk::Format::Json => "application/json",
-                    };
-                    let pb = spinner(&format!("importing {} row(s)", rows.len()));
-                    let r = api.call(Method::POST, "/import", Some((ct, bytes))).await;
-                    pb.finish_and_clear();
-                    let r = r?;
-                    if r.status == 400 {
-                        let v = r.json().unwrap_or(Value::Null);
-                        if let Ok(list) = serde_json::from_value::<Vec<RowJson>>(v["rows"].clone())
-                            && !list.is_empty()
-                        {
-                            let rows: Vec<RowError> = list
-                                .into_iter()
-                                .map(|r| RowError {
-                                    line: r.line,
-                                    field: r.field,
-                                    message: r.message,
-                                })
-                                .collect();
-                            return Err(report_rows(&name, &rows));
-                        }
-                    }
-                    check(r, &|_| None)?.json()?
-                }
-                None => {
-                    let (state, _) = api::open_local(config, true)?;
-                    let pb = progress(rows.len() as u64);
-                    let bar = pb.clone();
-                    let res = bulk::apply(&state, rows, move |n| bar.set_position(n)).await;
-                    pb.finish_and_clear();
-                    match res {
-                        Ok(s) => json!(s),
-                        Err(bulk::BulkError::Rows(e)) => return Err(report_rows(&name, &e)),
-                        Err(e) => return Err(anyhow::Error::new(e).context(name)),
-                    }
-                }
-            };
-            eprintln!("{}", summary_line(&name, &summary));
-            Ok(())
-        }
+        Kind::Dump => import_dump(cli, config, &bytes, &name, replace),
+        Kind::Rows(fmt) => import_rows(cli, config, bytes, &name, fmt, replace).await,
     }
 }
 
+/// Restores a full export into the data folder; only on a stopped server's folder (never
+/// over `--url`), and only once the whole export has passed every check.
+fn import_dump(
+    cli: &Cli,
+    config: &Config,
+    bytes: &[u8],
+    name: &str,
+    replace: bool,
+) -> anyhow::Result<()> {
+    if cli.remote.url.is_some() {
+        bail!(
+            "--url: {name} is a full export, which is restored on the data folder of a stopped server: `autoprov import --data DIR {name}`"
+        );
+    }
+    // Everything is validated before the store is even opened.
+    let dump = crate::store::parse_export(bytes)
+        .map_err(|e| anyhow::Error::new(e).context(name.to_string()))?;
+    check_dump(config, &dump).map_err(|e| e.context(name.to_string()))?;
+    let store = open_store(config, true)?;
+    store
+        .import(&dump, replace)
+        .map_err(|e| anyhow::Error::new(e).context(name.to_string()))?;
+    eprintln!(
+        "autoprov: imported {} entries ({} domains, {} accounts, {} phones) into {}",
+        dump.entries(),
+        dump.count("domains"),
+        dump.count("accounts"),
+        dump.count("phones"),
+        config.data.display()
+    );
+    Ok(())
+}
+
+/// Adds and updates bulk rows (never `--replace`), remotely or on the data folder; a file
+/// that does not parse is refused before anything is sent or opened.
+async fn import_rows(
+    cli: &Cli,
+    config: &Config,
+    bytes: Vec<u8>,
+    name: &str,
+    fmt: bulk::Format,
+    replace: bool,
+) -> anyhow::Result<()> {
+    if replace {
+        bail!("--replace: only for a full export; bulk rows add and update");
+    }
+    // Syntax first: a file that does not parse never opens the store.
+    let rows = bulk::parse(&bytes, fmt).map_err(|e| report_rows(name, &e))?;
+    let summary = match cli.remote.url.as_deref() {
+        Some(url) => {
+            let api = Api::remote(url, cli.remote.token.as_deref())?;
+            import_rows_remote(&api, bytes, name, fmt, rows.len()).await?
+        }
+        None => import_rows_local(config, rows, name).await?,
+    };
+    eprintln!("{}", summary_line(name, &summary));
+    Ok(())
+}
+
+/// Posts bulk rows to a running server's `/import`; its per-row errors are reported as a
+/// local parse's would be. Returns the server's summary.
+async fn import_rows_remote(
+    api: &Api,
+    bytes: Vec<u8>,
+    name: &str,
+    fmt: bulk::Format,
+    count: usize,
+) -> anyhow::Result<Value> {
+    let ct = match fmt {
+        bulk::Format::Csv => "text/csv",
+        bulk::Format::Json => "application/json",
+    };
+    let pb = spinner(&format!("importing {count} row(s)"));
+    let r = api.call(Method::POST, "/import", Some((ct, bytes))).await;
+    pb.finish_and_clear();
+    let r = r?;
+    if r.status == 400 {
+        let v = r.json().unwrap_or(Value::Null);
+        if let Ok(list) = serde_json::from_value::<Vec<RowJson>>(v["rows"].clone())
+            && !list.is_empty()
+        {
+            let rows: Vec<RowError> = list
+                .into_iter()
+                .map(|r| RowError {
+                    line: r.line,
+                    field: r.field,
+                    message: r.message,
+                })
+                .collect();
+            return Err(report_rows(name, &rows));
+        }
+    }
+    check(r, &|_| None)?.json()
+}
+
+/// Applies parsed bulk rows to the data folder's store (created if missing), all or
+/// nothing. Returns the import summary.
+async fn import_rows_local(
+    config: &Config,
+    rows: Vec<bulk::Row>,
+    name: &str,
+) -> anyhow::Result<Value> {
+    let (state, _) = api::open_local(config, true)?;
+    let pb = progress(rows.len() as u64);
+    let bar = pb.clone();
+    let res = bulk::apply(&state, rows, move |n| bar.set_position(n)).await;
+    pb.finish_and_clear();
+    match res {
+        Ok(s) => Ok(json!(s)),
+        Err(bulk::BulkError::Rows(e)) => Err(report_rows(name, &e)),
+        Err(e) => Err(anyhow::Error::new(e).context(name.to_string())),
+    }
+}
 /// The configured models, checked against the configured templates.
 fn load_catalogue(config: &Config) -> anyhow::Result<crate::model::Catalogue> {
     let engine = crate::render::Engine::load(&config.templates)
