@@ -381,71 +381,17 @@ impl Config {
 
     /// Resolves the CLI (flags + env, already merged by clap) over the file text.
     pub fn resolve(cli: &Cli, file: Option<(PathBuf, String)>) -> Result<Self, ConfigError> {
-        let (path, fc) = match file {
-            Some((path, text)) => {
-                let fc: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::File {
-                    path: path.clone(),
-                    message: e.message().to_string(),
-                })?;
-                (path, fc)
-            }
-            None => (PathBuf::from("autoprov.toml"), FileConfig::default()),
-        };
+        let (path, fc) = parse_file(file)?;
         let limits = Limits::resolve(cli, &fc)?;
-        let listen_raw = cli
-            .listen
-            .clone()
-            .or(fc.listen.clone())
-            .unwrap_or_else(|| "0.0.0.0:8080".into());
-        let listen_http = listen_raw != "off";
-        let listen = if listen_http {
-            listen_raw.parse::<SocketAddr>()
-        } else {
-            "0.0.0.0:8080".parse::<SocketAddr>()
-        }
-        .map_err(|_| ConfigError::Value {
-            key: "listen".into(),
-            message: format!("{listen_raw:?} is not an address like 0.0.0.0:8080, or off"),
-        })?;
+        let (listen, listen_http) = resolve_listen(cli, &fc)?;
         let tls = resolve_tls(cli, &fc, listen_http)?;
         let public_url = resolve_public_url(cli, &fc)?;
-        let log_format = match cli.log_format.clone().or(fc.log_format).as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(ConfigError::Value {
-                    key: "log-format".into(),
-                    message: format!("{other:?} is not text or json"),
-                });
-            }
-        };
-        let mut defaults = Settings::new();
-        for (k, v) in fc.defaults.unwrap_or_default() {
-            let key = format!("{}: defaults.{k}", path.display());
-            if !settings::valid_key(&k) {
-                return Err(ConfigError::Value {
-                    key,
-                    message: "is not a valid setting name".into(),
-                });
-            }
-            let s = match v {
-                toml::Value::String(s) => s,
-                toml::Value::Integer(i) => i.to_string(),
-                _ => {
-                    return Err(ConfigError::Value {
-                        key,
-                        message: "must be a string or an integer".into(),
-                    });
-                }
-            };
-            settings::check_value(&k, &s).map_err(|message| ConfigError::Value { key, message })?;
-            defaults.insert(k, s);
-        }
-        if let Some(u) = &public_url
-            && !defaults.contains_key(FIRMWARE_URL_SETTING)
-        {
-            defaults.insert(FIRMWARE_URL_SETTING.into(), format!("{u}/firmware"));
-        }
+        let log_format = resolve_log_format(cli.log_format.clone().or(fc.log_format))?;
+        let defaults = resolve_defaults(
+            &path,
+            fc.defaults.unwrap_or_default(),
+            public_url.as_deref(),
+        )?;
         let security = fc
             .security
             .unwrap_or_default()
@@ -494,15 +440,7 @@ impl Config {
             security,
             limits,
             workers: workers as usize,
-            metrics_token: match cli.metrics_token.clone().or(fc.metrics_token) {
-                Some(t) if t.trim().is_empty() => {
-                    return Err(ConfigError::Value {
-                        key: "metrics-token".into(),
-                        message: "is empty; leave it out for open metrics".into(),
-                    });
-                }
-                t => t,
-            },
+            metrics_token: resolve_metrics_token(cli.metrics_token.clone().or(fc.metrics_token))?,
             firmware: cli
                 .firmware
                 .clone()
@@ -534,6 +472,103 @@ impl Config {
             None => None,
         };
         Self::resolve(cli, file)
+    }
+}
+
+/// The config file's text parsed (unknown keys and wrong types refused, naming the file),
+/// with the path its errors name; no file is an empty one named `autoprov.toml`.
+fn parse_file(file: Option<(PathBuf, String)>) -> Result<(PathBuf, FileConfig), ConfigError> {
+    match file {
+        Some((path, text)) => {
+            let fc: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                message: e.message().to_string(),
+            })?;
+            Ok((path, fc))
+        }
+        None => Ok((PathBuf::from("autoprov.toml"), FileConfig::default())),
+    }
+}
+
+/// `listen`: the plain-HTTP address and whether that listener runs (`off` turns it off,
+/// the address then being the unused default).
+fn resolve_listen(cli: &Cli, fc: &FileConfig) -> Result<(SocketAddr, bool), ConfigError> {
+    let listen_raw = cli
+        .listen
+        .clone()
+        .or(fc.listen.clone())
+        .unwrap_or_else(|| "0.0.0.0:8080".into());
+    let listen_http = listen_raw != "off";
+    let listen = if listen_http {
+        listen_raw.parse::<SocketAddr>()
+    } else {
+        "0.0.0.0:8080".parse::<SocketAddr>()
+    }
+    .map_err(|_| ConfigError::Value {
+        key: "listen".into(),
+        message: format!("{listen_raw:?} is not an address like 0.0.0.0:8080, or off"),
+    })?;
+    Ok((listen, listen_http))
+}
+
+/// `log-format`: `text` (the default) or `json`.
+fn resolve_log_format(raw: Option<String>) -> Result<LogFormat, ConfigError> {
+    match raw.as_deref() {
+        None | Some("text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => Err(ConfigError::Value {
+            key: "log-format".into(),
+            message: format!("{other:?} is not text or json"),
+        }),
+    }
+}
+
+/// The file's `[defaults]`: each key a valid setting name, each value a string or an
+/// integer the setting accepts (errors name `path: defaults.key`). `public_url` fills the
+/// firmware URL setting unless the table sets it.
+fn resolve_defaults(
+    path: &std::path::Path,
+    table: toml::Table,
+    public_url: Option<&str>,
+) -> Result<Settings, ConfigError> {
+    let mut defaults = Settings::new();
+    for (k, v) in table {
+        let key = format!("{}: defaults.{k}", path.display());
+        if !settings::valid_key(&k) {
+            return Err(ConfigError::Value {
+                key,
+                message: "is not a valid setting name".into(),
+            });
+        }
+        let s = match v {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            _ => {
+                return Err(ConfigError::Value {
+                    key,
+                    message: "must be a string or an integer".into(),
+                });
+            }
+        };
+        settings::check_value(&k, &s).map_err(|message| ConfigError::Value { key, message })?;
+        defaults.insert(k, s);
+    }
+    if let Some(u) = public_url
+        && !defaults.contains_key(FIRMWARE_URL_SETTING)
+    {
+        defaults.insert(FIRMWARE_URL_SETTING.into(), format!("{u}/firmware"));
+    }
+    Ok(defaults)
+}
+
+/// `metrics-token`: an empty (or blank) token is refused rather than taken as open metrics.
+fn resolve_metrics_token(token: Option<String>) -> Result<Option<String>, ConfigError> {
+    match token {
+        Some(t) if t.trim().is_empty() => Err(ConfigError::Value {
+            key: "metrics-token".into(),
+            message: "is empty; leave it out for open metrics".into(),
+        }),
+        t => Ok(t),
     }
 }
 
