@@ -265,110 +265,27 @@ pub fn check_samples(
 /// provisioning credentials on first start.
 pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
     let templates = reload::Templates::load(&config.templates, &config.models, &config.defaults)?;
+    let store = open_data_store(config)?;
 
-    std::fs::create_dir_all(&config.data).map_err(|source| StartupError::Io {
-        path: config.data.clone(),
-        source,
-    })?;
-    let store_path = config.data.join("store");
-    let store = Store::open_with(
-        &store_path,
-        config.store_cache_bytes,
-        config.memory_cache_bytes / 3,
-    )?;
-    // sled starts empty on a log it cannot read; a token file says there was data.
-    if store.meta("admin_token_sha256")?.is_none() && config.data.join("admin-token").exists() {
-        return Err(store::StoreError::Emptied {
-            path: store_path.display().to_string(),
-        }
-        .into());
-    }
-    store.set_credential_grace(config.security.credential_grace.as_secs());
-
-    let d8 = templates.set_digest();
     let mut change = Change::default();
-    if store.meta("render_digest")?.as_deref() != Some(&d8[..]) {
-        // A changed template/model set drops every render (entries also carry their
-        // model's digest, so this only reclaims space).
-        store.render_clear()?;
-        // Only then: an unchanged start commits nothing (the CLI opens the store this way
-        // and must leave it as it was when it changes nothing).
-        change.meta.push(("render_digest".into(), d8.to_vec()));
-    }
-
+    clear_stale_renders(&store, &templates, &mut change)?;
     let admin_token_path = config.data.join("admin-token");
-    let mut new_admin_token = None;
-    let admin_token_hash = match store.meta("admin_token_sha256")? {
-        Some(h) => h,
-        None => {
-            let token = auth::random_secret(40);
-            write_secret_file(&admin_token_path, &format!("{token}\n"))?;
-            let h = auth::hash(&token).to_vec();
-            change.meta.push(("admin_token_sha256".into(), h.clone()));
-            new_admin_token = Some(token);
-            h
-        }
-    };
+    let (admin_token_hash, new_admin_token) = admin_token(&store, &admin_token_path, &mut change)?;
     let provisioning_credentials_path = config.data.join("provisioning-credentials");
-    let mut new_creds = None;
-    let (prov_user, prov_pass_hash) =
-        match (store.meta("prov_user")?, store.meta("prov_pass_sha256")?) {
-            (Some(u), Some(p)) => (String::from_utf8_lossy(&u).into_owned(), p),
-            _ => {
-                let user = format!("prov-{}", auth::random_secret(6).to_ascii_lowercase());
-                let pass = auth::random_secret(20);
-                write_secret_file(&provisioning_credentials_path, &format!("{user}:{pass}\n"))?;
-                let h = auth::hash(&pass).to_vec();
-                change
-                    .meta
-                    .push(("prov_user".into(), user.clone().into_bytes()));
-                change.meta.push(("prov_pass_sha256".into(), h.clone()));
-                new_creds = Some((user.clone(), pass));
-                (user, h)
-            }
-        };
-    let nonce_key: [u8; 32] = match store.meta("digest_nonce_key")? {
-        Some(k) if k.len() == 32 => {
-            let mut a = [0u8; 32];
-            a.copy_from_slice(&k);
-            a
-        }
-        _ => {
-            let k: [u8; 32] = rand::random();
-            change.meta.push(("digest_nonce_key".into(), k.to_vec()));
-            k
-        }
-    };
-    // Digest needs H(user:realm:password), which the SHA-256 of the password cannot give:
-    // kept from the plaintext when it is generated (or found in the credentials file).
-    let prov_ha1 = match (store.meta("prov_ha1_md5")?, store.meta("prov_ha1_sha256")?) {
-        (Some(m), Some(s)) => Some([
-            String::from_utf8_lossy(&m).into_owned(),
-            String::from_utf8_lossy(&s).into_owned(),
-        ]),
-        _ => {
-            let plain = match &new_creds {
-                Some((_, p)) => Some(p.clone()),
-                None => std::fs::read_to_string(&provisioning_credentials_path)
-                    .ok()
-                    .and_then(|t| t.trim().split_once(':').map(|(_, p)| p.to_string()))
-                    .filter(|p| auth::matches_hash(p, &prov_pass_hash)),
-            };
-            plain.map(|p| {
-                let h = [
-                    digest::ha1(digest::Algorithm::Md5, &prov_user, DIGEST_REALM, &p),
-                    digest::ha1(digest::Algorithm::Sha256, &prov_user, DIGEST_REALM, &p),
-                ];
-                change
-                    .meta
-                    .push(("prov_ha1_md5".into(), h[0].clone().into_bytes()));
-                change
-                    .meta
-                    .push(("prov_ha1_sha256".into(), h[1].clone().into_bytes()));
-                h
-            })
-        }
-    };
+    let ProvCredentials {
+        user: prov_user,
+        pass_hash: prov_pass_hash,
+        new: new_creds,
+    } = provisioning_credentials(&store, &provisioning_credentials_path, &mut change)?;
+    let nonce_key = digest_nonce_key(&store, &mut change)?;
+    let prov_ha1 = provisioning_ha1(
+        &store,
+        &provisioning_credentials_path,
+        &prov_user,
+        &prov_pass_hash,
+        new_creds.as_ref().map(|(_, p)| p.as_str()),
+        &mut change,
+    )?;
     store.commit(&change)?;
     store.flush_sync()?;
     let digest_in_use = templates
@@ -419,6 +336,167 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
             models,
         },
     ))
+}
+
+/// Opens the data folder's store (creating the folder), refusing a store sled opened empty
+/// although the admin-token file says it held data.
+fn open_data_store(config: &Config) -> Result<Store, StartupError> {
+    std::fs::create_dir_all(&config.data).map_err(|source| StartupError::Io {
+        path: config.data.clone(),
+        source,
+    })?;
+    let store_path = config.data.join("store");
+    let store = Store::open_with(
+        &store_path,
+        config.store_cache_bytes,
+        config.memory_cache_bytes / 3,
+    )?;
+    // sled starts empty on a log it cannot read; a token file says there was data.
+    if store.meta("admin_token_sha256")?.is_none() && config.data.join("admin-token").exists() {
+        return Err(store::StoreError::Emptied {
+            path: store_path.display().to_string(),
+        }
+        .into());
+    }
+    store.set_credential_grace(config.security.credential_grace.as_secs());
+    Ok(store)
+}
+
+/// Drops every stored render when the template/model set changed since the last start, and
+/// records the new set's digest in `change`; an unchanged set records nothing.
+fn clear_stale_renders(
+    store: &Store,
+    templates: &reload::Templates,
+    change: &mut Change,
+) -> Result<(), StartupError> {
+    let d8 = templates.set_digest();
+    if store.meta("render_digest")?.as_deref() != Some(&d8[..]) {
+        // A changed template/model set drops every render (entries also carry their
+        // model's digest, so this only reclaims space).
+        store.render_clear()?;
+        // Only then: an unchanged start commits nothing (the CLI opens the store this way
+        // and must leave it as it was when it changes nothing).
+        change.meta.push(("render_digest".into(), d8.to_vec()));
+    }
+    Ok(())
+}
+
+/// The admin token's hash; on first start a new token is written to `path` (0600), its
+/// hash recorded in `change`, and the token returned to be shown once.
+fn admin_token(
+    store: &Store,
+    path: &Path,
+    change: &mut Change,
+) -> Result<(Vec<u8>, Option<String>), StartupError> {
+    match store.meta("admin_token_sha256")? {
+        Some(h) => Ok((h, None)),
+        None => {
+            let token = auth::random_secret(40);
+            write_secret_file(path, &format!("{token}\n"))?;
+            let h = auth::hash(&token).to_vec();
+            change.meta.push(("admin_token_sha256".into(), h.clone()));
+            Ok((h, Some(token)))
+        }
+    }
+}
+
+/// The server-default provisioning credentials as stored, with the plaintext pair when
+/// this start generated them.
+struct ProvCredentials {
+    /// The provisioning username.
+    user: String,
+    /// SHA-256 of the password.
+    pass_hash: Vec<u8>,
+    /// `(user, password)` when generated by this start (shown once).
+    new: Option<(String, String)>,
+}
+
+/// The server-default provisioning credentials; when the user or password hash is missing,
+/// new ones are written to `path` (0600) as `user:password` and recorded in `change`.
+fn provisioning_credentials(
+    store: &Store,
+    path: &Path,
+    change: &mut Change,
+) -> Result<ProvCredentials, StartupError> {
+    match (store.meta("prov_user")?, store.meta("prov_pass_sha256")?) {
+        (Some(u), Some(p)) => Ok(ProvCredentials {
+            user: String::from_utf8_lossy(&u).into_owned(),
+            pass_hash: p,
+            new: None,
+        }),
+        _ => {
+            let user = format!("prov-{}", auth::random_secret(6).to_ascii_lowercase());
+            let pass = auth::random_secret(20);
+            write_secret_file(path, &format!("{user}:{pass}\n"))?;
+            let h = auth::hash(&pass).to_vec();
+            change
+                .meta
+                .push(("prov_user".into(), user.clone().into_bytes()));
+            change.meta.push(("prov_pass_sha256".into(), h.clone()));
+            Ok(ProvCredentials {
+                user: user.clone(),
+                pass_hash: h,
+                new: Some((user, pass)),
+            })
+        }
+    }
+}
+
+/// The Digest nonce key (so nonces survive a restart); a missing or malformed one is
+/// replaced by a random key recorded in `change`.
+fn digest_nonce_key(store: &Store, change: &mut Change) -> Result<[u8; 32], StartupError> {
+    Ok(match store.meta("digest_nonce_key")? {
+        Some(k) if k.len() == 32 => {
+            let mut a = [0u8; 32];
+            a.copy_from_slice(&k);
+            a
+        }
+        _ => {
+            let k: [u8; 32] = rand::random();
+            change.meta.push(("digest_nonce_key".into(), k.to_vec()));
+            k
+        }
+    })
+}
+
+/// HA1 (MD5, SHA-256) of the server-default credentials for Digest, when known. Digest
+/// needs H(user:realm:password), which the SHA-256 of the password cannot give: kept from
+/// the plaintext when it is generated (`new_pass`) or found in the credentials file at
+/// `path` (only if it matches the stored hash), and recorded in `change`.
+fn provisioning_ha1(
+    store: &Store,
+    path: &Path,
+    prov_user: &str,
+    prov_pass_hash: &[u8],
+    new_pass: Option<&str>,
+    change: &mut Change,
+) -> Result<Option<[String; 2]>, StartupError> {
+    if let (Some(m), Some(s)) = (store.meta("prov_ha1_md5")?, store.meta("prov_ha1_sha256")?) {
+        return Ok(Some([
+            String::from_utf8_lossy(&m).into_owned(),
+            String::from_utf8_lossy(&s).into_owned(),
+        ]));
+    }
+    let plain = match new_pass {
+        Some(p) => Some(p.to_string()),
+        None => std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().split_once(':').map(|(_, p)| p.to_string()))
+            .filter(|p| auth::matches_hash(p, prov_pass_hash)),
+    };
+    Ok(plain.map(|p| {
+        let h = [
+            digest::ha1(digest::Algorithm::Md5, prov_user, DIGEST_REALM, &p),
+            digest::ha1(digest::Algorithm::Sha256, prov_user, DIGEST_REALM, &p),
+        ];
+        change
+            .meta
+            .push(("prov_ha1_md5".into(), h[0].clone().into_bytes()));
+        change
+            .meta
+            .push(("prov_ha1_sha256".into(), h[1].clone().into_bytes()));
+        h
+    }))
 }
 
 /// Serves `state` on `listener` until `shutdown` completes (see [`server::run_listeners`] for the
