@@ -85,19 +85,7 @@ pub async fn run_listeners(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let mut http = http1::Builder::new();
-    // The header-read timeout is the watchdog's: hyper's is off, and with it the only use
-    // hyper's HTTP/1 server has for a timer, so none is given.
-    http.header_read_timeout(None)
-        .max_header_size(MAX_HEADER_BYTES)
-        // Headers and body copied into one buffer and sent with one `write`, instead of a
-        // `writev` of the header buffer and the queued body: a phone file is a few KiB,
-        // and the queue was one more piece of per-connection state to walk and free per
-        // response (+3.5-6 % at 256 connections in four alternating series of five, -3.5 %
-        // in the fifth; neutral at 64; docs/PERFORMANCE.md). Buffering per connection is
-        // bounded by hyper's `max_buf_size` either way; firmware chunks are copied too.
-        .writev(false)
-        .keep_alive(true);
+    let http = http_builder();
     let dog = Arc::new(Watchdog::new(limits.header_read_timeout));
     let sweeper = tokio::spawn(dog.clone().run());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -126,16 +114,7 @@ pub async fn run_listeners(
                 );
             }
             turned_away += 1;
-            if tls.is_some() {
-                drop(stream);
-                continue;
-            }
-            if let Ok(task) = busy_tasks.clone().try_acquire_owned() {
-                tokio::spawn(async move {
-                    busy(stream).await;
-                    drop(task);
-                });
-            }
+            turn_away(stream, tls.is_some(), &busy_tasks);
             continue;
         };
         if turned_away > 0 {
@@ -148,19 +127,17 @@ pub async fn run_listeners(
         let svc = Front::new(state.clone(), routes.clone(), peer).watched(watch.clone());
         let stream = Guarded { io: stream, watch };
         if let Some(tls) = tls {
-            let (tls, http, watcher) = (tls.clone(), http.clone(), graceful.watcher());
-            let handshake = limits.header_read_timeout;
+            let conn = serve_tls(
+                tls.clone(),
+                http.clone(),
+                graceful.watcher(),
+                stream,
+                svc,
+                peer,
+                limits.header_read_timeout,
+            );
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake, tls.accept(stream)).await {
-                    Ok(Ok(s)) => {
-                        let conn = watcher.watch(http.serve_connection(TokioIo::new(s), svc));
-                        if let Err(e) = conn.await {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
+                conn.await;
                 drop(slot);
             });
             continue;
@@ -186,6 +163,63 @@ pub async fn run_listeners(
     }
     sweeper.abort();
     Ok(())
+}
+
+/// The HTTP/1.1 settings every connection is served with.
+fn http_builder() -> http1::Builder {
+    let mut http = http1::Builder::new();
+    // The header-read timeout is the watchdog's: hyper's is off, and with it the only use
+    // hyper's HTTP/1 server has for a timer, so none is given.
+    http.header_read_timeout(None)
+        .max_header_size(MAX_HEADER_BYTES)
+        // Headers and body copied into one buffer and sent with one `write`, instead of a
+        // `writev` of the header buffer and the queued body: a phone file is a few KiB,
+        // and the queue was one more piece of per-connection state to walk and free per
+        // response (+3.5-6 % at 256 connections in four alternating series of five, -3.5 %
+        // in the fifth; neutral at 64; docs/PERFORMANCE.md). Buffering per connection is
+        // bounded by hyper's `max_buf_size` either way; firmware chunks are copied too.
+        .writev(false)
+        .keep_alive(true);
+    http
+}
+
+/// A connection past the cap: a TLS one is closed at once; a plain one gets [`BUSY`] from
+/// a task of its own, or is closed unanswered while [`BUSY_TASKS`] such tasks run.
+fn turn_away(stream: TcpStream, tls: bool, busy_tasks: &Arc<Semaphore>) {
+    if tls {
+        drop(stream);
+        return;
+    }
+    if let Ok(task) = busy_tasks.clone().try_acquire_owned() {
+        tokio::spawn(async move {
+            busy(stream).await;
+            drop(task);
+        });
+    }
+}
+
+/// Serves one TLS connection: the handshake must finish within `handshake` (else the
+/// connection is closed), then HTTP/1.1 under the graceful shutdown's `watcher` until the
+/// connection ends.
+async fn serve_tls(
+    tls: TlsAcceptor,
+    http: http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    stream: Guarded<TcpStream>,
+    svc: Front,
+    peer: SocketAddr,
+    handshake: Duration,
+) {
+    match tokio::time::timeout(handshake, tls.accept(stream)).await {
+        Ok(Ok(s)) => {
+            let conn = watcher.watch(http.serve_connection(TokioIo::new(s), svc));
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
 }
 
 /// Closes connections that make no progress for the header-read timeout: one that sends
