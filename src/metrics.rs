@@ -248,33 +248,129 @@ fn counter(
     c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
+/// `autoprov_requests`: one sample per (kind, status, vendor) seen at least once.
+fn requests(e: &mut DescriptorEncoder<'_>, c: &Counters) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(
+        "autoprov_requests",
+        "Requests answered, by kind (phone, admin, firmware, other), status and vendor (from the User-Agent)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (i, n) in c.requests.iter().enumerate() {
+        let v = n.load(Relaxed);
+        if v == 0 {
+            continue;
+        }
+        let status = (i % STATUS_SLOTS) as u16 + STATUS_FIRST;
+        let vendor = VENDORS[(i / STATUS_SLOTS) % VENDORS.len()];
+        let kind = KINDS[i / STATUS_SLOTS / VENDORS.len()];
+        let status = status.to_string();
+        let labels = [
+            ("kind", kind),
+            ("status", status.as_str()),
+            ("vendor", vendor),
+        ];
+        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// `autoprov_render`: the time to render a phone file on a cache miss, as a histogram.
+fn render_histogram(e: &mut DescriptorEncoder<'_>, c: &Counters) -> Result<(), std::fmt::Error> {
+    let mut buckets: Vec<(f64, u64)> = RENDER_BUCKETS
+        .iter()
+        .zip(&c.render_buckets)
+        .map(|(le, n)| (*le, n.load(Relaxed)))
+        .collect();
+    buckets.push((
+        f64::MAX,
+        c.render_buckets[RENDER_BUCKETS.len()].load(Relaxed),
+    ));
+    // The count is the buckets' sum, so the two always agree within one scrape.
+    let count = buckets.iter().map(|(_, n)| n).sum();
+    let sum = c.render_nanos.load(Relaxed) as f64 / 1e9;
+    let mut m = e.encode_descriptor(
+        "autoprov_render",
+        "Time to render a phone file on a cache miss",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+}
+
+/// `autoprov_auth_failures`: by kind, phone and admin (both always present).
+fn auth_failures(e: &mut DescriptorEncoder<'_>, c: &Counters) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(
+        "autoprov_auth_failures",
+        "Failed authentications: a wrong phone credential, a missing or wrong admin token",
+        None,
+        MetricType::Counter,
+    )?;
+    for (kind, n) in [
+        ("phone", &c.auth_failures[0]),
+        ("admin", &c.auth_failures[1]),
+    ] {
+        ConstCounter::new(n.load(Relaxed)).encode(m.encode_family(&[("kind", kind)])?)?;
+    }
+    Ok(())
+}
+
+/// A gauge of `v`, capped at `i64::MAX`.
+fn gauge(v: u64) -> ConstGauge {
+    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// `autoprov_memory_tier_size` and `autoprov_memory_tier_entries`, one sample per tier.
+fn memory_tiers(e: &mut DescriptorEncoder<'_>, g: &Gauges) -> Result<(), std::fmt::Error> {
+    for (name, help, unit, pick) in [
+        (
+            "autoprov_memory_tier_size",
+            "Bytes held by the fetch path's memory tiers (files: packed rendered files; gates: per-phone revision and credentials)",
+            Some(&Unit::Bytes),
+            (|t: &(&str, u64, u64)| t.1) as fn(&(&str, u64, u64)) -> u64,
+        ),
+        (
+            "autoprov_memory_tier_entries",
+            "Entries in the fetch path's memory tiers",
+            None,
+            |t: &(&str, u64, u64)| t.2,
+        ),
+    ] {
+        let mut m = e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+        for t in &g.tiers {
+            gauge(pick(t)).encode(m.encode_family(&[("tier", t.0)])?)?;
+        }
+    }
+    Ok(())
+}
+
+/// The store's gauges: size on disk, phones, and renders not yet written.
+fn store_gauges(e: &mut DescriptorEncoder<'_>, g: &Gauges) -> Result<(), std::fmt::Error> {
+    for (v, name, help, unit) in [
+        (
+            g.store_bytes,
+            "autoprov_store_size",
+            "Size of the store on disk",
+            Some(&Unit::Bytes),
+        ),
+        (g.phones, "autoprov_phones", "Phones in the store", None),
+        (
+            g.unwritten,
+            "autoprov_renders_unwritten",
+            "Rendered files served from memory and not yet written to the store (written when renders pause)",
+            None,
+        ),
+    ] {
+        let g = gauge(v);
+        g.encode(e.encode_descriptor(name, help, unit, g.metric_type())?)?;
+    }
+    Ok(())
+}
+
 impl Collector for Snapshot {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.counters;
-        {
-            let mut m = e.encode_descriptor(
-                "autoprov_requests",
-                "Requests answered, by kind (phone, admin, firmware, other), status and vendor (from the User-Agent)",
-                None,
-                MetricType::Counter,
-            )?;
-            for (i, n) in c.requests.iter().enumerate() {
-                let v = n.load(Relaxed);
-                if v == 0 {
-                    continue;
-                }
-                let status = (i % STATUS_SLOTS) as u16 + STATUS_FIRST;
-                let vendor = VENDORS[(i / STATUS_SLOTS) % VENDORS.len()];
-                let kind = KINDS[i / STATUS_SLOTS / VENDORS.len()];
-                let status = status.to_string();
-                let labels = [
-                    ("kind", kind),
-                    ("status", status.as_str()),
-                    ("vendor", vendor),
-                ];
-                ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
-            }
-        }
+        requests(&mut e, c)?;
         counter(
             &mut e,
             "autoprov_cache_hits",
@@ -287,100 +383,22 @@ impl Collector for Snapshot {
             "Phone files rendered because the cache had no valid entry",
             c.cache_misses.load(Relaxed),
         )?;
-        {
-            let mut buckets: Vec<(f64, u64)> = RENDER_BUCKETS
-                .iter()
-                .zip(&c.render_buckets)
-                .map(|(le, n)| (*le, n.load(Relaxed)))
-                .collect();
-            buckets.push((
-                f64::MAX,
-                c.render_buckets[RENDER_BUCKETS.len()].load(Relaxed),
-            ));
-            // The count is the buckets' sum, so the two always agree within one scrape.
-            let count = buckets.iter().map(|(_, n)| n).sum();
-            let sum = c.render_nanos.load(Relaxed) as f64 / 1e9;
-            let m = e.encode_descriptor(
-                "autoprov_render",
-                "Time to render a phone file on a cache miss",
-                Some(&Unit::Seconds),
-                MetricType::Histogram,
-            )?;
-            let mut m = m;
-            m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                sum, count, &buckets, None,
-            )?;
-        }
+        render_histogram(&mut e, c)?;
         counter(
             &mut e,
             "autoprov_unknown_mac_requests",
             "Requests naming a MAC no phone has, made with the server-default credentials",
             c.unknown_mac.load(Relaxed),
         )?;
-        {
-            let mut m = e.encode_descriptor(
-                "autoprov_auth_failures",
-                "Failed authentications: a wrong phone credential, a missing or wrong admin token",
-                None,
-                MetricType::Counter,
-            )?;
-            for (kind, n) in [
-                ("phone", &c.auth_failures[0]),
-                ("admin", &c.auth_failures[1]),
-            ] {
-                ConstCounter::new(n.load(Relaxed)).encode(m.encode_family(&[("kind", kind)])?)?;
-            }
-        }
+        auth_failures(&mut e, c)?;
         counter(
             &mut e,
             "autoprov_throttled_requests",
             "Phone requests refused with 429 by the failed-authentication throttle",
             c.throttled.load(Relaxed),
         )?;
-        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
-        for (name, help, unit, pick) in [
-            (
-                "autoprov_memory_tier_size",
-                "Bytes held by the fetch path's memory tiers (files: packed rendered files; gates: per-phone revision and credentials)",
-                Some(&Unit::Bytes),
-                (|t: &(&str, u64, u64)| t.1) as fn(&(&str, u64, u64)) -> u64,
-            ),
-            (
-                "autoprov_memory_tier_entries",
-                "Entries in the fetch path's memory tiers",
-                None,
-                |t: &(&str, u64, u64)| t.2,
-            ),
-        ] {
-            let mut m = e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-            for t in &self.gauges.tiers {
-                gauge(pick(t)).encode(m.encode_family(&[("tier", t.0)])?)?;
-            }
-        }
-        for (v, name, help, unit) in [
-            (
-                self.gauges.store_bytes,
-                "autoprov_store_size",
-                "Size of the store on disk",
-                Some(&Unit::Bytes),
-            ),
-            (
-                self.gauges.phones,
-                "autoprov_phones",
-                "Phones in the store",
-                None,
-            ),
-            (
-                self.gauges.unwritten,
-                "autoprov_renders_unwritten",
-                "Rendered files served from memory and not yet written to the store (written when renders pause)",
-                None,
-            ),
-        ] {
-            let g = gauge(v);
-            g.encode(e.encode_descriptor(name, help, unit, g.metric_type())?)?;
-        }
-        Ok(())
+        memory_tiers(&mut e, &self.gauges)?;
+        store_gauges(&mut e, &self.gauges)
     }
 }
 
