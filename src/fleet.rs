@@ -641,61 +641,75 @@ impl Fleet {
     /// more than twice the live records; unprovisioned MACs to the store.
     pub fn flush(&self, store: &Store) -> Result<(), StoreError> {
         if let Some(j) = &self.journal {
-            let path = j
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .path()
-                .display()
-                .to_string();
-            let journal_err = |source| StoreError::Journal {
-                path: path.clone(),
-                source,
-            };
-            let dirty = {
-                let mut f = self.lock_fetches();
-                f.fold(&self.folds);
-                std::mem::take(&mut f.dirty)
-            };
-            let mut buf = Vec::new();
-            for chunk in dirty.chunks(WRITE_CHUNK) {
-                buf.clear();
-                let mut n = 0;
-                {
-                    let mut f = self.lock_fetches();
-                    for mac in chunk {
-                        if let Some(l) = f.last.get_mut(mac)
-                            && l.dirty
-                        {
-                            l.dirty = false;
-                            l.journaled = l.unix;
-                            l.encode(*mac, &mut buf);
-                            n += 1;
-                        }
-                    }
-                }
-                j.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .append(&buf, n)
-                    .map_err(journal_err)?;
-            }
-            let live = self.lock_fetches().last.len() as u64;
-            let mut jl = j.lock().unwrap_or_else(|p| p.into_inner());
-            if jl.wants_rewrite(live) {
-                let macs: Vec<Mac> = self.lock_fetches().last.keys().copied().collect();
-                buf.clear();
-                for chunk in macs.chunks(WRITE_CHUNK) {
-                    let f = self.lock_fetches();
-                    for mac in chunk {
-                        if let Some(l) = f.last.get(mac) {
-                            l.encode(*mac, &mut buf);
-                        }
-                    }
-                }
-                jl.rewrite(&buf, macs.len() as u64).map_err(journal_err)?;
-            }
+            self.flush_journal(j)?;
         } else {
             self.lock_fetches().dirty.clear();
         }
+        self.flush_unprovisioned(store)
+    }
+
+    /// Appends the last fetches changed since the previous flush to the journal,
+    /// [`WRITE_CHUNK`] at a time (the fetch path's lock is held only to copy a chunk), then
+    /// rewrites it when it holds more than twice the live records.
+    fn flush_journal(&self, j: &Mutex<Journal>) -> Result<(), StoreError> {
+        let path = j
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .path()
+            .display()
+            .to_string();
+        let journal_err = |source| StoreError::Journal {
+            path: path.clone(),
+            source,
+        };
+        let dirty = {
+            let mut f = self.lock_fetches();
+            f.fold(&self.folds);
+            std::mem::take(&mut f.dirty)
+        };
+        let mut buf = Vec::new();
+        for chunk in dirty.chunks(WRITE_CHUNK) {
+            buf.clear();
+            let mut n = 0;
+            {
+                let mut f = self.lock_fetches();
+                for mac in chunk {
+                    if let Some(l) = f.last.get_mut(mac)
+                        && l.dirty
+                    {
+                        l.dirty = false;
+                        l.journaled = l.unix;
+                        l.encode(*mac, &mut buf);
+                        n += 1;
+                    }
+                }
+            }
+            j.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append(&buf, n)
+                .map_err(journal_err)?;
+        }
+        let live = self.lock_fetches().last.len() as u64;
+        let mut jl = j.lock().unwrap_or_else(|p| p.into_inner());
+        if jl.wants_rewrite(live) {
+            let macs: Vec<Mac> = self.lock_fetches().last.keys().copied().collect();
+            buf.clear();
+            for chunk in macs.chunks(WRITE_CHUNK) {
+                let f = self.lock_fetches();
+                for mac in chunk {
+                    if let Some(l) = f.last.get(mac) {
+                        l.encode(*mac, &mut buf);
+                    }
+                }
+            }
+            jl.rewrite(&buf, macs.len() as u64).map_err(journal_err)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the unprovisioned MACs changed since the previous flush to the store: each
+    /// MAC once, as its latest change (its record, or its removal when it was dropped).
+    fn flush_unprovisioned(&self, store: &Store) -> Result<(), StoreError> {
         let dirty = std::mem::take(
             &mut *self
                 .dirty_unprovisioned
