@@ -404,12 +404,25 @@ pub fn parse_time(s: &str) -> Option<u64> {
         }
         (base, sign * (h * 3600 + m * 60))
     };
-    if base.len() < 19 || !base.is_ascii() {
+    if base.len() < 19 || !base.is_ascii() || !base.ends_with(|c: char| c.is_ascii_digit()) {
         return None;
     }
-    let t = humantime::parse_rfc3339(&format!("{}Z", base.to_ascii_uppercase())).ok()?;
+    let mut base = base.to_ascii_uppercase();
+    // A valid time before 1970 is before every recorded fetch: it reads as 0. humantime
+    // refuses those years, so the rest of the time is checked in a year of the same kind
+    // (leap or not).
+    let year: Option<u32> = base.get(..4).and_then(|y| y.parse().ok());
+    let early = year.is_some_and(|y| y < 1970);
+    if let Some(y) = year.filter(|_| early) {
+        let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+        base.replace_range(..4, if leap { "2000" } else { "2001" });
+    }
+    let t = humantime::parse_rfc3339(&format!("{base}Z")).ok()?;
+    if early {
+        return Some(0);
+    }
     let local = i64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()?;
-    u64::try_from(local - offset).ok()
+    Some(u64::try_from(local - offset).unwrap_or(0))
 }
 
 impl Fleet {
@@ -762,9 +775,20 @@ mod tests {
             "1970-01-01T00:00:00+01:00Z",
             "1970-01-01T00:00:00+01:00+01:00",
             "1970-01-01T00:00:00+0é:00",
-            "1970-01-01T00:00:00+01:00",
+            "1900-02-29T00:00:00Z",
+            "1969-13-01T00:00:00Z",
+            "0518-08-17T24:00:00Z",
         ] {
             assert_eq!(parse_time(bad), None, "{bad}");
+        }
+        // Valid times before the epoch are before every fetch.
+        for early in [
+            "1970-01-01T00:00:00+01:00",
+            "1969-12-31T23:59:59Z",
+            "1904-02-29T00:00:00Z",
+            "0518-08-17T14:28:48.999253Z",
+        ] {
+            assert_eq!(parse_time(early), Some(0), "{early}");
         }
         let t = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         assert_eq!(parse_time(&t), unix_of(&t));
