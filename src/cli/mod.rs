@@ -638,7 +638,6 @@ async fn members_set(
 
 // ---------------------------------------------------------------- account
 
-#[allow(clippy::too_many_arguments)]
 async fn account(api: &Api, cmd: AccountCommand) -> anyhow::Result<()> {
     let AccountCommand::Set {
         domain,
