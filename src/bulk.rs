@@ -28,7 +28,7 @@ use crate::auth;
 use crate::model::records::account_id;
 use crate::model::rules;
 use crate::model::settings as st;
-use crate::model::{Account, Domain, Mac, Member, Phone};
+use crate::model::{Account, Domain, Mac, Member, Model, Phone};
 use crate::render::overlay;
 use crate::store::{Change, Store, StoreError};
 
@@ -172,14 +172,6 @@ fn csv_records(text: &str) -> Result<Vec<(usize, Vec<String>)>, RowError> {
     let mut quoted = false;
     let mut after_quote = false;
     let mut at_field_start = true;
-    let mut push_record = |record: &mut Vec<String>, start: usize| {
-        let blank = record.len() == 1 && record[0].trim().is_empty();
-        if !blank {
-            out.push((start, std::mem::take(record)));
-        } else {
-            record.clear();
-        }
-    };
     while let Some(c) = chars.next() {
         if quoted {
             match c {
@@ -212,7 +204,7 @@ fn csv_records(text: &str) -> Result<Vec<(usize, Vec<String>)>, RowError> {
             '\r' if chars.peek() == Some(&'\n') => {}
             '\n' => {
                 record.push(std::mem::take(&mut field));
-                push_record(&mut record, start);
+                push_record(&mut out, &mut record, start);
                 line += 1;
                 start = line;
                 at_field_start = true;
@@ -240,9 +232,20 @@ fn csv_records(text: &str) -> Result<Vec<(usize, Vec<String>)>, RowError> {
     }
     if !field.is_empty() || !record.is_empty() || after_quote {
         record.push(field);
-        push_record(&mut record, start);
+        push_record(&mut out, &mut record, start);
     }
     Ok(out)
+}
+
+/// Moves `record`, which starts on line `start`, into `out` and leaves it empty; a blank
+/// line (one field of only whitespace) is dropped, not kept as a row.
+fn push_record(out: &mut Vec<(usize, Vec<String>)>, record: &mut Vec<String>, start: usize) {
+    let blank = record.len() == 1 && record[0].trim().is_empty();
+    if !blank {
+        out.push((start, std::mem::take(record)));
+    } else {
+        record.clear();
+    }
 }
 
 /// Where a header column goes.
@@ -282,10 +285,50 @@ fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, Vec<RowError>> {
             ),
         )]);
     };
+    let cols = header_columns(hline, &header)?;
+    let mut errors = Vec::new();
+    let mut rows = Vec::new();
+    for (line, fields) in records {
+        if fields.len() != cols.len() {
+            errors.push(RowError::new(
+                line,
+                "csv",
+                format!("has {} fields, the header has {}", fields.len(), cols.len()),
+            ));
+            continue;
+        }
+        let mut row = Row {
+            line,
+            ..Default::default()
+        };
+        for (c, v) in cols.iter().zip(fields) {
+            match c {
+                Column::Base(i) => {
+                    if let Some(slot) = row.cols.get_mut(*i) {
+                        *slot = v;
+                    }
+                }
+                Column::Override(k) if !v.is_empty() => row.overrides.push((k.clone(), v)),
+                Column::Override(_) => {}
+            }
+        }
+        rows.push(row);
+    }
+    if errors.is_empty() {
+        Ok(rows)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Reads the header row (on line `hline`) into the column of each field: an unknown
+/// column, a column given twice, or a missing `mac` or `model` column are all reported,
+/// in that order.
+fn header_columns(hline: usize, header: &[String]) -> Result<Vec<Column>, Vec<RowError>> {
     let mut errors = Vec::new();
     let mut cols = Vec::with_capacity(header.len());
     let mut seen = BTreeSet::new();
-    for name in &header {
+    for name in header {
         match column(name) {
             Some(c) => {
                 let key = match &c {
@@ -316,38 +359,8 @@ fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, Vec<RowError>> {
             ));
         }
     }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let mut rows = Vec::new();
-    for (line, fields) in records {
-        if fields.len() != cols.len() {
-            errors.push(RowError::new(
-                line,
-                "csv",
-                format!("has {} fields, the header has {}", fields.len(), cols.len()),
-            ));
-            continue;
-        }
-        let mut row = Row {
-            line,
-            ..Default::default()
-        };
-        for (c, v) in cols.iter().zip(fields) {
-            match c {
-                Column::Base(i) => {
-                    if let Some(slot) = row.cols.get_mut(*i) {
-                        *slot = v;
-                    }
-                }
-                Column::Override(k) if !v.is_empty() => row.overrides.push((k.clone(), v)),
-                Column::Override(_) => {}
-            }
-        }
-        rows.push(row);
-    }
     if errors.is_empty() {
-        Ok(rows)
+        Ok(cols)
     } else {
         Err(errors)
     }
@@ -383,60 +396,72 @@ fn parse_json(bytes: &[u8]) -> Result<Vec<Row>, Vec<RowError>> {
             errors.push(RowError::new(line, "row", "must be an object"));
             continue;
         };
-        let mut row = Row {
-            line,
-            ..Default::default()
-        };
-        for (k, v) in map {
-            let text = |v: Value| match v {
-                Value::String(s) => Some(s),
-                Value::Number(n) => Some(n.to_string()),
-                Value::Null => Some(String::new()),
-                _ => None,
-            };
-            if k == "overrides" {
-                let Value::Object(ov) = v else {
-                    errors.push(RowError::new(line, k, "must be an object of key → value"));
-                    continue;
-                };
-                for (ok, ovv) in ov {
-                    match text(ovv) {
-                        Some(s) if !s.is_empty() => row.overrides.push((ok, s)),
-                        Some(_) => {}
-                        None => errors.push(RowError::new(
-                            line,
-                            format!("{OVERRIDE_PREFIX}{ok}"),
-                            "must be a string",
-                        )),
-                    }
-                }
-                continue;
-            }
-            match (column(&k), text(v)) {
-                (None, _) => errors.push(RowError::new(
-                    line,
-                    k,
-                    format!("unknown field; fields are {}, overrides", known_columns()),
-                )),
-                (Some(_), None) => errors.push(RowError::new(line, k, "must be a string")),
-                (Some(Column::Base(i)), Some(s)) => {
-                    if let Some(slot) = row.cols.get_mut(i) {
-                        *slot = s;
-                    }
-                }
-                (Some(Column::Override(ok)), Some(s)) if !s.is_empty() => {
-                    row.overrides.push((ok, s));
-                }
-                (Some(Column::Override(_)), Some(_)) => {}
-            }
-        }
-        rows.push(row);
+        rows.push(json_row(line, map, &mut errors));
     }
     if errors.is_empty() {
         Ok(rows)
     } else {
         Err(errors)
     }
+}
+
+/// A JSON value as column text: strings as given, numbers as written, `null` as not given;
+/// anything else (`None`) is not a column value.
+fn json_text(v: Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+/// Reads one JSON row object (at position `line`): its fields by column name, overrides as
+/// `"overrides": {key: value}` or `override:<key>` fields; every bad field is recorded in
+/// `errors`, in the object's order.
+fn json_row(line: usize, map: serde_json::Map<String, Value>, errors: &mut Vec<RowError>) -> Row {
+    let mut row = Row {
+        line,
+        ..Default::default()
+    };
+    for (k, v) in map {
+        if k == "overrides" {
+            let Value::Object(ov) = v else {
+                errors.push(RowError::new(line, k, "must be an object of key → value"));
+                continue;
+            };
+            for (ok, ovv) in ov {
+                match json_text(ovv) {
+                    Some(s) if !s.is_empty() => row.overrides.push((ok, s)),
+                    Some(_) => {}
+                    None => errors.push(RowError::new(
+                        line,
+                        format!("{OVERRIDE_PREFIX}{ok}"),
+                        "must be a string",
+                    )),
+                }
+            }
+            continue;
+        }
+        match (column(&k), json_text(v)) {
+            (None, _) => errors.push(RowError::new(
+                line,
+                k,
+                format!("unknown field; fields are {}, overrides", known_columns()),
+            )),
+            (Some(_), None) => errors.push(RowError::new(line, k, "must be a string")),
+            (Some(Column::Base(i)), Some(s)) => {
+                if let Some(slot) = row.cols.get_mut(i) {
+                    *slot = s;
+                }
+            }
+            (Some(Column::Override(ok)), Some(s)) if !s.is_empty() => {
+                row.overrides.push((ok, s));
+            }
+            (Some(Column::Override(_)), Some(_)) => {}
+        }
+    }
+    row
 }
 
 // ---------------------------------------------------------------- validation
@@ -464,6 +489,33 @@ struct StagedAccount {
     given: BTreeMap<&'static str, (String, usize)>,
 }
 
+/// What the rows staged so far leave behind: the phones, accounts and domains they name
+/// (a domain maps to whether the store already has it), and every bad row found.
+#[derive(Default)]
+struct Staged {
+    phones: BTreeMap<Mac, StagedPhone>,
+    accounts: BTreeMap<String, StagedAccount>,
+    domains: BTreeMap<String, bool>,
+    errors: Vec<RowError>,
+}
+
+/// The values of a row whose every column is valid on its own.
+struct Fields<'t> {
+    mac: Mac,
+    model: &'t Model,
+    domain: String,
+    user: String,
+    device: String,
+    /// The port the `line` column asks for, if any.
+    port: Option<u32>,
+    label: String,
+    password: String,
+    transport: String,
+    server: String,
+    /// The row names a line (user and device), not only a phone.
+    has_account: bool,
+}
+
 /// Validates `rows` against the store (call under the store's writer lock) and builds the
 /// change; every bad row is reported. `progress` is called with the rows done so far.
 pub fn plan(
@@ -471,97 +523,117 @@ pub fn plan(
     rows: &[Row],
     progress: &dyn Fn(u64),
 ) -> Result<(Change, Summary), BulkError> {
-    let mut errors: Vec<RowError> = Vec::new();
-    let mut phones: BTreeMap<Mac, StagedPhone> = BTreeMap::new();
-    let mut accounts: BTreeMap<String, StagedAccount> = BTreeMap::new();
-    let mut domains: BTreeMap<String, bool> = BTreeMap::new();
+    let mut staged = Staged::default();
     // One model/template snapshot for the whole import.
     let t = st.templates();
     for (i, row) in rows.iter().enumerate() {
         if i % 256 == 0 {
             progress(i as u64);
         }
-        stage_row(
-            st,
-            &t,
-            row,
-            &mut phones,
-            &mut accounts,
-            &mut domains,
-            &mut errors,
-        )?;
+        stage_row(st, &t, row, &mut staged)?;
     }
     progress(rows.len() as u64);
     // Whole-phone rules, once every row is in: members fit the (possibly new) model and
     // belong to the phone's domain.
-    for sp in phones.values() {
+    for sp in staged.phones.values() {
         let Some(model) = t.catalogue.get(&sp.phone.model) else {
             continue;
         };
-        for m in &sp.phone.members {
-            if m.ports().any(|p| p > model.ports) {
-                errors.push(RowError::new(
-                    sp.model_line,
-                    "model",
-                    format!(
-                        "member {} on port {} does not fit the {} ports of {}",
-                        m.id, m.port, model.ports, model.id
-                    ),
-                ));
-            }
-            if m.t38_fax_compression_enabled && !model.ata {
-                errors.push(RowError::new(
-                    sp.model_line,
-                    "model",
-                    format!(
-                        "member {} uses T.38, which {} does not support",
-                        m.id, model.id
-                    ),
-                ));
-            }
-            let domain = match accounts.get(&m.id) {
-                Some(a) => Some(a.account.domain.clone()),
-                None => st.store.account(&m.id)?.map(|a| a.domain),
-            };
-            if domain.is_none() || domain.as_ref() != sp.phone.domain.as_ref() {
-                errors.push(RowError::new(
-                    sp.domain.as_ref().map_or(sp.last_line, |(_, l)| *l),
-                    "domain",
-                    format!(
-                        "{} has member {}, an account of another domain",
-                        sp.phone.mac.lower(),
-                        m.id
-                    ),
-                ));
-            }
-        }
-        if sp
-            .original
-            .as_ref()
-            .is_some_and(|o| o.model != sp.phone.model)
-        {
-            for (k, v) in &sp.phone.overrides {
-                for f in model.files.iter().filter(|f| f.overrides) {
-                    if let Err(m) = overlay::check_override(f.format, k, v) {
-                        errors.push(RowError::new(
-                            sp.model_line,
-                            "model",
-                            format!("the phone's override {k} does not fit {}: {m}", model.id),
-                        ));
-                    }
-                }
-            }
-        }
+        check_phone(st, model, sp, &staged.accounts, &mut staged.errors)?;
     }
-    if !errors.is_empty() {
+    if !staged.errors.is_empty() {
+        let mut errors = std::mem::take(&mut staged.errors);
         errors.sort_by_key(|e| e.line);
         errors.dedup();
         return Err(BulkError::Rows(errors));
     }
+    build_change(st, rows.len(), staged).map_err(BulkError::from)
+}
 
+/// The whole-phone rules for a staged phone of `model`: every member fits the model's
+/// ports, uses T.38 only on an ATA and is an account of the phone's domain; a phone that
+/// changes model keeps only overrides the new model's files take.
+fn check_phone(
+    st: &AppState,
+    model: &Model,
+    sp: &StagedPhone,
+    accounts: &BTreeMap<String, StagedAccount>,
+    errors: &mut Vec<RowError>,
+) -> Result<(), StoreError> {
+    for m in &sp.phone.members {
+        if m.ports().any(|p| p > model.ports) {
+            errors.push(RowError::new(
+                sp.model_line,
+                "model",
+                format!(
+                    "member {} on port {} does not fit the {} ports of {}",
+                    m.id, m.port, model.ports, model.id
+                ),
+            ));
+        }
+        if m.t38_fax_compression_enabled && !model.ata {
+            errors.push(RowError::new(
+                sp.model_line,
+                "model",
+                format!(
+                    "member {} uses T.38, which {} does not support",
+                    m.id, model.id
+                ),
+            ));
+        }
+        let domain = match accounts.get(&m.id) {
+            Some(a) => Some(a.account.domain.clone()),
+            None => st.store.account(&m.id)?.map(|a| a.domain),
+        };
+        if domain.is_none() || domain.as_ref() != sp.phone.domain.as_ref() {
+            errors.push(RowError::new(
+                sp.domain.as_ref().map_or(sp.last_line, |(_, l)| *l),
+                "domain",
+                format!(
+                    "{} has member {}, an account of another domain",
+                    sp.phone.mac.lower(),
+                    m.id
+                ),
+            ));
+        }
+    }
+    if sp
+        .original
+        .as_ref()
+        .is_some_and(|o| o.model != sp.phone.model)
+    {
+        for (k, v) in &sp.phone.overrides {
+            for f in model.files.iter().filter(|f| f.overrides) {
+                if let Err(m) = overlay::check_override(f.format, k, v) {
+                    errors.push(RowError::new(
+                        sp.model_line,
+                        "model",
+                        format!("the phone's override {k} does not fit {}: {m}", model.id),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Turns a staging without errors into the change to commit and its summary: the new
+/// domains (with no settings), the accounts and phones that differ from the store (members
+/// in port order), and the other phones of a changed account, to render again.
+fn build_change(
+    st: &AppState,
+    rows: usize,
+    staged: Staged,
+) -> Result<(Change, Summary), StoreError> {
+    let Staged {
+        phones,
+        accounts,
+        domains,
+        ..
+    } = staged;
     let mut change = Change::default();
     let mut summary = Summary {
-        rows: rows.len(),
+        rows,
         phones: phones.len(),
         accounts: accounts.len(),
         domains: domains.len(),
@@ -624,52 +696,56 @@ fn checked(
     }
 }
 
-#[allow(clippy::too_many_lines)]
+/// Stages one row: its columns are checked on their own first (every bad one is
+/// recorded), then against earlier rows and the store, the phone before its account and
+/// the account before its member; the first disagreement ends the row.
 fn stage_row(
     st: &AppState,
     t: &crate::reload::Templates,
     row: &Row,
-    phones: &mut BTreeMap<Mac, StagedPhone>,
-    accounts: &mut BTreeMap<String, StagedAccount>,
-    domains: &mut BTreeMap<String, bool>,
-    errors: &mut Vec<RowError>,
+    staged: &mut Staged,
 ) -> Result<(), StoreError> {
+    let Some(f) = row_fields(t, row, &mut staged.errors) else {
+        return Ok(());
+    };
+
+    // Across rows and against the store.
+    if !f.domain.is_empty() && !staged.domains.contains_key(&f.domain) {
+        let exists = st.store.domain(&f.domain)?.is_some();
+        staged.domains.insert(f.domain.clone(), exists);
+    }
+    let Some(sp) = stage_phone(st, row, &f, &mut staged.phones, &mut staged.errors)? else {
+        return Ok(());
+    };
+    if !f.has_account {
+        return Ok(());
+    }
+    let id = account_id(&f.domain, &f.device);
+    let placed = stage_account(
+        st,
+        row.line,
+        &f,
+        &id,
+        &mut staged.accounts,
+        &mut staged.errors,
+    )?;
+    if placed {
+        place_member(row.line, &f, id, sp, &mut staged.errors);
+    }
+    Ok(())
+}
+
+/// Checks every column of `row` on its own, in column order, recording every bad one;
+/// gives the row's values only when all of them are valid.
+fn row_fields<'t>(
+    t: &'t crate::reload::Templates,
+    row: &Row,
+    errors: &mut Vec<RowError>,
+) -> Option<Fields<'t>> {
     let before = errors.len();
-    let line = row.line;
-    let err = |errors: &mut Vec<RowError>, field: &str, m: String| {
-        errors.push(RowError::new(line, field, m));
-    };
     // Field by field: every bad column of the row is reported.
-    let mac = match row.get("mac") {
-        "" => {
-            err(errors, "mac", "is required".into());
-            None
-        }
-        s => match Mac::parse(s) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                err(errors, "mac", e.to_string());
-                None
-            }
-        },
-    };
-    let model = match row.get("model") {
-        "" => {
-            err(errors, "model", "is required".into());
-            None
-        }
-        m => match t.catalogue.get(m) {
-            Some(model) => Some(model),
-            None => {
-                err(
-                    errors,
-                    "model",
-                    format!("unknown model {m:?}; see `autoprov models` (GET /api/v1/models)"),
-                );
-                None
-            }
-        },
-    };
+    let mac = row_mac(row, errors);
+    let model = row_model(t, row, errors);
     let name_check = |max: usize| move |v: &str| rules::check_name(v, max);
     let domain = checked(errors, row, "domain", name_check(rules::DOMAIN_MAX));
     let user = checked(errors, row, "user", name_check(rules::USER_MAX));
@@ -682,7 +758,85 @@ fn stage_row(
     let server = checked(errors, row, "server", |v| {
         st::check_value(st::CORE_SERVER, v)
     });
-    let port = match (row.get("line"), model) {
+    let port = row_port(row, model, errors);
+    if let Some(model) = model {
+        check_row_overrides(row, model, errors);
+    }
+    let has_account = check_line_columns(row, errors);
+    let (Some(mac), Some(model), Some(domain), Some(user), Some(device), Some(port)) =
+        (mac, model, domain, user, device, port)
+    else {
+        return None;
+    };
+    let (Some(label), Some(password), Some(transport), Some(server)) =
+        (label, password, transport, server)
+    else {
+        return None;
+    };
+    if errors.len() > before {
+        return None;
+    }
+    Some(Fields {
+        mac,
+        model,
+        domain,
+        user,
+        device,
+        port,
+        label,
+        password,
+        transport,
+        server,
+        has_account,
+    })
+}
+
+/// The `mac` column: required, and a MAC address.
+fn row_mac(row: &Row, errors: &mut Vec<RowError>) -> Option<Mac> {
+    match row.get("mac") {
+        "" => {
+            errors.push(RowError::new(row.line, "mac", "is required"));
+            None
+        }
+        s => match Mac::parse(s) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                errors.push(RowError::new(row.line, "mac", e.to_string()));
+                None
+            }
+        },
+    }
+}
+
+/// The `model` column: required, and a model of the catalogue.
+fn row_model<'t>(
+    t: &'t crate::reload::Templates,
+    row: &Row,
+    errors: &mut Vec<RowError>,
+) -> Option<&'t Model> {
+    match row.get("model") {
+        "" => {
+            errors.push(RowError::new(row.line, "model", "is required"));
+            None
+        }
+        m => match t.catalogue.get(m) {
+            Some(model) => Some(model),
+            None => {
+                errors.push(RowError::new(
+                    row.line,
+                    "model",
+                    format!("unknown model {m:?}; see `autoprov models` (GET /api/v1/models)"),
+                ));
+                None
+            }
+        },
+    }
+}
+
+/// The `line` column: empty (`Some(None)`: no port asked for), or a port of `model` (a
+/// number from 1 while the model is not known).
+fn row_port(row: &Row, model: Option<&Model>, errors: &mut Vec<RowError>) -> Option<Option<u32>> {
+    match (row.get("line"), model) {
         ("", _) => Some(None),
         (s, model) => match s.parse::<u32>() {
             Ok(n) if n >= 1 && model.is_none_or(|m| n <= m.ports) => Some(Some(n)),
@@ -691,63 +845,137 @@ fn stage_row(
                     || "a port number from 1".to_string(),
                     |m| format!("a port from 1 to {} ({} has {})", m.ports, m.id, m.ports),
                 );
-                err(errors, "line", format!("must be {range}"));
+                errors.push(RowError::new(row.line, "line", format!("must be {range}")));
                 None
             }
         },
-    };
-    if let Some(model) = model {
-        for (k, v) in &row.overrides {
-            for f in model.files.iter().filter(|f| f.overrides) {
-                if let Err(m) = overlay::check_override(f.format, k, v) {
-                    err(errors, &format!("{OVERRIDE_PREFIX}{k}"), m);
-                    break;
-                }
+    }
+}
+
+/// Every override of the row must suit each file of `model` that takes overrides; the
+/// first file that refuses a value gives its error.
+fn check_row_overrides(row: &Row, model: &Model, errors: &mut Vec<RowError>) {
+    for (k, v) in &row.overrides {
+        for f in model.files.iter().filter(|f| f.overrides) {
+            if let Err(m) = overlay::check_override(f.format, k, v) {
+                errors.push(RowError::new(row.line, format!("{OVERRIDE_PREFIX}{k}"), m));
+                break;
             }
         }
     }
+}
+
+/// A line needs `user`, `device` and `domain` together, and the line's own columns
+/// (`line`, `label`, `password`, `transport`, `server`) need a line. Returns whether the
+/// row names a line.
+fn check_line_columns(row: &Row, errors: &mut Vec<RowError>) -> bool {
+    let line = row.line;
     let has_account = !row.get("user").is_empty() || !row.get("device").is_empty();
     if has_account {
         if row.get("user").is_empty() {
-            err(errors, "user", "is required with device".into());
+            errors.push(RowError::new(line, "user", "is required with device"));
         }
         if row.get("device").is_empty() {
-            err(errors, "device", "is required with user".into());
+            errors.push(RowError::new(line, "device", "is required with user"));
         }
         if row.get("domain").is_empty() {
-            err(
-                errors,
+            errors.push(RowError::new(
+                line,
                 "domain",
-                "is required for a line (user and device)".into(),
-            );
+                "is required for a line (user and device)",
+            ));
         }
     } else {
         for col in ["line", "label", "password", "transport", "server"] {
             if !row.get(col).is_empty() {
-                err(errors, col, "needs user and device (a line)".into());
+                errors.push(RowError::new(line, col, "needs user and device (a line)"));
             }
         }
     }
-    let (Some(mac), Some(model), Some(domain), Some(user), Some(device), Some(port)) =
-        (mac, model, domain, user, device, port)
-    else {
-        return Ok(());
-    };
-    let (Some(label), Some(password), Some(transport), Some(server)) =
-        (label, password, transport, server)
-    else {
-        return Ok(());
-    };
-    if errors.len() > before {
-        return Ok(());
-    }
+    has_account
+}
 
-    // Across rows and against the store.
-    if !domain.is_empty() && !domains.contains_key(&domain) {
-        let exists = st.store.domain(&domain)?.is_some();
-        domains.insert(domain.clone(), exists);
+/// Stages the phone of a valid row, from the store or new: its model and domain must be
+/// the ones earlier rows and the store give (`None`: recorded, the row stops there); an
+/// override another row gave another value is recorded, and the rest of the row counts.
+fn stage_phone<'p>(
+    st: &AppState,
+    row: &Row,
+    f: &Fields<'_>,
+    phones: &'p mut BTreeMap<Mac, StagedPhone>,
+    errors: &mut Vec<RowError>,
+) -> Result<Option<&'p mut StagedPhone>, StoreError> {
+    let line = row.line;
+    let mac = f.mac;
+    let sp = phone_entry(st, phones, mac, f.model, line)?;
+    sp.last_line = line;
+    if sp.phone.model != f.model.id {
+        errors.push(RowError::new(
+            line,
+            "model",
+            format!(
+                "{} is given as {} on line {}",
+                mac.lower(),
+                sp.phone.model,
+                sp.model_line
+            ),
+        ));
+        return Ok(None);
     }
-    let sp = match phones.entry(mac) {
+    if !f.domain.is_empty() {
+        let domain = &f.domain;
+        match (&sp.domain, &sp.phone.domain) {
+            (Some((d, l)), _) if d != domain => {
+                errors.push(RowError::new(
+                    line,
+                    "domain",
+                    format!("{} is given in domain {d} on line {l}", mac.lower()),
+                ));
+                return Ok(None);
+            }
+            (None, Some(d)) if d != domain => {
+                errors.push(RowError::new(
+                    line,
+                    "domain",
+                    format!(
+                        "{} belongs to domain {d}; delete it there first (autoprov phone delete)",
+                        mac.lower()
+                    ),
+                ));
+                return Ok(None);
+            }
+            _ => {}
+        }
+        sp.domain = Some((domain.clone(), line));
+        sp.phone.domain = Some(domain.clone());
+    }
+    for (k, v) in &row.overrides {
+        if let Some((old, l)) = sp.overrides.get(k)
+            && old != v
+        {
+            errors.push(RowError::new(
+                line,
+                format!("{OVERRIDE_PREFIX}{k}"),
+                format!("{} has another value for it on line {l}", mac.lower()),
+            ));
+            continue;
+        }
+        sp.overrides.insert(k.clone(), (v.clone(), line));
+        sp.phone.overrides.insert(k.clone(), v.clone());
+    }
+    Ok(Some(sp))
+}
+
+/// The staged phone `mac`: the one an earlier row staged, else the store's (or a new one)
+/// set to `model`, first given on `line`.
+fn phone_entry<'p>(
+    st: &AppState,
+    phones: &'p mut BTreeMap<Mac, StagedPhone>,
+    mac: Mac,
+    model: &Model,
+    line: usize,
+) -> Result<&'p mut StagedPhone, StoreError> {
+    Ok(match phones.entry(mac) {
         std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
         std::collections::btree_map::Entry::Vacant(v) => {
             let original = st.store.phone(mac)?;
@@ -765,75 +993,29 @@ fn stage_row(
                 overrides: BTreeMap::new(),
             })
         }
-    };
-    sp.last_line = line;
-    if sp.phone.model != model.id {
-        err(
-            errors,
-            "model",
-            format!(
-                "{} is given as {} on line {}",
-                mac.lower(),
-                sp.phone.model,
-                sp.model_line
-            ),
-        );
-        return Ok(());
-    }
-    if !domain.is_empty() {
-        match (&sp.domain, &sp.phone.domain) {
-            (Some((d, l)), _) if *d != domain => {
-                err(
-                    errors,
-                    "domain",
-                    format!("{} is given in domain {d} on line {l}", mac.lower()),
-                );
-                return Ok(());
-            }
-            (None, Some(d)) if *d != domain => {
-                err(
-                    errors,
-                    "domain",
-                    format!(
-                        "{} belongs to domain {d}; delete it there first (autoprov phone delete)",
-                        mac.lower()
-                    ),
-                );
-                return Ok(());
-            }
-            _ => {}
-        }
-        sp.domain = Some((domain.clone(), line));
-        sp.phone.domain = Some(domain.clone());
-    }
-    for (k, v) in &row.overrides {
-        if let Some((old, l)) = sp.overrides.get(k)
-            && old != v
-        {
-            err(
-                errors,
-                &format!("{OVERRIDE_PREFIX}{k}"),
-                format!("{} has another value for it on line {l}", mac.lower()),
-            );
-            continue;
-        }
-        sp.overrides.insert(k.clone(), (v.clone(), line));
-        sp.phone.overrides.insert(k.clone(), v.clone());
-    }
-    if !has_account {
-        return Ok(());
-    }
+    })
+}
 
-    // The account.
-    let id = account_id(&domain, &device);
-    let sa = match accounts.entry(id.clone()) {
+/// Stages the account `id` of a row with a line, from the store or new: the device must
+/// belong to the row's user (`false`: recorded, the row stops there); password, transport
+/// and server must agree with earlier rows; an account left without a password gets a
+/// random one.
+fn stage_account(
+    st: &AppState,
+    line: usize,
+    f: &Fields<'_>,
+    id: &str,
+    accounts: &mut BTreeMap<String, StagedAccount>,
+    errors: &mut Vec<RowError>,
+) -> Result<bool, StoreError> {
+    let sa = match accounts.entry(id.to_string()) {
         std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
         std::collections::btree_map::Entry::Vacant(v) => {
-            let original = st.store.account(&id)?;
+            let original = st.store.account(id)?;
             let account = original.clone().unwrap_or_else(|| Account {
-                domain: domain.clone(),
-                user: user.clone(),
-                device: device.clone(),
+                domain: f.domain.clone(),
+                user: f.user.clone(),
+                device: f.device.clone(),
                 password: String::new(),
                 ..Default::default()
             });
@@ -845,7 +1027,7 @@ fn stage_row(
             })
         }
     };
-    if sa.account.user != user {
+    if sa.account.user != f.user {
         let whence = if sa
             .original
             .as_ref()
@@ -855,20 +1037,36 @@ fn stage_row(
         } else {
             format!("on line {}", sa.line)
         };
-        err(
-            errors,
+        errors.push(RowError::new(
+            line,
             "user",
             format!(
-                "device {device} belongs to user {} in {domain} ({whence})",
-                sa.account.user
+                "device {} belongs to user {} in {} ({whence})",
+                f.device, sa.account.user, f.domain
             ),
-        );
-        return Ok(());
+        ));
+        return Ok(false);
     }
+    stage_account_columns(sa, line, f, id, errors);
+    if sa.account.password.is_empty() {
+        sa.account.password = auth::random_secret(16);
+    }
+    Ok(true)
+}
+
+/// Sets the account's password, transport and server from the row's non-empty columns; a
+/// column an earlier row gave another value is recorded and left as it was.
+fn stage_account_columns(
+    sa: &mut StagedAccount,
+    line: usize,
+    f: &Fields<'_>,
+    id: &str,
+    errors: &mut Vec<RowError>,
+) {
     for (col, v) in [
-        ("password", &password),
-        ("transport", &transport),
-        ("server", &server),
+        ("password", &f.password),
+        ("transport", &f.transport),
+        ("server", &f.server),
     ] {
         if v.is_empty() {
             continue;
@@ -876,7 +1074,11 @@ fn stage_row(
         if let Some((old, l)) = sa.given.get(col)
             && old != v
         {
-            err(errors, col, format!("{id} has another {col} on line {l}"));
+            errors.push(RowError::new(
+                line,
+                col,
+                format!("{id} has another {col} on line {l}"),
+            ));
             continue;
         }
         sa.given.insert(col, (v.clone(), line));
@@ -892,39 +1094,48 @@ fn stage_row(
             }
         }
     }
-    if sa.account.password.is_empty() {
-        sa.account.password = auth::random_secret(16);
-    }
+}
 
-    // The member.
+/// Makes the account `id` a member of the phone with the row's label: on the row's port,
+/// else the port it already has, else the first free one. No other account of this
+/// import may hold the port, and the member must fit the phone ([`rules::place`]); a new
+/// member is the primary owner when the phone has none.
+fn place_member(
+    line: usize,
+    f: &Fields<'_>,
+    id: String,
+    sp: &mut StagedPhone,
+    errors: &mut Vec<RowError>,
+) {
+    let (mac, model) = (f.mac, f.model);
     let already = sp.phone.members.iter().position(|m| m.id == id);
-    let port = match (port, already) {
+    let port = match (f.port, already) {
         (Some(p), _) => p,
         (None, Some(i)) => sp.phone.members[i].port,
         (None, None) => match sp.phone.first_free_port(model.ports) {
             Some(p) => p,
             None => {
-                err(
-                    errors,
+                errors.push(RowError::new(
+                    line,
                     "line",
                     format!("all {} ports of {} are taken", model.ports, mac.lower()),
-                );
-                return Ok(());
+                ));
+                return;
             }
         },
     };
     if let Some((other, l)) = sp.placed.get(&port)
         && *other != id
     {
-        err(
-            errors,
+        errors.push(RowError::new(
+            line,
             "line",
             format!(
                 "port {port} of {} is given to {other} on line {l}",
                 mac.lower()
             ),
-        );
-        return Ok(());
+        ));
+        return;
     }
     let mut m = match already {
         Some(i) => sp.phone.members.remove(i),
@@ -935,18 +1146,17 @@ fn stage_row(
         }
     };
     m.port = port;
-    m.line_label = label;
+    m.line_label = f.label.clone();
     if let Err(e) = rules::place(&sp.phone, &model.id, model.ports, &m) {
-        err(
-            errors,
+        errors.push(RowError::new(
+            line,
             "line",
             format!("{} (change it with `autoprov members set`)", e.message()),
-        );
-        return Ok(());
+        ));
+        return;
     }
     sp.placed.insert(port, (id, line));
     sp.phone.members.push(m);
-    Ok(())
 }
 
 /// Parses, validates and commits an import (under the writer lock), all or nothing. The
