@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-use crate::model::records::rotate;
+use crate::model::records::{PreviousCredentials, rotate};
 use crate::model::{Account, Domain, Gate, Mac, Phone, Token};
 
 pub use export::{Dump, FORMAT, FORMAT_VERSION, ImportError, parse as parse_export};
@@ -746,98 +746,16 @@ impl Store {
         let rev = trees
             .transaction(
                 |(domains, accounts, phones, by_domain, by_account, meta, tokens)| {
-                    let mut added: i64 = 0;
-                    let rev = meta.get("revision")?.map_or(0, |v| keys::be_u64(&v)) + 1;
-                    meta.insert("revision", &rev.to_be_bytes())?;
-                    for (k, v) in &change.meta {
-                        meta.insert(k.as_bytes(), v.as_slice())?;
+                    CommitTx {
+                        domains,
+                        accounts,
+                        phones,
+                        by_domain,
+                        by_account,
+                        meta,
+                        tokens,
                     }
-                    for (hash, t) in &change.tokens {
-                        match t {
-                            Some(t) => tokens.insert(&hash[..], enc(t))?,
-                            None => tokens.remove(&hash[..])?,
-                        };
-                    }
-                    let now = crate::guard::now_secs();
-                    let grace = self.credential_grace.load(Ordering::Relaxed);
-                    for (name, d) in &change.domains {
-                        match d {
-                            Some(d) => {
-                                let old: Option<Domain> =
-                                    tx_get(domains, "domains", name.as_bytes())?;
-                                let mut d = d.clone();
-                                d.previous_credentials = rotate(
-                                    old.as_ref().map_or((&None, &None), |o| {
-                                        (&o.provisioning_username, &o.provisioning_password)
-                                    }),
-                                    (&d.provisioning_username, &d.provisioning_password),
-                                    d.previous_credentials.take(),
-                                    now,
-                                    grace,
-                                );
-                                domains.insert(name.as_bytes(), enc(&d))?
-                            }
-                            None => domains.remove(name.as_bytes())?,
-                        };
-                    }
-                    for (id, a) in &change.accounts {
-                        match a {
-                            Some(a) => accounts.insert(id.as_bytes(), enc(a))?,
-                            None => accounts.remove(id.as_bytes())?,
-                        };
-                    }
-                    let written: BTreeSet<Mac> = change.phones.iter().map(|(m, _)| *m).collect();
-                    for (mac, p) in &change.phones {
-                        let key = mac.bytes();
-                        let old: Option<Phone> = tx_get(phones, "phones", &key)?;
-                        added += i64::from(p.is_some()) - i64::from(old.is_some());
-                        if let Some(old) = &old {
-                            if let Some(d) = &old.domain {
-                                by_domain.remove(keys::index(d, *mac))?;
-                            }
-                            for m in &old.members {
-                                by_account.remove(keys::index(&m.id, *mac))?;
-                            }
-                        }
-                        match p {
-                            Some(p) => {
-                                let mut p = p.clone();
-                                p.revision = rev;
-                                p.previous_credentials = rotate(
-                                    old.as_ref().map_or((&None, &None), |o| {
-                                        (&o.provisioning_username, &o.provisioning_password)
-                                    }),
-                                    (&p.provisioning_username, &p.provisioning_password),
-                                    p.previous_credentials.take(),
-                                    now,
-                                    grace,
-                                );
-                                if let Some(d) = &p.domain {
-                                    by_domain.insert(keys::index(d, *mac), &[])?;
-                                }
-                                for m in &p.members {
-                                    by_account.insert(keys::index(&m.id, *mac), &[])?;
-                                }
-                                phones.insert(&key, enc(&p))?;
-                            }
-                            None => {
-                                phones.remove(&key)?;
-                            }
-                        }
-                    }
-                    for mac in change.touch.difference(&written) {
-                        let key = mac.bytes();
-                        if let Some(mut p) = tx_get::<Phone>(phones, "phones", &key)? {
-                            p.revision = rev;
-                            phones.insert(&key, enc(&p))?;
-                        }
-                    }
-                    if added != 0 {
-                        let n = meta.get(PHONE_COUNT)?.map_or(0, |v| keys::be_u64(&v));
-                        let n = n.saturating_add_signed(added);
-                        meta.insert(PHONE_COUNT, &n.to_be_bytes())?;
-                    }
-                    Ok((rev, added))
+                    .apply(change, &self.credential_grace)
                 },
             )
             .map_err(|e| match e {
@@ -846,18 +764,28 @@ impl Store {
             })?;
         let rev = rev.0;
         self.commits.fetch_add(1, Ordering::SeqCst);
-        {
-            let _memo = self.memo_lock.lock().unwrap_or_else(|p| p.into_inner());
-            for (mac, _) in &change.phones {
-                self.gates.remove(mac);
-            }
-            for mac in &change.touch {
-                self.gates.remove(mac);
-            }
-            for (name, _) in &change.domains {
-                self.hot_domains.remove(name);
-            }
+        self.forget_memos(change);
+        self.drop_deleted_renders(change)?;
+        Ok(rev)
+    }
+
+    /// Drops the memoised gates of every phone and the decoded domains `change` wrote,
+    /// under the memo lock, so that no fill racing the commit keeps a stale record.
+    fn forget_memos(&self, change: &Change) {
+        let _memo = self.memo_lock.lock().unwrap_or_else(|p| p.into_inner());
+        for (mac, _) in &change.phones {
+            self.gates.remove(mac);
         }
+        for mac in &change.touch {
+            self.gates.remove(mac);
+        }
+        for (name, _) in &change.domains {
+            self.hot_domains.remove(name);
+        }
+    }
+
+    /// Drops the cached renders of the phones `change` deleted.
+    fn drop_deleted_renders(&self, change: &Change) -> Result<(), StoreError> {
         for (mac, p) in &change.phones {
             if p.is_none() {
                 for kv in self.renders.scan_prefix(keys::render_prefix(*mac)).keys() {
@@ -865,7 +793,171 @@ impl Store {
                 }
             }
         }
-        Ok(rev)
+        Ok(())
+    }
+}
+
+/// The clock of one commit and the seconds a replaced provisioning credential keeps
+/// working from it.
+#[derive(Clone, Copy)]
+struct Rotation {
+    now: u64,
+    grace: u64,
+}
+
+impl Rotation {
+    /// The previous credentials of a record whose credentials go from `old` (the stored
+    /// record's, if any) to `new`, given those it `carried` (see [`rotate`]).
+    fn previous(
+        self,
+        old: (&Option<String>, &Option<String>),
+        new: (&Option<String>, &Option<String>),
+        carried: Option<PreviousCredentials>,
+    ) -> Option<PreviousCredentials> {
+        rotate(old, new, carried, self.now, self.grace)
+    }
+}
+
+/// The trees of one run of a commit's transaction (sled runs it again after a conflict,
+/// so a run only reads and writes these).
+struct CommitTx<'t> {
+    domains: &'t TransactionalTree,
+    accounts: &'t TransactionalTree,
+    phones: &'t TransactionalTree,
+    by_domain: &'t TransactionalTree,
+    by_account: &'t TransactionalTree,
+    meta: &'t TransactionalTree,
+    tokens: &'t TransactionalTree,
+}
+
+impl CommitTx<'_> {
+    /// Writes `change` under the next revision, in record order: revision, meta, tokens,
+    /// domains, accounts, phones (with their indexes), then the phone count; returns the
+    /// revision and how many phones were added (negative: removed).
+    fn apply(&self, change: &Change, grace: &AtomicU64) -> TxResult<(u64, i64)> {
+        let rev = self.meta.get("revision")?.map_or(0, |v| keys::be_u64(&v)) + 1;
+        self.meta.insert("revision", &rev.to_be_bytes())?;
+        for (k, v) in &change.meta {
+            self.meta.insert(k.as_bytes(), v.as_slice())?;
+        }
+        for (hash, t) in &change.tokens {
+            match t {
+                Some(t) => self.tokens.insert(&hash[..], enc(t))?,
+                None => self.tokens.remove(&hash[..])?,
+            };
+        }
+        let rotation = Rotation {
+            now: crate::guard::now_secs(),
+            grace: grace.load(Ordering::Relaxed),
+        };
+        self.write_domains(&change.domains, rotation)?;
+        for (id, a) in &change.accounts {
+            match a {
+                Some(a) => self.accounts.insert(id.as_bytes(), enc(a))?,
+                None => self.accounts.remove(id.as_bytes())?,
+            };
+        }
+        let added = self.write_phones(change, rev, rotation)?;
+        if added != 0 {
+            let n = self.meta.get(PHONE_COUNT)?.map_or(0, |v| keys::be_u64(&v));
+            let n = n.saturating_add_signed(added);
+            self.meta.insert(PHONE_COUNT, &n.to_be_bytes())?;
+        }
+        Ok((rev, added))
+    }
+
+    /// Writes or deletes domains; a domain whose provisioning credentials change keeps the
+    /// stored ones as its previous credentials for the grace period.
+    fn write_domains(
+        &self,
+        domains: &[(String, Option<Domain>)],
+        rotation: Rotation,
+    ) -> TxResult<()> {
+        for (name, d) in domains {
+            match d {
+                Some(d) => {
+                    let old: Option<Domain> = tx_get(self.domains, "domains", name.as_bytes())?;
+                    let mut d = d.clone();
+                    d.previous_credentials = rotation.previous(
+                        old.as_ref().map_or((&None, &None), |o| {
+                            (&o.provisioning_username, &o.provisioning_password)
+                        }),
+                        (&d.provisioning_username, &d.provisioning_password),
+                        d.previous_credentials.take(),
+                    );
+                    self.domains.insert(name.as_bytes(), enc(&d))?
+                }
+                None => self.domains.remove(name.as_bytes())?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Writes or deletes the change's phones at revision `rev`, then gives the touched
+    /// phones it did not write that revision too (their rendered files change); returns how
+    /// many phones were added (negative: removed).
+    fn write_phones(&self, change: &Change, rev: u64, rotation: Rotation) -> TxResult<i64> {
+        let mut added: i64 = 0;
+        let written: BTreeSet<Mac> = change.phones.iter().map(|(m, _)| *m).collect();
+        for (mac, p) in &change.phones {
+            added += self.write_phone(*mac, p.as_ref(), rev, rotation)?;
+        }
+        for mac in change.touch.difference(&written) {
+            let key = mac.bytes();
+            if let Some(mut p) = tx_get::<Phone>(self.phones, "phones", &key)? {
+                p.revision = rev;
+                self.phones.insert(&key, enc(&p))?;
+            }
+        }
+        Ok(added)
+    }
+
+    /// Writes (at revision `rev`) or deletes one phone and moves its domain and member
+    /// index entries from the stored phone to the new one; a phone whose provisioning
+    /// credentials change keeps the stored ones for the grace period. Returns 1 for a phone
+    /// added, -1 for one removed, else 0.
+    fn write_phone(
+        &self,
+        mac: Mac,
+        p: Option<&Phone>,
+        rev: u64,
+        rotation: Rotation,
+    ) -> TxResult<i64> {
+        let key = mac.bytes();
+        let old: Option<Phone> = tx_get(self.phones, "phones", &key)?;
+        let added = i64::from(p.is_some()) - i64::from(old.is_some());
+        if let Some(old) = &old {
+            if let Some(d) = &old.domain {
+                self.by_domain.remove(keys::index(d, mac))?;
+            }
+            for m in &old.members {
+                self.by_account.remove(keys::index(&m.id, mac))?;
+            }
+        }
+        match p {
+            Some(p) => {
+                let mut p = p.clone();
+                p.revision = rev;
+                p.previous_credentials = rotation.previous(
+                    old.as_ref().map_or((&None, &None), |o| {
+                        (&o.provisioning_username, &o.provisioning_password)
+                    }),
+                    (&p.provisioning_username, &p.provisioning_password),
+                    p.previous_credentials.take(),
+                );
+                if let Some(d) = &p.domain {
+                    self.by_domain.insert(keys::index(d, mac), &[])?;
+                }
+                for m in &p.members {
+                    self.by_account.insert(keys::index(&m.id, mac), &[])?;
+                }
+                self.phones.insert(&key, enc(&p))?;
+            }
+            None => {
+                self.phones.remove(&key)?;
+            }
+        }
+        Ok(added)
     }
 }
 
