@@ -274,13 +274,31 @@ pub fn parse(bytes: &[u8]) -> Result<Dump, ImportError> {
             message: full.strip_suffix(&at).unwrap_or(&full).to_string(),
         }
     })?;
-    let header = |field: &str, message: String| ImportError::Header {
-        field: field.into(),
-        message,
-    };
     let Value::Object(doc) = doc else {
         return Err(header("document", "must be a JSON object".into()));
     };
+    check_header(&doc)?;
+    let Some(Value::Object(trees)) = doc.get("trees") else {
+        return Err(header(
+            "trees",
+            "must be an object of tree name → entries".into(),
+        ));
+    };
+    parse_trees(trees)
+}
+
+/// A header or structure problem at `field`.
+fn header(field: &str, message: String) -> ImportError {
+    ImportError::Header {
+        field: field.into(),
+        message,
+    }
+}
+
+/// The document's header, checked in this order: `format` names an autoprov export,
+/// `version` and `schema` are the ones this build reads, and no field but those and
+/// `trees` is there.
+fn check_header(doc: &Map<String, Value>) -> Result<(), ImportError> {
     match doc.get("format") {
         Some(Value::String(f)) if f == FORMAT => {}
         other => {
@@ -320,12 +338,13 @@ pub fn parse(bytes: &[u8]) -> Result<Dump, ImportError> {
     {
         return Err(header(k, "unknown field".into()));
     }
-    let Some(Value::Object(trees)) = doc.get("trees") else {
-        return Err(header(
-            "trees",
-            "must be an object of tree name → entries".into(),
-        ));
-    };
+    Ok(())
+}
+
+/// Reads the `trees` object: each named data tree (never a cache) is a list of entries,
+/// each a valid entry ([`parse_entry`]) with a key not given before in that tree; the
+/// first bad tree or entry is the error.
+fn parse_trees(trees: &Map<String, Value>) -> Result<Dump, ImportError> {
     let mut dump = Dump::default();
     for (name, entries) in trees {
         if name.is_empty() || SKIPPED.contains(&name.as_str()) {
