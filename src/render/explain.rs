@@ -110,6 +110,26 @@ struct Stage<'a> {
 /// Explains every per-phone file of `inputs.phone`.
 pub fn explain(engine: &Engine, inputs: &Inputs<'_>) -> Result<Explained, RenderError> {
     let empty = Settings::new();
+    let stages = stages(inputs, &empty);
+    let blanks: Vec<(Member, Account)> = inputs
+        .lines
+        .iter()
+        .map(|(m, a)| (blank_member(m), blank_account(a)))
+        .collect();
+    let mut files = Vec::new();
+    for spec in inputs.model.files.iter().filter(|f| f.per_phone()) {
+        files.push(explain_file(engine, inputs, spec, &stages, &blanks)?);
+    }
+    Ok(Explained {
+        files,
+        unused: unused(engine, inputs),
+    })
+}
+
+/// The stages, one layer more each: model (no server defaults, no domain, the phone
+/// without its settings and credentials), server, domain, phone, line 1 … line N (the
+/// phone's lines in full one by one), then overrides.
+fn stages<'a>(inputs: &Inputs<'a>, empty: &'a Settings) -> Vec<Stage<'a>> {
     let mut bare = inputs.phone.clone();
     bare.settings.clear();
     bare.provisioning_username = None;
@@ -117,7 +137,7 @@ pub fn explain(engine: &Engine, inputs: &Inputs<'_>) -> Result<Explained, Render
     let mut stages = vec![
         Stage {
             name: "model".into(),
-            server: &empty,
+            server: empty,
             domain: None,
             phone: bare.clone(),
             full: 0,
@@ -162,104 +182,131 @@ pub fn explain(engine: &Engine, inputs: &Inputs<'_>) -> Result<Explained, Render
         full: inputs.lines.len(),
         overrides: true,
     });
+    stages
+}
 
-    let blanks: Vec<(Member, Account)> = inputs
-        .lines
-        .iter()
-        .map(|(m, a)| (blank_member(m), blank_account(a)))
-        .collect();
-    let none = Overrides::new();
-    let mut files = Vec::new();
-    for spec in inputs.model.files.iter().filter(|f| f.per_phone()) {
-        let mut values: Vec<Value> = Vec::new();
-        let mut prev: std::collections::HashMap<String, String> = Default::default();
-        let mut generated: std::collections::HashSet<String> = Default::default();
-        for stage in &stages {
-            let lines: Vec<LineInput<'_>> = inputs
-                .lines
-                .iter()
-                .zip(&blanks)
-                .enumerate()
-                .map(|(i, ((m, a), (bm, ba)))| {
-                    if i < stage.full {
-                        LineInput {
-                            member: m,
-                            account: a,
-                        }
-                    } else {
-                        LineInput {
-                            member: bm,
-                            account: ba,
-                        }
-                    }
-                })
-                .collect();
-            let input = PhoneInput {
-                model: inputs.model,
-                server: stage.server,
-                domain: stage.domain,
-                phone: Some(&stage.phone),
-                lines,
-            };
-            let ov = if stage.overrides {
-                &inputs.phone.overrides
-            } else {
-                &none
-            };
-            let out = render_text(engine, spec, &RenderContext::build(&input), ov)?;
-            let pairs = overlay::pairs(spec.format, &out).map_err(|source| RenderError::Xml {
-                template: spec.template.clone(),
-                source,
-            })?;
-            if !stage.overrides {
-                generated = pairs.iter().map(|(k, _)| k.clone()).collect();
-            }
-            let mut next_values = Vec::with_capacity(pairs.len());
-            for (k, v) in pairs {
-                let layer = match (prev.get(&k), values.iter().find(|x| x.key == k)) {
-                    (Some(old), Some(x)) if *old == v => x.layer.clone(),
-                    _ => stage.name.clone(),
-                };
-                next_values.push(Value {
-                    key: k,
-                    value: v,
-                    layer,
-                });
-            }
-            prev = next_values
-                .iter()
-                .map(|x| (x.key.clone(), x.value.clone()))
-                .collect();
-            values = next_values;
+/// Explains one file: rendered at every stage, each key gets the layer that last changed
+/// (or introduced) its value; the phone's overrides are listed when the file takes them,
+/// `added` when the templates did not generate the key.
+fn explain_file(
+    engine: &Engine,
+    inputs: &Inputs<'_>,
+    spec: &FileSpec,
+    stages: &[Stage<'_>],
+    blanks: &[(Member, Account)],
+) -> Result<FileExplained, RenderError> {
+    let mut values: Vec<Value> = Vec::new();
+    let mut prev: std::collections::HashMap<String, String> = Default::default();
+    let mut generated: std::collections::HashSet<String> = Default::default();
+    for stage in stages {
+        let pairs = stage.pairs(engine, inputs, spec, blanks)?;
+        if !stage.overrides {
+            generated = pairs.iter().map(|(k, _)| k.clone()).collect();
         }
-        let overrides = if spec.overrides {
-            inputs
-                .phone
-                .overrides
-                .iter()
-                .map(|(k, v)| OverrideUse {
-                    key: k.clone(),
-                    value: v.clone(),
-                    added: !generated.contains(k),
-                })
-                .collect()
-        } else {
-            Vec::new()
+        values = layered(&values, &prev, pairs, &stage.name);
+        prev = values
+            .iter()
+            .map(|x| (x.key.clone(), x.value.clone()))
+            .collect();
+    }
+    let overrides = if spec.overrides {
+        inputs
+            .phone
+            .overrides
+            .iter()
+            .map(|(k, v)| OverrideUse {
+                key: k.clone(),
+                value: v.clone(),
+                added: !generated.contains(k),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(FileExplained {
+        file: spec
+            .name
+            .replace("{mac}", &inputs.phone.mac.lower())
+            .replace("{MAC}", &inputs.phone.mac.upper()),
+        format: spec.format,
+        values,
+        overrides,
+    })
+}
+
+impl Stage<'_> {
+    /// Renders `spec` at this stage (the first `full` lines in full, the others blank; the
+    /// phone's overrides only at the override stage) and reads its key/value pairs, in
+    /// file order.
+    fn pairs(
+        &self,
+        engine: &Engine,
+        inputs: &Inputs<'_>,
+        spec: &FileSpec,
+        blanks: &[(Member, Account)],
+    ) -> Result<Vec<(String, String)>, RenderError> {
+        let lines: Vec<LineInput<'_>> = inputs
+            .lines
+            .iter()
+            .zip(blanks)
+            .enumerate()
+            .map(|(i, ((m, a), (bm, ba)))| {
+                if i < self.full {
+                    LineInput {
+                        member: m,
+                        account: a,
+                    }
+                } else {
+                    LineInput {
+                        member: bm,
+                        account: ba,
+                    }
+                }
+            })
+            .collect();
+        let input = PhoneInput {
+            model: inputs.model,
+            server: self.server,
+            domain: self.domain,
+            phone: Some(&self.phone),
+            lines,
         };
-        files.push(FileExplained {
-            file: spec
-                .name
-                .replace("{mac}", &inputs.phone.mac.lower())
-                .replace("{MAC}", &inputs.phone.mac.upper()),
-            format: spec.format,
-            values,
-            overrides,
+        let none = Overrides::new();
+        let ov = if self.overrides {
+            &inputs.phone.overrides
+        } else {
+            &none
+        };
+        let out = render_text(engine, spec, &RenderContext::build(&input), ov)?;
+        overlay::pairs(spec.format, &out).map_err(|source| RenderError::Xml {
+            template: spec.template.clone(),
+            source,
+        })
+    }
+}
+
+/// The values of the stage named `stage`, in its file order (`pairs`): a key whose value
+/// is the one the previous stage had (`prev`) keeps its layer from `values`, any other
+/// takes `stage`.
+fn layered(
+    values: &[Value],
+    prev: &std::collections::HashMap<String, String>,
+    pairs: Vec<(String, String)>,
+    stage: &str,
+) -> Vec<Value> {
+    let mut next_values = Vec::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        let layer = match (prev.get(&k), values.iter().find(|x| x.key == k)) {
+            (Some(old), Some(x)) if *old == v => x.layer.clone(),
+            _ => stage.to_string(),
+        };
+        next_values.push(Value {
+            key: k,
+            value: v,
+            layer,
         });
     }
-    Ok(Explained {
-        files,
-        unused: unused(engine, inputs),
-    })
+    next_values
 }
 
 fn render_text(
@@ -328,6 +375,8 @@ fn sources(engine: &Engine, model: &Model) -> String {
     text
 }
 
+/// The phone's settings, and its lines' settings and member features, that no template of
+/// the model reads.
 fn unused(engine: &Engine, inputs: &Inputs<'_>) -> Vec<Unused> {
     let src = sources(engine, inputs.model);
     let used = |setting: &str| readers(setting).iter().any(|r| src.contains(r.as_str()));
@@ -364,62 +413,79 @@ fn unused(engine: &Engine, inputs: &Inputs<'_>) -> Vec<Unused> {
         }
     }
     for (m, a) in &inputs.lines {
-        let scope = format!("line {}", m.port);
-        let mut merged = crate::model::Merged::clone(&ctx.merged);
-        merged.apply(crate::model::Layer::Line(m.port), &a.settings);
-        for (k, v, _) in merged.iter() {
-            if k == st::ALLOWED_UA {
-                continue;
-            }
-            let listed_for_phone = out
-                .iter()
-                .any(|u| u.scope == "phone" && u.setting == k && u.value == v);
-            if !used(k) && !listed_for_phone {
-                out.push(Unused {
-                    setting: k.to_string(),
-                    value: v.to_string(),
-                    scope: scope.clone(),
-                });
-            }
-        }
-        let fields: [(&str, String, bool); 6] = [
-            (
-                "lineType",
-                format!("{:?}", m.line_type),
-                m.line_type != crate::model::LineType::Primary,
-            ),
-            ("lineWeight", m.line_weight.to_string(), m.line_weight > 1),
-            (
-                "hotlineEnabled",
-                m.hotline_enabled.to_string(),
-                m.hotline_enabled,
-            ),
-            (
-                "allowCallDeclineEnabled",
-                m.allow_call_decline_enabled.to_string(),
-                !m.allow_call_decline_enabled,
-            ),
-            (
-                "t38FaxCompressionEnabled",
-                m.t38_fax_compression_enabled.to_string(),
-                m.t38_fax_compression_enabled,
-            ),
-            (
-                "emergency-address-id",
-                a.emergency_address_id.clone().unwrap_or_default(),
-                a.emergency_address_id.is_some(),
-            ),
-        ];
-        // Member features are listed when set away from their default and not read.
-        for (name, value, set) in fields {
-            if set && !used(name) {
-                out.push(Unused {
-                    setting: name.to_string(),
-                    value,
-                    scope: scope.clone(),
-                });
-            }
-        }
+        unused_of_line(&used, &ctx.merged, m, a, &mut out);
     }
     out
+}
+
+/// Adds to `out` the settings of the line of member `m` (the phone's `merged` settings
+/// with account `a`'s on top) that no template reads, unless listed for the phone with
+/// the same value, then its member features set away from their default and not read.
+fn unused_of_line(
+    used: &dyn Fn(&str) -> bool,
+    merged: &crate::model::Merged,
+    m: &Member,
+    a: &Account,
+    out: &mut Vec<Unused>,
+) {
+    let scope = format!("line {}", m.port);
+    let mut merged = crate::model::Merged::clone(merged);
+    merged.apply(crate::model::Layer::Line(m.port), &a.settings);
+    for (k, v, _) in merged.iter() {
+        if k == st::ALLOWED_UA {
+            continue;
+        }
+        let listed_for_phone = out
+            .iter()
+            .any(|u| u.scope == "phone" && u.setting == k && u.value == v);
+        if !used(k) && !listed_for_phone {
+            out.push(Unused {
+                setting: k.to_string(),
+                value: v.to_string(),
+                scope: scope.clone(),
+            });
+        }
+    }
+    // Member features are listed when set away from their default and not read.
+    for (name, value, set) in member_features(m, a) {
+        if set && !used(name) {
+            out.push(Unused {
+                setting: name.to_string(),
+                value,
+                scope: scope.clone(),
+            });
+        }
+    }
+}
+
+/// The member features of a line as (name, value, set away from its default).
+fn member_features(m: &Member, a: &Account) -> [(&'static str, String, bool); 6] {
+    [
+        (
+            "lineType",
+            format!("{:?}", m.line_type),
+            m.line_type != crate::model::LineType::Primary,
+        ),
+        ("lineWeight", m.line_weight.to_string(), m.line_weight > 1),
+        (
+            "hotlineEnabled",
+            m.hotline_enabled.to_string(),
+            m.hotline_enabled,
+        ),
+        (
+            "allowCallDeclineEnabled",
+            m.allow_call_decline_enabled.to_string(),
+            !m.allow_call_decline_enabled,
+        ),
+        (
+            "t38FaxCompressionEnabled",
+            m.t38_fax_compression_enabled.to_string(),
+            m.t38_fax_compression_enabled,
+        ),
+        (
+            "emergency-address-id",
+            a.emergency_address_id.clone().unwrap_or_default(),
+            a.emergency_address_id.is_some(),
+        ),
+    ]
 }
