@@ -263,23 +263,7 @@ impl RenderContext {
             .map(|l| line_ctx(&merged, &settings, m, l))
             .collect();
         lines.sort_by_key(|l| l.port);
-        let hotline = input
-            .lines
-            .iter()
-            .filter(|l| l.member.hotline_enabled)
-            .min_by_key(|l| (!l.member.primary_owner, l.member.port))
-            .map_or(
-                HotlineCtx {
-                    enabled: false,
-                    destination: String::new(),
-                    port: 0,
-                },
-                |l| HotlineCtx {
-                    enabled: true,
-                    destination: l.member.hotline_destination.clone(),
-                    port: l.member.port,
-                },
-            );
+        let hotline = hotline_ctx(&input.lines);
         let mut allowed: Vec<String> = lines
             .iter()
             .map(|l| l.allowed_user_agent.clone())
@@ -288,20 +272,7 @@ impl RenderContext {
         allowed.sort();
         allowed.dedup();
         let phone = input.phone;
-        // The most specific credentials configured: phone, else domain (server-default
-        // credentials are stored only as a hash, so they are never written into files).
-        let (pu, pp) = match (phone, input.domain) {
-            (Some(p), _) if p.provisioning_username.is_some() => (
-                p.provisioning_username.clone(),
-                p.provisioning_password.clone(),
-            ),
-            (_, Some(d)) => (
-                d.provisioning_username.clone(),
-                d.provisioning_password.clone(),
-            ),
-            _ => (None, None),
-        };
-        let (pu, pp) = (pu.unwrap_or_default(), pp.unwrap_or_default());
+        let provisioning = provisioning_ctx(phone, input.domain);
         let idle_ports = (1..=m.ports)
             .filter(|p| !lines.iter().any(|l| l.port == *p))
             .collect();
@@ -319,31 +290,75 @@ impl RenderContext {
             mac: phone.map(|p| p.mac.lower()).unwrap_or_default(),
             mac_upper: phone.map(|p| p.mac.upper()).unwrap_or_default(),
             mac_colon: phone.map(|p| p.mac.colon()).unwrap_or_default(),
-            model: ModelCtx {
-                id: m.id.clone(),
-                vendor: m.vendor.clone(),
-                name: m.name.clone(),
-                ports: m.ports,
-                line_keys: m.line_keys,
-                ata: m.ata,
-                common_files: m
-                    .files
-                    .iter()
-                    .filter(|f| !f.per_phone())
-                    .map(|f| f.name.clone())
-                    .collect(),
-            },
+            model: model_ctx(m),
             domain: input.domain.map(|d| d.name.clone()).unwrap_or_default(),
             settings,
-            provisioning: ProvisioningCtx {
-                username: pu,
-                password: pp,
-            },
+            provisioning,
             lines,
             hotline,
             merged,
             allowed_user_agents: allowed,
         }
+    }
+}
+
+/// What templates read of the model.
+fn model_ctx(m: &Model) -> ModelCtx {
+    ModelCtx {
+        id: m.id.clone(),
+        vendor: m.vendor.clone(),
+        name: m.name.clone(),
+        ports: m.ports,
+        line_keys: m.line_keys,
+        ata: m.ata,
+        common_files: m
+            .files
+            .iter()
+            .filter(|f| !f.per_phone())
+            .map(|f| f.name.clone())
+            .collect(),
+    }
+}
+
+/// The phone's hotline: the one of its lines with the hotline on, the primary owner's
+/// first, then the lowest port; off when no line has it.
+fn hotline_ctx(lines: &[LineInput<'_>]) -> HotlineCtx {
+    lines
+        .iter()
+        .filter(|l| l.member.hotline_enabled)
+        .min_by_key(|l| (!l.member.primary_owner, l.member.port))
+        .map_or(
+            HotlineCtx {
+                enabled: false,
+                destination: String::new(),
+                port: 0,
+            },
+            |l| HotlineCtx {
+                enabled: true,
+                destination: l.member.hotline_destination.clone(),
+                port: l.member.port,
+            },
+        )
+}
+
+/// The most specific provisioning credentials configured: the phone's, else the domain's
+/// (server-default credentials are stored only as a hash, so they are never written into
+/// files); empty when there are none.
+fn provisioning_ctx(phone: Option<&Phone>, domain: Option<&Domain>) -> ProvisioningCtx {
+    let (pu, pp) = match (phone, domain) {
+        (Some(p), _) if p.provisioning_username.is_some() => (
+            p.provisioning_username.clone(),
+            p.provisioning_password.clone(),
+        ),
+        (_, Some(d)) => (
+            d.provisioning_username.clone(),
+            d.provisioning_password.clone(),
+        ),
+        _ => (None, None),
+    };
+    ProvisioningCtx {
+        username: pu.unwrap_or_default(),
+        password: pp.unwrap_or_default(),
     }
 }
 
