@@ -729,9 +729,18 @@ fn read_account_fields(
         &mut acc.provisioning_username,
         &mut acc.provisioning_password,
     )?;
-    let prov_named = acc.provisioning_username
-        != existing.and_then(|e| e.provisioning_username.clone())
-        || acc.provisioning_password != existing.and_then(|e| e.provisioning_password.clone());
+    // Whether the credentials changed (compared like every secret: in constant time).
+    let same = |a: &Option<String>, b: Option<&String>| match (a, b) {
+        (Some(a), Some(b)) => auth::secret_eq(a, b),
+        (a, b) => a.is_none() && b.is_none(),
+    };
+    let prov_named = !same(
+        &acc.provisioning_username,
+        existing.and_then(|e| e.provisioning_username.as_ref()),
+    ) || !same(
+        &acc.provisioning_password,
+        existing.and_then(|e| e.provisioning_password.as_ref()),
+    );
     let overrides_named = match f.take("device-provisioning-overrides") {
         Patch::Set(v) => {
             acc.overrides = Some(parse_overrides("device-provisioning-overrides", v)?);
