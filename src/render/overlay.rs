@@ -846,6 +846,57 @@ mod tests {
         assert_eq!(out, apply(Format::XmlElement, FANVIL, []).unwrap());
     }
 
+    /// With no plain leaf anywhere, a new plain key goes to the element holding the first
+    /// indexed element (not into the indexed element itself).
+    #[test]
+    fn a_new_plain_key_without_a_settings_block() {
+        let text = "<r><s><line idx=\"1\"><a>1</a></line></s></r>";
+        let out = apply(Format::XmlElement, text, [("b", "2")]).unwrap();
+        assert_eq!(out, "<r><s><line idx=\"1\"><a>1</a></line><b>2</b></s></r>");
+    }
+
+    /// A new indexed key without parents goes beside the elements of its name; a new plain
+    /// key goes to the settings block, even when indexed elements share its name.
+    #[test]
+    fn new_keys_find_their_place() {
+        let text = "<r><c><x>1</x><y>2</y></c><s><k idx=\"1\">a</k></s></r>";
+        let out = apply(Format::XmlElement, text, [("k[2]", "b")]).unwrap();
+        assert_eq!(
+            out,
+            "<r><c><x>1</x><y>2</y></c><s><k idx=\"1\">a</k><k idx=\"2\">b</k></s></r>"
+        );
+        let out = apply(Format::XmlElement, text, [("k", "v")]).unwrap();
+        assert_eq!(
+            out,
+            "<r><c><x>1</x><y>2</y><k>v</k></c><s><k idx=\"1\">a</k></s></r>"
+        );
+    }
+
+    /// Removing a container emptied of duplicates leaves its siblings alone.
+    #[test]
+    fn an_emptied_container_takes_no_sibling_with_it() {
+        let text = "<r><s idx=\"1\"><k idx=\"1\"><a>1</a></k><k idx=\"1\"><a>2</a></k><z>9</z></s><c><b>1</b></c></r>";
+        let out = apply(Format::XmlElement, text, []).unwrap();
+        let p = pairs(Format::XmlElement, &out).unwrap();
+        assert!(
+            p.contains(&("s[1]/z".to_string(), "9".to_string())),
+            "{out}"
+        );
+        assert!(
+            p.contains(&("s[1]/k[1]/a".to_string(), "2".to_string())),
+            "{out}"
+        );
+    }
+
+    /// Keys of up to 256 bytes are accepted, longer ones refused, in both XML formats.
+    #[test]
+    fn xml_key_length_limit() {
+        for format in [Format::XmlAttribute, Format::XmlElement] {
+            assert_eq!(check_override(format, &"a".repeat(256), "v"), Ok(()));
+            assert!(check_override(format, &"a".repeat(257), "v").is_err());
+        }
+    }
+
     /// Found by the `overlay_xml_element` fuzz target: a container generated twice
     /// (`<k idx="1">` twice) was emptied of its duplicate leaves and then read as a leaf,
     /// so the output held the key `s[1]/k[1]` twice.
