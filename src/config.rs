@@ -6,149 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::args::Cli;
 use crate::model::settings::{self, Settings};
-
-/// Command line (each flag is also an `AUTOPROV_*` variable).
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "autoprov",
-    version,
-    about = "Auto-provisioning server for SIP desk phones and ATAs"
-)]
-pub struct Cli {
-    /// What to do (default: serve).
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Address to listen on [default: 0.0.0.0:8080].
-    #[arg(long, env = "AUTOPROV_LISTEN", global = true)]
-    pub listen: Option<String>,
-    /// Data folder (sled store, admin token, credentials) [default: ./data].
-    #[arg(long, env = "AUTOPROV_DATA", global = true)]
-    pub data: Option<PathBuf>,
-    /// Models folder [default: ./models].
-    #[arg(long, env = "AUTOPROV_MODELS", global = true)]
-    pub models: Option<PathBuf>,
-    /// Templates folder [default: ./templates].
-    #[arg(long, env = "AUTOPROV_TEMPLATES", global = true)]
-    pub templates: Option<PathBuf>,
-    /// Config file [default: ./autoprov.toml if it exists].
-    #[arg(long, env = "AUTOPROV_CONFIG", global = true)]
-    pub config: Option<PathBuf>,
-    /// Log format: `text` or `json` [default: text].
-    #[arg(long, env = "AUTOPROV_LOG_FORMAT", global = true)]
-    pub log_format: Option<String>,
-    /// Seconds a client has to send a request's line and headers; also the keep-alive idle
-    /// time [default: 10].
-    #[arg(long, env = "AUTOPROV_HEADER_READ_TIMEOUT_SECS", global = true)]
-    pub header_read_timeout_secs: Option<u64>,
-    /// Seconds a request may take, body read included, before a 408 [default: 30].
-    #[arg(long, env = "AUTOPROV_REQUEST_TIMEOUT_SECS", global = true)]
-    pub request_timeout_secs: Option<u64>,
-    /// Open connections at most; past it a new one gets a 503 [default: 4096].
-    #[arg(long, env = "AUTOPROV_MAX_CONNECTIONS", global = true)]
-    pub max_connections: Option<u64>,
-    /// Threads serving requests; 1 runs everything on one thread, without work stealing
-    /// [default: the CPUs this process may use].
-    #[arg(long, env = "AUTOPROV_WORKERS", global = true)]
-    pub workers: Option<u64>,
-    /// Bearer token `GET /metrics` requires [default: none, metrics open].
-    #[arg(
-        long,
-        env = "AUTOPROV_METRICS_TOKEN",
-        global = true,
-        hide_env_values = true
-    )]
-    pub metrics_token: Option<String>,
-    /// Firmware folder, served at `/firmware/…` to authenticated phones [default: ./firmware].
-    #[arg(long, env = "AUTOPROV_FIRMWARE", global = true)]
-    pub firmware: Option<PathBuf>,
-    /// The server's base URL as phones reach it (`http://prov.example.com:8080`); templates
-    /// get `firmware_url` = this + `/firmware` [default: none, `firmware_url` is `/firmware`].
-    #[arg(long, env = "AUTOPROV_PUBLIC_URL", global = true)]
-    pub public_url: Option<String>,
-    /// TLS certificate chain (PEM); with `--tls-key` turns HTTPS on.
-    #[arg(long, env = "AUTOPROV_TLS_CERT", global = true)]
-    pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, env = "AUTOPROV_TLS_KEY", global = true)]
-    pub tls_key: Option<PathBuf>,
-    /// HTTPS listen address [default: 0.0.0.0:8443 when a certificate is set].
-    #[arg(long, env = "AUTOPROV_HTTPS_LISTEN", global = true)]
-    pub https_listen: Option<String>,
-    /// `--url` and `--token`: talk to a running server instead of the data folder.
-    #[command(flatten)]
-    pub remote: crate::cli::Remote,
-}
-
-/// Subcommands.
-#[derive(Debug, Clone, Subcommand)]
-pub enum Command {
-    /// Run the server (the default).
-    Serve,
-    /// Write the store to stdout (or --output): the full JSON dump of all data (default;
-    /// restores byte-identically with `import`), or the bulk CSV with `--format csv`.
-    Export {
-        /// Write to this file (created 0600, replaced atomically) instead of stdout.
-        #[arg(long, short)]
-        output: Option<PathBuf>,
-        /// `json`: the full store dump; `csv`: one row per phone line, the columns `import`
-        /// takes (see docs/OPERATIONS.md "Bulk import").
-        #[arg(long, value_enum, default_value = "json")]
-        format: crate::cli::ExportFormat,
-    },
-    /// Load a file into the store: a full export (restored into an empty store, or with
-    /// --replace), or bulk rows as CSV or JSON (validated first, all or nothing).
-    Import {
-        /// For a full export: replace everything the store holds (else a store with data is
-        /// refused). Not used for bulk rows, which add and update.
-        #[arg(long)]
-        replace: bool,
-        /// What FILE is: `auto` detects a full export by its `"format":"autoprov-export"`
-        /// header, CSV by a `.csv` name, JSON rows otherwise.
-        #[arg(long, value_enum, default_value = "auto")]
-        format: crate::cli::ImportFormat,
-        /// The file; `-` reads stdin.
-        file: PathBuf,
-    },
-    /// Domain-scoped admin tokens: on the data folder of a stopped server, or with --url on
-    /// a running one (its `/api/v1/tokens` routes).
-    #[command(subcommand)]
-    Token(TokenCommand),
-    /// Phones: link (create or update), show, list, delete.
-    #[command(subcommand)]
-    Phone(crate::cli::PhoneCommand),
-    /// A phone's members (the accounts on its lines).
-    #[command(subcommand)]
-    Members(crate::cli::MembersCommand),
-    /// SIP accounts (a user's devices), optionally linked to a phone line.
-    #[command(subcommand)]
-    Account(crate::cli::AccountCommand),
-    /// Print exactly the bytes a phone would get for one of its files (offline preview).
-    Render(crate::cli::RenderArgs),
-    /// The phone models the server knows (from the models folder).
-    Models(crate::cli::ModelsArgs),
-}
-
-/// `autoprov token …`.
-#[derive(Debug, Clone, Subcommand)]
-pub enum TokenCommand {
-    /// Create a token for one domain; prints its id and the token (shown only this once).
-    Create {
-        /// The domain the token may see and change.
-        #[arg(long)]
-        domain: String,
-    },
-    /// List tokens (id, domain, created; never the token).
-    List,
-    /// Revoke a token by id.
-    Revoke {
-        /// The token's id (from `create` or `list`).
-        id: String,
-    },
-}
 
 /// `autoprov.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -631,7 +492,9 @@ fn resolve_public_url(cli: &Cli, fc: &FileConfig) -> Result<Option<String>, Conf
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::args::{Command, TokenCommand};
     use clap::CommandFactory;
+    use clap::Parser;
 
     fn cli(args: &[&str]) -> Cli {
         let mut v = vec!["autoprov"];

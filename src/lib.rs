@@ -11,6 +11,7 @@
 #![warn(clippy::too_many_lines)]
 
 pub mod admin;
+pub mod args;
 pub mod auth;
 pub mod bulk;
 pub mod cache;
@@ -30,6 +31,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod watchdog;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,8 @@
 
 use clap::Parser;
 
-use autoprov::config::{Cli, Command, Config};
+use autoprov::args::{Cli, Command};
+use autoprov::config::Config;
 
 /// mimalloc: fewer, smaller arenas than glibc's per-thread ones (lower peak RSS under a
 /// storm) and cheaper small allocations on the fetch path (see docs/PERFORMANCE.md).

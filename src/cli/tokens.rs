@@ -3,7 +3,8 @@
 
 use crate::admin::AdminError;
 use crate::admin::tokens::{create, list, revoke};
-use crate::config::{Config, TokenCommand};
+use crate::args::TokenCommand;
+use crate::config::Config;
 use crate::store::{Store, StoreError};
 
 /// Why an `autoprov token …` command failed.

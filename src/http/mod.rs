@@ -128,7 +128,7 @@ pub struct Front {
     peer: std::net::SocketAddr,
     /// The connection's progress for the header-read timeout (none in tests that call
     /// the service directly).
-    watch: Option<std::sync::Arc<crate::server::Watch>>,
+    watch: Option<std::sync::Arc<crate::watchdog::Watch>>,
 }
 
 impl Front {
@@ -143,13 +143,13 @@ impl Front {
     }
 
     /// The same, with its requests counted as the connection's progress.
-    pub fn watched(mut self, watch: std::sync::Arc<crate::server::Watch>) -> Self {
+    pub fn watched(mut self, watch: std::sync::Arc<crate::watchdog::Watch>) -> Self {
         self.watch = Some(watch);
         self
     }
 
     async fn handle(self, req: hyper::Request<hyper::body::Incoming>) -> Response {
-        let _busy = self.watch.as_ref().map(crate::server::Watch::busy);
+        let _busy = self.watch.as_ref().map(crate::watchdog::Watch::busy);
         let st = &self.state;
         front_line(st, req, |mut req| async move {
             if is_direct_phone_file(&req) {
