@@ -69,7 +69,7 @@ pub enum AppError {
     },
     /// Bulk import rows failed validation (400, every bad row listed in `rows`).
     #[error("{} bad row(s); nothing was imported", .0.len())]
-    InvalidRows(Vec<crate::bulk::RowError>),
+    InvalidRows(Vec<crate::admin::bulk::RowError>),
     /// The store failed (500).
     #[error("store")]
     Store(#[from] StoreError),

@@ -13,7 +13,6 @@
 pub mod admin;
 pub mod args;
 pub mod auth;
-pub mod bulk;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -101,6 +100,13 @@ impl AppState {
     /// throughout (one atomic load).
     pub fn templates(&self) -> arc_swap::Guard<Arc<reload::Templates>> {
         self.0.templates.load()
+    }
+}
+
+/// What the admin use cases that run off the async workers hold (see [`bulk::apply`]).
+impl AsRef<store::Store> for AppState {
+    fn as_ref(&self) -> &store::Store {
+        &self.store
     }
 }
 

@@ -1736,7 +1736,7 @@ fn hostile_table() -> Vec<Hostile> {
     v.extend(override_key_cases());
     v.extend(name_cases());
     v.extend(code_cases());
-    for col in autoprov::bulk::COLUMNS {
+    for col in autoprov::admin::bulk::COLUMNS {
         for refused in [true, false] {
             assert!(
                 v.iter().any(|c| c.col == *col && c.refused == refused),
@@ -1790,7 +1790,7 @@ fn case_row(c: &Hostile, i: usize) -> Vec<(String, String)> {
         "udp",
         "sip.example.com",
     ];
-    let mut row: Vec<(String, String)> = autoprov::bulk::COLUMNS
+    let mut row: Vec<(String, String)> = autoprov::admin::bulk::COLUMNS
         .iter()
         .zip(values)
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -758,16 +758,30 @@ async fn an_abandoned_import_writes_nothing() {
     // The blocking half of an import outlives a request the timeout layer answered 408:
     // once abandoned, it must not commit.
     let srv = common::TestServer::start().await;
-    let rows = autoprov::bulk::parse(CSV.as_bytes(), autoprov::bulk::Format::Csv).unwrap();
+    let rows =
+        autoprov::admin::bulk::parse(CSV.as_bytes(), autoprov::admin::bulk::Format::Csv).unwrap();
     let before = srv.dump();
     let abandoned = std::sync::atomic::AtomicBool::new(true);
-    let r = autoprov::bulk::apply_sync(&srv.state, &rows, &|_| {}, &abandoned);
+    let r = autoprov::admin::bulk::apply_sync(
+        &srv.state.store,
+        &srv.state.templates(),
+        &rows,
+        &|_| {},
+        &abandoned,
+    );
     assert!(
-        matches!(r, Err(autoprov::bulk::BulkError::Abandoned)),
+        matches!(r, Err(autoprov::admin::bulk::BulkError::Abandoned)),
         "{r:?}"
     );
     assert_eq!(srv.dump(), before);
     abandoned.store(false, std::sync::atomic::Ordering::SeqCst);
-    let r = autoprov::bulk::apply_sync(&srv.state, &rows, &|_| {}, &abandoned).unwrap();
+    let r = autoprov::admin::bulk::apply_sync(
+        &srv.state.store,
+        &srv.state.templates(),
+        &rows,
+        &|_| {},
+        &abandoned,
+    )
+    .unwrap();
     assert_eq!(r.phones, 3);
 }

@@ -2,6 +2,7 @@
 //! (`cli::…`): they work on the store and the domain rules, know nothing of axum, and
 //! report [`AdminError`], which `error::AppError` maps to HTTP in one place.
 
+pub mod bulk;
 pub mod tokens;
 
 use crate::store::StoreError;

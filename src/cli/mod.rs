@@ -17,11 +17,11 @@ use anyhow::{anyhow, bail};
 use axum::http::Method;
 use serde_json::{Map, Value, json};
 
+use crate::admin::bulk::{self, RowError};
 use crate::args::{
     AccountCommand, Cli, Command, ExportFormat, ImportFormat, MembersCommand, PhoneCommand,
     RenderArgs, TokenCommand,
 };
-use crate::bulk::{self, RowError};
 use crate::config::Config;
 use api::{Api, Reply, api_error, seg};
 
@@ -1007,7 +1007,8 @@ async fn import_rows_local(
     let (state, _) = api::open_local(config, true)?;
     let pb = progress(rows.len() as u64);
     let bar = pb.clone();
-    let res = bulk::apply(&state, rows, move |n| bar.set_position(n)).await;
+    let templates = state.templates().clone();
+    let res = bulk::apply(&state, templates, rows, move |n| bar.set_position(n)).await;
     pb.finish_and_clear();
     match res {
         Ok(s) => Ok(json!(s)),

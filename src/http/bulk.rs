@@ -1,4 +1,4 @@
-//! `POST /api/v1/import` (bulk CSV/JSON rows, all or nothing; logic in `crate::bulk`) and
+//! `POST /api/v1/import` (bulk CSV/JSON rows, all or nothing; logic in `crate::admin::bulk`) and
 //! `GET /api/v1/export` (the full store dump, or the bulk CSV with `?format=csv`). Both
 //! need the server-wide admin token: they span every domain.
 
@@ -12,7 +12,7 @@ use super::admin::Admin;
 use super::body::Query;
 use super::params::ExportQuery;
 use crate::AppState;
-use crate::bulk::{self, BulkError, Format};
+use crate::admin::bulk::{self, BulkError, Format};
 use crate::error::AppError;
 
 /// Largest import body (10,000 rows are about 1 MiB).
@@ -75,7 +75,7 @@ pub async fn import(
         .await
         .map_err(|_| AppError::PayloadTooLarge(IMPORT_LIMIT))?;
     let rows = bulk::parse(&bytes, format).map_err(AppError::InvalidRows)?;
-    let summary = bulk::apply(&st, rows, |_| {}).await?;
+    let summary = bulk::apply(&st, st.templates().clone(), rows, |_| {}).await?;
     tracing::info!(
         rows = summary.rows,
         phones = summary.phones,

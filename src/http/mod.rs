@@ -2,7 +2,7 @@
 
 pub mod admin;
 mod body;
-pub(crate) use body::{is_json_type, parse_strict};
+pub(crate) use body::is_json_type;
 pub mod bulk;
 pub mod firmware;
 pub mod openapi;

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod catalogue;
+pub mod json;
 pub mod mac;
 pub mod merge;
 pub mod records;

@@ -23,12 +23,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::AppState;
 use crate::auth;
+use crate::model::json::StrictError;
 use crate::model::records::account_id;
 use crate::model::rules;
 use crate::model::settings as st;
 use crate::model::{Account, Domain, Mac, Member, Model, Phone};
+use crate::reload::Templates;
 use crate::render::overlay;
 use crate::store::{Change, Store, StoreError};
 
@@ -368,11 +369,9 @@ fn header_columns(hline: usize, header: &[String]) -> Result<Vec<Column>, Vec<Ro
 
 fn parse_json(bytes: &[u8]) -> Result<Vec<Row>, Vec<RowError>> {
     // The admin API's strict parser: a key given twice is refused, not last-one-wins.
-    let doc: Value = crate::http::parse_strict(bytes).map_err(|e| match e {
-        crate::error::AppError::Invalid { field, message } => {
-            vec![RowError::new(0, field, message)]
-        }
-        other => vec![RowError::new(0, "json", other.to_string())],
+    let doc: Value = crate::model::json::parse_strict(bytes).map_err(|e| match e {
+        StrictError::Duplicate(field) => vec![RowError::new(0, field, "is given more than once")],
+        StrictError::Malformed(m) => vec![RowError::new(0, "json", format!("malformed JSON: {m}"))],
     })?;
     let list = match doc {
         Value::Array(l) => l,
@@ -519,18 +518,17 @@ struct Fields<'t> {
 /// Validates `rows` against the store (call under the store's writer lock) and builds the
 /// change; every bad row is reported. `progress` is called with the rows done so far.
 pub fn plan(
-    st: &AppState,
+    store: &Store,
+    t: &Templates,
     rows: &[Row],
     progress: &dyn Fn(u64),
 ) -> Result<(Change, Summary), BulkError> {
     let mut staged = Staged::default();
-    // One model/template snapshot for the whole import.
-    let t = st.templates();
     for (i, row) in rows.iter().enumerate() {
         if i % 256 == 0 {
             progress(i as u64);
         }
-        stage_row(st, &t, row, &mut staged)?;
+        stage_row(store, t, row, &mut staged)?;
     }
     progress(rows.len() as u64);
     // Whole-phone rules, once every row is in: members fit the (possibly new) model and
@@ -539,7 +537,7 @@ pub fn plan(
         let Some(model) = t.catalogue.get(&sp.phone.model) else {
             continue;
         };
-        check_phone(st, model, sp, &staged.accounts, &mut staged.errors)?;
+        check_phone(store, model, sp, &staged.accounts, &mut staged.errors)?;
     }
     if !staged.errors.is_empty() {
         let mut errors = std::mem::take(&mut staged.errors);
@@ -547,14 +545,14 @@ pub fn plan(
         errors.dedup();
         return Err(BulkError::Rows(errors));
     }
-    build_change(st, rows.len(), staged).map_err(BulkError::from)
+    build_change(store, rows.len(), staged).map_err(BulkError::from)
 }
 
 /// The whole-phone rules for a staged phone of `model`: every member fits the model's
 /// ports, uses T.38 only on an ATA and is an account of the phone's domain; a phone that
 /// changes model keeps only overrides the new model's files take.
 fn check_phone(
-    st: &AppState,
+    store: &Store,
     model: &Model,
     sp: &StagedPhone,
     accounts: &BTreeMap<String, StagedAccount>,
@@ -583,7 +581,7 @@ fn check_phone(
         }
         let domain = match accounts.get(&m.id) {
             Some(a) => Some(a.account.domain.clone()),
-            None => st.store.account(&m.id)?.map(|a| a.domain),
+            None => store.account(&m.id)?.map(|a| a.domain),
         };
         if domain.is_none() || domain.as_ref() != sp.phone.domain.as_ref() {
             errors.push(RowError::new(
@@ -621,7 +619,7 @@ fn check_phone(
 /// domains (with no settings), the accounts and phones that differ from the store (members
 /// in port order), and the other phones of a changed account, to render again.
 fn build_change(
-    st: &AppState,
+    store: &Store,
     rows: usize,
     staged: Staged,
 ) -> Result<(Change, Summary), StoreError> {
@@ -658,7 +656,7 @@ fn build_change(
         }
         if sa.original.as_ref() != Some(&sa.account) {
             // Other phones this account is a member of render it too.
-            change.touch.extend(st.store.phones_of_account(&id)?);
+            change.touch.extend(store.phones_of_account(&id)?);
             change.accounts.push((id, Some(sa.account)));
         }
     }
@@ -700,8 +698,8 @@ fn checked(
 /// recorded), then against earlier rows and the store, the phone before its account and
 /// the account before its member; the first disagreement ends the row.
 fn stage_row(
-    st: &AppState,
-    t: &crate::reload::Templates,
+    store: &Store,
+    t: &Templates,
     row: &Row,
     staged: &mut Staged,
 ) -> Result<(), StoreError> {
@@ -711,10 +709,10 @@ fn stage_row(
 
     // Across rows and against the store.
     if !f.domain.is_empty() && !staged.domains.contains_key(&f.domain) {
-        let exists = st.store.domain(&f.domain)?.is_some();
+        let exists = store.domain(&f.domain)?.is_some();
         staged.domains.insert(f.domain.clone(), exists);
     }
-    let Some(sp) = stage_phone(st, row, &f, &mut staged.phones, &mut staged.errors)? else {
+    let Some(sp) = stage_phone(store, row, &f, &mut staged.phones, &mut staged.errors)? else {
         return Ok(());
     };
     if !f.has_account {
@@ -722,7 +720,7 @@ fn stage_row(
     }
     let id = account_id(&f.domain, &f.device);
     let placed = stage_account(
-        st,
+        store,
         row.line,
         &f,
         &id,
@@ -899,7 +897,7 @@ fn check_line_columns(row: &Row, errors: &mut Vec<RowError>) -> bool {
 /// the ones earlier rows and the store give (`None`: recorded, the row stops there); an
 /// override another row gave another value is recorded, and the rest of the row counts.
 fn stage_phone<'p>(
-    st: &AppState,
+    store: &Store,
     row: &Row,
     f: &Fields<'_>,
     phones: &'p mut BTreeMap<Mac, StagedPhone>,
@@ -907,7 +905,7 @@ fn stage_phone<'p>(
 ) -> Result<Option<&'p mut StagedPhone>, StoreError> {
     let line = row.line;
     let mac = f.mac;
-    let sp = phone_entry(st, phones, mac, f.model, line)?;
+    let sp = phone_entry(store, phones, mac, f.model, line)?;
     sp.last_line = line;
     if sp.phone.model != f.model.id {
         errors.push(RowError::new(
@@ -969,7 +967,7 @@ fn stage_phone<'p>(
 /// The staged phone `mac`: the one an earlier row staged, else the store's (or a new one)
 /// set to `model`, first given on `line`.
 fn phone_entry<'p>(
-    st: &AppState,
+    store: &Store,
     phones: &'p mut BTreeMap<Mac, StagedPhone>,
     mac: Mac,
     model: &Model,
@@ -978,7 +976,7 @@ fn phone_entry<'p>(
     Ok(match phones.entry(mac) {
         std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
         std::collections::btree_map::Entry::Vacant(v) => {
-            let original = st.store.phone(mac)?;
+            let original = store.phone(mac)?;
             let mut phone = original
                 .clone()
                 .unwrap_or_else(|| Phone::new(mac, model.id.clone()));
@@ -1001,7 +999,7 @@ fn phone_entry<'p>(
 /// and server must agree with earlier rows; an account left without a password gets a
 /// random one.
 fn stage_account(
-    st: &AppState,
+    store: &Store,
     line: usize,
     f: &Fields<'_>,
     id: &str,
@@ -1011,7 +1009,7 @@ fn stage_account(
     let sa = match accounts.entry(id.to_string()) {
         std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
         std::collections::btree_map::Entry::Vacant(v) => {
-            let original = st.store.account(id)?;
+            let original = store.account(id)?;
             let account = original.clone().unwrap_or_else(|| Account {
                 domain: f.domain.clone(),
                 user: f.user.clone(),
@@ -1159,22 +1157,24 @@ fn place_member(
     sp.phone.members.push(m);
 }
 
-/// Parses, validates and commits an import (under the writer lock), all or nothing. The
-/// caller flushes ([`Store::flush`]) before reporting success.
+/// Parses, validates and commits an import (under the writer lock), all or nothing, with
+/// the model/template snapshot `t` for every row. The caller flushes ([`Store::flush`])
+/// before reporting success.
 pub fn apply_sync(
-    st: &AppState,
+    store: &Store,
+    t: &Templates,
     rows: &[Row],
     progress: &dyn Fn(u64),
     abandoned: &AtomicBool,
 ) -> Result<Summary, BulkError> {
-    let _w = st.store.writer();
-    let (change, summary) = plan(st, rows, progress)?;
+    let _w = store.writer();
+    let (change, summary) = plan(store, t, rows, progress)?;
     // A blocking task outlives a request that timed out: never commit for a client that
     // was already told the import failed.
     if abandoned.load(Ordering::SeqCst) {
         return Err(BulkError::Abandoned);
     }
-    st.store.commit(&change)?;
+    store.commit(&change)?;
     Ok(summary)
 }
 
@@ -1190,21 +1190,26 @@ impl Drop for AbandonOnDrop {
 }
 
 /// [`apply_sync`] off the async workers, then a flush: what both the HTTP route and the
-/// CLI call.
-pub async fn apply(
-    st: &AppState,
+/// CLI call. `owner` holds the store (the server's state; cloned into the blocking task).
+pub async fn apply<S>(
+    owner: &S,
+    t: Arc<Templates>,
     rows: Vec<Row>,
     progress: impl Fn(u64) + Send + 'static,
-) -> Result<Summary, BulkError> {
-    let state = st.clone();
+) -> Result<Summary, BulkError>
+where
+    S: AsRef<Store> + Clone + Send + 'static,
+{
+    let held = owner.clone();
     let abandoned = Arc::new(AtomicBool::new(false));
     let mut guard = AbandonOnDrop(abandoned.clone(), false);
-    let summary =
-        tokio::task::spawn_blocking(move || apply_sync(&state, &rows, &progress, &abandoned))
-            .await
-            .map_err(|e| StoreError::Flush(e.to_string()))??;
+    let summary = tokio::task::spawn_blocking(move || {
+        apply_sync(held.as_ref(), &t, &rows, &progress, &abandoned)
+    })
+    .await
+    .map_err(|e| StoreError::Flush(e.to_string()))??;
     guard.1 = true;
-    st.store.flush().await?;
+    owner.as_ref().flush().await?;
     Ok(summary)
 }
 
