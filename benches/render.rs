@@ -57,7 +57,7 @@ fn overrides() -> Overrides {
 }
 
 /// `1..=ports.min(2)` accounts on consecutive ports, the first the primary owner (as in
-/// `autoprov::check_samples`), plus a domain with a SIP server.
+/// `autoprov::reload::check_samples`), plus a domain with a SIP server.
 struct SamplePhone {
     domain: Domain,
     phone: Phone,
@@ -71,7 +71,7 @@ impl SamplePhone {
             settings: settings(&[(st::CORE_SERVER, "sip.example.com"), (st::TRANSPORT, "tls")]),
             ..Default::default()
         };
-        let (phone, accounts) = autoprov::sample_phone(model, &domain.name);
+        let (phone, accounts) = autoprov::model::sample_phone(model, &domain.name);
         SamplePhone {
             domain,
             phone,

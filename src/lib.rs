@@ -38,8 +38,7 @@ use std::sync::Arc;
 
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::model::{Account, Catalogue, Member, Phone, Settings};
-use crate::render::{Engine, LineInput, PhoneInput, RenderContext};
+use crate::model::Settings;
 use crate::store::{Change, Store};
 
 /// Shared, cheaply cloned application state.
@@ -53,11 +52,7 @@ pub struct Inner {
     pub store: Store,
     /// Models and templates with a digest per model (part of every cache entry's
     /// validity); swapped whole by a reload. Read it through [`AppState::templates`].
-    pub templates: arc_swap::ArcSwap<reload::Templates>,
-    /// The folders a reload reads.
-    pub sources: reload::Sources,
-    /// Held while a reload runs (one at a time).
-    pub reload_lock: std::sync::Mutex<()>,
+    pub live: reload::Live,
     /// Server-wide defaults.
     pub server_defaults: Settings,
     /// Render cache.
@@ -99,7 +94,18 @@ impl AppState {
     /// The current model + template set: load it once per request and use that snapshot
     /// throughout (one atomic load).
     pub fn templates(&self) -> arc_swap::Guard<Arc<reload::Templates>> {
-        self.0.templates.load()
+        self.0.live.load()
+    }
+
+    /// Reloads the models and templates from their folders ([`reload::reload`]); blocking.
+    pub fn reload(&self, trigger: &'static str) -> Result<reload::Reloaded, reload::ReloadError> {
+        reload::reload(
+            &self.live,
+            &self.server_defaults,
+            &self.store,
+            &self.digest_in_use,
+            trigger,
+        )
     }
 }
 
@@ -144,23 +150,9 @@ pub enum StartupError {
     /// Configuration.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    /// A model file.
+    /// The models and templates.
     #[error(transparent)]
-    Catalogue(#[from] model::catalogue::CatalogueError),
-    /// A template.
-    #[error(transparent)]
-    Render(#[from] render::RenderError),
-    /// A model whose template fails on a sample phone.
-    #[error("model `{model}`, file `{file}`: template does not render")]
-    Sample {
-        /// Model id.
-        model: String,
-        /// File name.
-        file: String,
-        /// Cause.
-        #[source]
-        source: Box<render::RenderError>,
-    },
+    Load(#[from] reload::LoadError),
     /// The store.
     #[error(transparent)]
     Store(#[from] store::StoreError),
@@ -201,74 +193,6 @@ fn write_secret_file(path: &Path, text: &str) -> Result<(), StartupError> {
     {
         std::fs::write(path, text).map_err(io)
     }
-}
-
-/// A phone of model `m` with `min(ports, 2)` accounts of `domain` on consecutive ports, the
-/// first the primary owner: the sample used by the startup check and the benches.
-pub fn sample_phone(m: &model::Model, domain: &str) -> (Phone, Vec<Account>) {
-    let mut phone = Phone::new(
-        model::Mac::from_bytes([0x00, 0x15, 0x65, 0xaa, 0xbb, 0xcc]),
-        m.id.clone(),
-    );
-    phone.domain = Some(domain.to_string());
-    let accounts: Vec<Account> = (1..=m.ports.min(2))
-        .map(|p| Account {
-            domain: domain.into(),
-            user: format!("10{p:02}"),
-            device: format!("10{p:02}a"),
-            password: format!("Sample-10{p:02}a"),
-            ..Default::default()
-        })
-        .collect();
-    phone.members = accounts
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let mut mem = Member::new(i as u32 + 1, a.id());
-            mem.primary_owner = i == 0;
-            mem
-        })
-        .collect();
-    (phone, accounts)
-}
-
-/// Renders every model's files for a sample phone, so a template that cannot render stops
-/// startup (or a reload) instead of failing a phone later.
-pub fn check_samples(
-    catalogue: &Catalogue,
-    engine: &Engine,
-    server: &Settings,
-) -> Result<(), StartupError> {
-    for m in catalogue.models() {
-        let (phone, accounts) = sample_phone(m, "sample.invalid");
-        let lines: Vec<LineInput<'_>> = phone
-            .members
-            .iter()
-            .zip(&accounts)
-            .map(|(member, account)| LineInput { member, account })
-            .collect();
-        for f in &m.files {
-            let input = PhoneInput {
-                model: m,
-                server,
-                domain: None,
-                phone: f.per_phone().then_some(&phone),
-                lines: if f.per_phone() {
-                    lines.clone()
-                } else {
-                    Vec::new()
-                },
-            };
-            engine
-                .render(f, &RenderContext::build(&input), &Default::default())
-                .map_err(|source| StartupError::Sample {
-                    model: m.id.clone(),
-                    file: f.name.clone(),
-                    source: Box::new(source),
-                })?;
-        }
-    }
-    Ok(())
 }
 
 /// Loads models and templates, opens the store, creates the admin token and server
@@ -312,12 +236,13 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
     }
     let state = AppState(Arc::new(Inner {
         store,
-        templates: arc_swap::ArcSwap::from_pointee(templates),
-        sources: reload::Sources {
-            templates: config.templates.clone(),
-            models: config.models.clone(),
-        },
-        reload_lock: std::sync::Mutex::new(()),
+        live: reload::Live::new(
+            templates,
+            reload::Sources {
+                templates: config.templates.clone(),
+                models: config.models.clone(),
+            },
+        ),
         server_defaults: config.defaults.clone(),
         cache,
         prov_user,

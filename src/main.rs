@@ -129,8 +129,7 @@ fn reload_on_hangup(state: autoprov::AppState) -> anyhow::Result<()> {
         while hup.recv().await.is_some() {
             let s = state.clone();
             // The outcome is logged by `reload`; a failure keeps the old set.
-            let _ =
-                tokio::task::spawn_blocking(move || autoprov::reload::reload(&s, "SIGHUP")).await;
+            let _ = tokio::task::spawn_blocking(move || s.reload("SIGHUP")).await;
         }
     });
     Ok(())

@@ -17,13 +17,66 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
+use arc_swap::ArcSwap;
+
 use crate::model::catalogue::CatalogueError;
-use crate::model::{Catalogue, Settings};
-use crate::render::{Engine, RenderError};
-use crate::{AppState, StartupError};
+use crate::model::{AuthScheme, Catalogue, Settings};
+use crate::render::{Engine, LineInput, PhoneInput, RenderContext, RenderError};
+use crate::store::{Change, Store};
+
+/// Why a model + template set does not load.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A model file.
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
+    /// A template.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// A model whose template fails on a sample phone.
+    #[error("model `{model}`, file `{file}`: template does not render")]
+    Sample {
+        /// Model id.
+        model: String,
+        /// File name.
+        file: String,
+        /// Cause.
+        #[source]
+        source: Box<RenderError>,
+    },
+}
+
+/// The set phones are served from and what a reload needs: one of the server state's
+/// parts. Requests read it through [`Live::load`] (one atomic load); a reload swaps it
+/// whole.
+#[derive(Debug)]
+pub struct Live {
+    current: ArcSwap<Templates>,
+    /// The folders a reload reads.
+    pub sources: Sources,
+    /// Held while a reload runs (one at a time).
+    pub lock: std::sync::Mutex<()>,
+}
+
+impl Live {
+    /// `templates`, loaded from `sources`.
+    pub fn new(templates: Templates, sources: Sources) -> Self {
+        Live {
+            current: ArcSwap::from_pointee(templates),
+            sources,
+            lock: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// The current set: load it once per request and use that snapshot throughout.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Templates>> {
+        self.current.load()
+    }
+}
 
 /// One consistent model + template set.
 #[derive(Debug)]
@@ -39,10 +92,10 @@ pub struct Templates {
 impl Templates {
     /// Loads templates and models from their folders and checks that every model's files
     /// render for a sample phone.
-    pub fn load(templates: &Path, models: &Path, server: &Settings) -> Result<Self, StartupError> {
+    pub fn load(templates: &Path, models: &Path, server: &Settings) -> Result<Self, LoadError> {
         let engine = Engine::load(templates)?;
         let catalogue = Catalogue::load(models, &|t| engine.has(t))?;
-        crate::check_samples(&catalogue, &engine, server)?;
+        check_samples(&catalogue, &engine, server)?;
         Ok(Self::build(catalogue, engine, server))
     }
 
@@ -165,10 +218,10 @@ impl ReloadError {
 
     /// Locates a load or validation error (`templates` is the templates folder, to turn a
     /// template name into a path).
-    pub fn locate(e: &StartupError, templates: &Path) -> Self {
+    pub fn locate(e: &LoadError, templates: &Path) -> Self {
         match e {
-            StartupError::Render(r) => from_render(r, templates, None),
-            StartupError::Sample {
+            LoadError::Render(r) => from_render(r, templates, None),
+            LoadError::Sample {
                 model,
                 file,
                 source,
@@ -177,14 +230,7 @@ impl ReloadError {
                 templates,
                 Some(format!("(model `{model}`, file `{file}`, sample phone)")),
             ),
-            StartupError::Catalogue(c) => from_catalogue(c),
-            other => ReloadError {
-                file: String::new(),
-                line: None,
-                column: None,
-                field: None,
-                message: one_line(&crate::render::error_chain(other)),
-            },
+            LoadError::Catalogue(c) => from_catalogue(c),
         }
     }
 }
@@ -342,17 +388,21 @@ pub struct Sources {
 /// the old set stays. Reloads run one at a time. Blocking (file reads, renders): call it on
 /// a blocking thread. `trigger` (`SIGHUP`, `POST /api/v1/reload`) goes into the one log
 /// line each reload writes.
-pub fn reload(st: &AppState, trigger: &'static str) -> Result<Reloaded, ReloadError> {
-    let _one = st.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+/// `digest_in_use` is raised when a model of the new set asks for Digest; the set's digest
+/// is recorded in `store` so a restart keeps the cached renders.
+pub fn reload(
+    live: &Live,
+    server: &Settings,
+    store: &Store,
+    digest_in_use: &AtomicBool,
+    trigger: &'static str,
+) -> Result<Reloaded, ReloadError> {
+    let _one = live.lock.lock().unwrap_or_else(|p| p.into_inner());
     let started = std::time::Instant::now();
-    let new = match Templates::load(
-        &st.sources.templates,
-        &st.sources.models,
-        &st.server_defaults,
-    ) {
+    let new = match Templates::load(&live.sources.templates, &live.sources.models, server) {
         Ok(t) => t,
         Err(e) => {
-            let e = ReloadError::locate(&e, &st.sources.templates);
+            let e = ReloadError::locate(&e, &live.sources.templates);
             tracing::warn!(
                 trigger,
                 error = %e,
@@ -362,7 +412,7 @@ pub fn reload(st: &AppState, trigger: &'static str) -> Result<Reloaded, ReloadEr
             return Err(e);
         }
     };
-    let old = st.templates.load_full();
+    let old = live.current.load_full();
     let changed: Vec<String> = new
         .digests
         .iter()
@@ -384,19 +434,18 @@ pub fn reload(st: &AppState, trigger: &'static str) -> Result<Reloaded, ReloadEr
     if new
         .catalogue
         .models()
-        .any(|m| m.auth_scheme == crate::model::AuthScheme::Digest)
+        .any(|m| m.auth_scheme == AuthScheme::Digest)
     {
-        st.digest_in_use
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        digest_in_use.store(true, Ordering::Relaxed);
     }
     let set_digest = new.set_digest();
-    st.templates.store(Arc::new(new));
+    live.current.store(Arc::new(new));
     // Only so a restart with these files keeps the cached renders; failure costs re-renders.
-    let mut change = crate::store::Change::default();
+    let mut change = Change::default();
     change
         .meta
         .push(("render_digest".into(), set_digest.to_vec()));
-    if let Err(e) = st.store.commit(&change) {
+    if let Err(e) = store.commit(&change) {
         tracing::warn!(error = %crate::render::error_chain(&e), "recording the set digest failed");
     }
     tracing::info!(
@@ -409,6 +458,45 @@ pub fn reload(st: &AppState, trigger: &'static str) -> Result<Reloaded, ReloadEr
         "models and templates reloaded"
     );
     Ok(summary)
+}
+
+/// Renders every model's files for a sample phone, so a template that cannot render stops
+/// startup (or a reload) instead of failing a phone later.
+pub fn check_samples(
+    catalogue: &Catalogue,
+    engine: &Engine,
+    server: &Settings,
+) -> Result<(), LoadError> {
+    for m in catalogue.models() {
+        let (phone, accounts) = crate::model::sample_phone(m, "sample.invalid");
+        let lines: Vec<LineInput<'_>> = phone
+            .members
+            .iter()
+            .zip(&accounts)
+            .map(|(member, account)| LineInput { member, account })
+            .collect();
+        for f in &m.files {
+            let input = PhoneInput {
+                model: m,
+                server,
+                domain: None,
+                phone: f.per_phone().then_some(&phone),
+                lines: if f.per_phone() {
+                    lines.clone()
+                } else {
+                    Vec::new()
+                },
+            };
+            engine
+                .render(f, &RenderContext::build(&input), &Default::default())
+                .map_err(|source| LoadError::Sample {
+                    model: m.id.clone(),
+                    file: f.name.clone(),
+                    source: Box::new(source),
+                })?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -49,7 +49,6 @@ const KNOWN: &[&str] = &[
     // Upward imports.
     "model -> cache",
     "model -> fleet",
-    "reload -> lib",
     "store -> fleet",
 ];
 

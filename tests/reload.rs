@@ -355,7 +355,7 @@ async fn a_reload_waits_while_another_holds_the_lock() {
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let state = s.state.clone();
     let holder = std::thread::spawn(move || {
-        let _held = state.reload_lock.lock().unwrap();
+        let _held = state.live.lock.lock().unwrap();
         locked_tx.send(()).unwrap();
         let _ = release_rx.recv();
     });

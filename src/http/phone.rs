@@ -928,7 +928,7 @@ pub fn render_dictionary(
     if !spec.per_phone() {
         return render_common(st, t, model, spec).ok();
     }
-    let (mut phone, mut accounts) = crate::sample_phone(model, "sample.invalid");
+    let (mut phone, mut accounts) = crate::model::sample_phone(model, "sample.invalid");
     phone.domain = None;
     // Most phones carry one line: the dictionary that matches them best has one.
     phone.members.truncate(1);

@@ -33,12 +33,11 @@ use crate::error::AppError;
 pub async fn reload(a: Admin, State(st): State<AppState>) -> Result<Json<Value>, AppError> {
     a.server_wide("reloading the models and templates")?;
     let s = st.clone();
-    let summary =
-        tokio::task::spawn_blocking(move || crate::reload::reload(&s, "POST /api/v1/reload"))
-            .await
-            .map_err(|e| AppError::Io {
-                what: "reload task",
-                source: std::io::Error::other(e.to_string()),
-            })??;
+    let summary = tokio::task::spawn_blocking(move || s.reload("POST /api/v1/reload"))
+        .await
+        .map_err(|e| AppError::Io {
+            what: "reload task",
+            source: std::io::Error::other(e.to_string()),
+        })??;
     Ok(Json(json!(summary)))
 }

@@ -15,6 +15,6 @@ pub use mac::Mac;
 pub use merge::{Layer, Merged};
 pub use records::{
     Account, AuthScheme, Domain, Gate, LineType, Member, Overrides, Phone, PreviousCredentials,
-    Token,
+    Token, sample_phone,
 };
 pub use settings::Settings;

@@ -354,6 +354,35 @@ impl std::fmt::Debug for Gate {
     }
 }
 
+/// A phone of model `m` with `min(ports, 2)` accounts of `domain` on consecutive ports, the
+/// first the primary owner: the sample used by the startup check and the benches.
+pub fn sample_phone(m: &super::Model, domain: &str) -> (Phone, Vec<Account>) {
+    let mut phone = Phone::new(
+        super::Mac::from_bytes([0x00, 0x15, 0x65, 0xaa, 0xbb, 0xcc]),
+        m.id.clone(),
+    );
+    phone.domain = Some(domain.to_string());
+    let accounts: Vec<Account> = (1..=m.ports.min(2))
+        .map(|p| Account {
+            domain: domain.into(),
+            user: format!("10{p:02}"),
+            device: format!("10{p:02}a"),
+            password: format!("Sample-10{p:02}a"),
+            ..Default::default()
+        })
+        .collect();
+    phone.members = accounts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let mut mem = Member::new(i as u32 + 1, a.id());
+            mem.primary_owner = i == 0;
+            mem
+        })
+        .collect();
+    (phone, accounts)
+}
+
 /// A domain-scoped admin token. Only the SHA-256 of the secret is ever stored; the secret
 /// itself is shown once, when the token is created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
