@@ -280,8 +280,7 @@ fn collapse_generated_duplicates<'k>(
             Some(&p0) => {
                 let text = at_mut(root, path).map(|e| e.children.clone());
                 if let (Some(children), Some(e0)) = (text, at_mut(root, p0)) {
-                    e0.children = children;
-                    e0.touch();
+                    e0.replace_children(children);
                 }
                 removals.push(path);
             }
@@ -416,7 +415,9 @@ fn indexed_parent(root: &Elem, prefix: &str) -> Option<Vec<usize>> {
     fn go(e: &Elem, cur: &str, want: &str, path: &mut Vec<usize>) -> Option<Vec<usize>> {
         for (i, c) in e.children.iter().enumerate() {
             let Node::Elem(c) = c else { continue };
-            if c.is_leaf() {
+            // A leaf holds no keys, except an empty indexed element (`<line idx="1"/>`):
+            // a key under it opens it rather than adding a second `line[1]`.
+            if c.is_leaf() && !(index_of(c).is_some() && c.text().trim().is_empty()) {
                 continue;
             }
             path.push(i);
@@ -886,6 +887,35 @@ mod tests {
             p.contains(&("s[1]/k[1]/a".to_string(), "2".to_string())),
             "{out}"
         );
+    }
+
+    /// A key generated twice where the first is an empty element (`<a/>`): the later value
+    /// wins, written inside the first's place.
+    #[test]
+    fn a_duplicate_over_an_empty_element() {
+        let out = apply(Format::XmlElement, "<r><a/><a>x</a><b>1</b></r>", []).unwrap();
+        assert_eq!(out, "<r><a>x</a><b>1</b></r>");
+    }
+
+    /// A new key under an indexed element that was empty (`<line idx="1"/>`) opens it.
+    #[test]
+    fn a_new_key_under_an_empty_indexed_element() {
+        let out = apply(
+            Format::XmlElement,
+            "<r><line idx=\"1\"/><c>1</c></r>",
+            [("line[1]/a", "2")],
+        )
+        .unwrap();
+        assert_eq!(out, "<r><line idx=\"1\"><a>2</a></line><c>1</c></r>");
+    }
+
+    /// Before any model is known, a key must fit at least one format.
+    #[test]
+    fn unlinked_overrides_fit_some_format() {
+        assert_eq!(check_override_unlinked("a.b", "1"), Ok(()));
+        assert_eq!(check_override_unlinked("line[1]/a", "1"), Ok(()));
+        assert!(check_override_unlinked("a b", "1").is_err());
+        assert!(check_override_unlinked("a", "1\n2").is_err());
     }
 
     /// Keys of up to 256 bytes are accepted, longer ones refused, in both XML formats.

@@ -132,12 +132,14 @@ impl Doc {
                     if let Node::Elem(_) = node {
                         roots += 1;
                     } else if let Node::Raw(r) = &node
-                        && roots > 0
                         && !r.trim().is_empty()
                         && !r.trim_start().starts_with("<!--")
                         && !r.trim_start().starts_with("<?")
+                        && !(roots == 0 && r.trim_start().starts_with("<!DOCTYPE"))
                     {
-                        return Err(err(before, "text after the root element"));
+                        // Only blanks, comments and processing instructions (and a DOCTYPE
+                        // before it) may stand beside the root element.
+                        return Err(err(before, "text outside the root element"));
                     }
                     top.push(node);
                 }
@@ -260,9 +262,14 @@ impl Elem {
         Some(v)
     }
 
-    /// Marks the start tag as changed (it is rebuilt from name and attributes).
-    pub fn touch(&mut self) {
+    /// Replaces the content with `children` as parsed (a generated duplicate's); an empty
+    /// element (`<a/>`) given content opens, so the content is written.
+    pub fn replace_children(&mut self, children: Vec<Node>) {
+        if !children.is_empty() {
+            self.self_closing = false;
+        }
         self.raw_start = None;
+        self.children = children;
     }
 
     /// Replaces the content with `text` (escaped here).
@@ -588,9 +595,43 @@ mod tests {
 
     #[test]
     fn rejects_broken_documents() {
-        for bad in ["<a>", "<a></b>", "<a/><b/>", "</a>", "<a/>text", ""] {
+        for bad in [
+            "<a>",
+            "<a></b>",
+            "<a/><b/>",
+            "</a>",
+            "<a/>text",
+            "",
+            "text<a/>",
+            "<![CDATA[x]]><a/>",
+            "<a/><!DOCTYPE a>",
+        ] {
             assert!(Doc::parse(bad).is_err(), "{bad}");
         }
+        for good in [
+            "<?xml version=\"1.0\"?>\n<!-- c -->\n<!DOCTYPE a>\n<a/>\n<!-- d -->\n",
+            " \n<a/>\n",
+        ] {
+            assert!(Doc::parse(good).is_ok(), "{good}");
+        }
+    }
+
+    /// The attribute scan stops at the end of a tag cut short (the parser only hands it
+    /// whole tags; the scan must not rely on that).
+    #[test]
+    fn attribute_scan_of_a_cut_tag_ends() {
+        for raw in [
+            "<",
+            "<a",
+            "<a ",
+            "<a b",
+            "<a b=",
+            "<a b=\"1",
+            "<a b=\"1\" c",
+        ] {
+            let _ = attr_spans(raw);
+        }
+        assert!(attr_spans("<a b=\"1\">").is_some_and(|s| s.len() == 1));
     }
 
     /// Found by the `overlay_xml_attribute` fuzz target: an empty attribute name (an
