@@ -11,14 +11,32 @@ use std::path::PathBuf;
 /// Words that make an operand a secret.
 const SECRET_WORDS: &[&str] = &["password", "passwd", "secret", "token", "ha1", "nonce_key"];
 
-/// The file's lines before its `#[cfg(test)]` module (tests compare on purpose).
-fn production(text: &str) -> Vec<(usize, &str)> {
-    text.lines()
+/// The file's lines before its `#[cfg(test)]` module (tests compare on purpose), a
+/// comparison broken over lines joined into one (`a\n    != b` reads as `a != b`), each
+/// with the number of its first line.
+fn production(text: &str) -> Vec<(usize, String)> {
+    let lines: Vec<(usize, &str)> = text
+        .lines()
         .enumerate()
         .take_while(|(_, l)| l.trim() != "#[cfg(test)]")
         .filter(|(_, l)| !l.trim_start().starts_with("//"))
         .map(|(i, l)| (i + 1, l))
-        .collect()
+        .collect();
+    let mut out: Vec<(usize, String)> = Vec::new();
+    let mut joining = false;
+    for (n, l) in lines {
+        let t = l.trim();
+        let continues = t.starts_with("==") || t.starts_with("!=");
+        match out.last_mut() {
+            Some((_, prev)) if joining || continues => {
+                prev.push(' ');
+                prev.push_str(t);
+            }
+            _ => out.push((n, l.to_string())),
+        }
+        joining = t.ends_with("==") || t.ends_with("!=");
+    }
+    out
 }
 
 /// The operand next to each `==`/`!=` of a line: the identifier path just before and just
@@ -58,7 +76,7 @@ fn no_secret_is_compared_with_eq() {
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
         for (n, line) in production(&text) {
-            for op in operands(line).into_iter().filter(|o| names_a_secret(o)) {
+            for op in operands(&line).into_iter().filter(|o| names_a_secret(o)) {
                 found.push(format!("{}:{n}: `{op}` in `{}`", f.display(), line.trim()));
             }
         }
@@ -110,4 +128,10 @@ fn the_checker_sees_what_it_looks_for() {
     );
     assert_eq!(hits("    let n = a.len() == b.len();"), 0);
     assert_eq!(hits("    x <= secret_len"), 0, "not an equality");
+    // A comparison broken over lines (as rustfmt breaks long ones) is read whole.
+    let joined =
+        production("let a = x.password\n    != y;\nlet b = t ==\n    token;\nlet c = 1;\n");
+    assert_eq!(joined.len(), 3, "{joined:?}");
+    assert_eq!((joined[0].0, hits(&joined[0].1)), (1, 1));
+    assert_eq!((joined[1].0, hits(&joined[1].1)), (3, 1));
 }
