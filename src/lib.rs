@@ -57,37 +57,45 @@ pub struct Inner {
     pub server_defaults: Settings,
     /// Render cache.
     pub cache: Cache,
-    /// Server-default provisioning username.
-    pub prov_user: String,
-    /// SHA-256 of the server-default provisioning password.
-    pub prov_pass_hash: Vec<u8>,
-    /// The last header that passed the server-default check.
-    pub prov_memo: auth::HeaderMemo,
     /// SHA-256 of the admin token.
     pub admin_token_hash: Vec<u8>,
     /// Fetch audit and unprovisioned MACs.
     pub fleet: fleet::Fleet,
     /// Where uploaded phone logs go (`<data>/uploads`).
     pub uploads: PathBuf,
-    /// Phone-path security settings.
-    pub security: guard::Security,
-    /// Digest nonces (key kept in the store, so nonces survive a restart).
-    pub nonces: digest::Nonces,
-    /// Digest `(nonce, nc)` pairs already used.
-    pub replay: digest::ReplayGuard,
     /// A model or domain asks for Digest: every 401 offers it (uniformly, so the challenge
-    /// never tells whether a MAC exists).
-    pub digest_in_use: std::sync::atomic::AtomicBool,
-    /// HA1 of the server-default credentials for Digest (MD5, SHA-256), when known.
-    pub prov_ha1: Option<[String; 2]>,
-    /// Failed phone authentications per IP and MAC.
-    pub throttle: guard::Throttle,
     /// Connection and request limits.
     pub limits: config::Limits,
     /// The firmware folder (`/firmware/{*path}`).
     pub firmware: PathBuf,
     /// Prometheus counters (`GET /metrics`).
     pub metrics: metrics::Metrics,
+    /// The phone path's credentials and defences.
+    pub access: PhoneAccess,
+}
+
+/// What the phone path checks a request against: the server-default credentials, the
+/// Digest nonces, the address rules and the failure throttle. One of the state's parts.
+#[derive(Debug)]
+pub struct PhoneAccess {
+    /// Server-default provisioning username.
+    pub prov_user: String,
+    /// SHA-256 of the server-default provisioning password.
+    pub prov_pass_hash: Vec<u8>,
+    /// The last header that passed the server-default check.
+    pub prov_memo: auth::HeaderMemo,
+    /// Phone-path security settings.
+    pub security: guard::Security,
+    /// Digest nonces (key kept in the store, so nonces survive a restart).
+    pub nonces: digest::Nonces,
+    /// Digest `(nonce, nc)` pairs already used.
+    pub replay: digest::ReplayGuard,
+    /// never tells whether a MAC exists).
+    pub digest_in_use: std::sync::atomic::AtomicBool,
+    /// HA1 of the server-default credentials for Digest (MD5, SHA-256), when known.
+    pub prov_ha1: Option<[String; 2]>,
+    /// Failed phone authentications per IP and MAC.
+    pub throttle: guard::Throttle,
 }
 
 impl AppState {
@@ -103,7 +111,7 @@ impl AppState {
             &self.live,
             &self.server_defaults,
             &self.store,
-            &self.digest_in_use,
+            &self.access.digest_in_use,
             trigger,
         )
     }
@@ -245,18 +253,20 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
         ),
         server_defaults: config.defaults.clone(),
         cache,
-        prov_user,
-        prov_pass_hash,
-        prov_memo: auth::HeaderMemo::default(),
         admin_token_hash,
         fleet,
         uploads: config.data.join("uploads"),
-        security: config.security.clone(),
-        nonces: digest::Nonces::new(nonce_key, DIGEST_NONCE_TTL),
-        replay: digest::ReplayGuard::new(100_000),
-        digest_in_use: std::sync::atomic::AtomicBool::new(digest_in_use),
-        prov_ha1,
-        throttle: guard::Throttle::new(&config.security),
+        access: PhoneAccess {
+            prov_user,
+            prov_pass_hash,
+            prov_memo: auth::HeaderMemo::default(),
+            prov_ha1,
+            security: config.security.clone(),
+            nonces: digest::Nonces::new(nonce_key, DIGEST_NONCE_TTL),
+            replay: digest::ReplayGuard::new(100_000),
+            digest_in_use: std::sync::atomic::AtomicBool::new(digest_in_use),
+            throttle: guard::Throttle::new(&config.security),
+        },
         limits: config.limits,
         metrics: metrics::Metrics::new(config.metrics_token.as_deref()),
         firmware: config.firmware.clone(),

@@ -149,6 +149,7 @@ async fn digest_chosen_per_domain() {
     // An expired nonce: right password → stale=true; wrong password → not stale.
     let old = s
         .state
+        .access
         .nonces
         .issue("autoprov", SystemTime::now() - Duration::from_secs(3600));
     let r = get(

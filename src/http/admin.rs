@@ -368,7 +368,8 @@ async fn put_domain(
             change.domains.push((name.clone(), Some(d.clone())));
             st.store.commit(&change)?;
             if d.auth_scheme == Some(crate::model::AuthScheme::Digest) {
-                st.digest_in_use
+                st.access
+                    .digest_in_use
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }

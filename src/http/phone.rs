@@ -119,7 +119,7 @@ pub(crate) fn client_address(
         guard::client_ip(
             a.ip(),
             headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
-            &st.security.trusted_proxies,
+            &st.access.security.trusted_proxies,
         )
     })
 }
@@ -149,10 +149,10 @@ pub(crate) fn admit(
     mac: impl FnOnce() -> Option<Mac>,
 ) -> Result<(), AppError> {
     let ip = ip.unwrap_or(UNSPECIFIED);
-    if !guard::allowed(&st.security.allowed_cidrs, ip) {
+    if !guard::allowed(&st.access.security.allowed_cidrs, ip) {
         return Err(AppError::Forbidden("address not allowed".into()));
     }
-    match st.throttle.check(ip, mac) {
+    match st.access.throttle.check(ip, mac) {
         Some(retry_after) => Err(AppError::TooManyRequests { retry_after }),
         None => Ok(()),
     }
@@ -173,7 +173,7 @@ pub(crate) fn count_failure(
         && auth.raw.is_some()
         && !auth.stale.load(Ordering::Relaxed)
     {
-        st.throttle.failed(ip.unwrap_or(UNSPECIFIED), mac);
+        st.access.throttle.failed(ip.unwrap_or(UNSPECIFIED), mac);
         st.metrics.auth_failure(crate::metrics::Kind::Phone);
     }
     if matches!(e, AppError::TooManyRequests { .. }) {
@@ -345,7 +345,7 @@ impl<'h> Presented<'h> {
                 if d.realm() != crate::DIGEST_REALM || d.uri() != self.uri {
                     return None;
                 }
-                let state = self.st.nonces.check(
+                let state = self.st.access.nonces.check(
                     d.nonce(),
                     crate::DIGEST_REALM,
                     std::time::SystemTime::now(),
@@ -385,10 +385,12 @@ impl<'h> Presented<'h> {
 /// nonce) whenever any model or domain uses it, the same for every path and MAC so the
 /// challenge never tells whether a MAC exists.
 pub(crate) fn challenge(st: &AppState, resp: &mut Response, auth: &Presented<'_>) {
-    if resp.status() != StatusCode::UNAUTHORIZED || !st.digest_in_use.load(Ordering::Relaxed) {
+    if resp.status() != StatusCode::UNAUTHORIZED || !st.access.digest_in_use.load(Ordering::Relaxed)
+    {
         return;
     }
     let nonce = st
+        .access
         .nonces
         .issue(crate::DIGEST_REALM, std::time::SystemTime::now());
     let stale = auth.stale.load(Ordering::Relaxed);
@@ -408,28 +410,29 @@ pub(crate) fn challenge(st: &AppState, resp: &mut Response, auth: &Presented<'_>
 /// The server-default credentials. The Basic header that last passed is remembered, so the
 /// usual case (every factory phone sending the same header) is one constant-time compare.
 pub(crate) fn server_default_ok(st: &AppState, p: &Presented<'_>) -> bool {
-    if p.raw.is_some_and(|raw| st.prov_memo.hit(raw)) {
+    if p.raw.is_some_and(|raw| st.access.prov_memo.hit(raw)) {
         return true;
     }
     // The server's bootstrap credential opens what the server default opens (common files,
     // the unprovisioned list) until it is exchanged for a per-device one.
     let bootstrap = || {
-        st.security
+        st.access
+            .security
             .bootstrap
             .as_ref()
             .is_some_and(|(u, pw)| p.matches(u, pw))
     };
     if let Some(c) = p.creds() {
-        let ok = (auth::secret_eq(&c.user, &st.prov_user)
-            & c.password.matches_hash(&st.prov_pass_hash))
+        let ok = (auth::secret_eq(&c.user, &st.access.prov_user)
+            & c.password.matches_hash(&st.access.prov_pass_hash))
             || bootstrap();
         if ok && let Some(raw) = p.raw {
-            st.prov_memo.remember(raw);
+            st.access.prov_memo.remember(raw);
         }
         return ok;
     }
-    let by_ha1 = st.prov_ha1.as_ref().is_some_and(|[md5, sha256]| {
-        p.digest_ok(&st.prov_user, |d| {
+    let by_ha1 = st.access.prov_ha1.as_ref().is_some_and(|[md5, sha256]| {
+        p.digest_ok(&st.access.prov_user, |d| {
             let ha1 = match d.algorithm() {
                 digest::Algorithm::Md5 => md5,
                 digest::Algorithm::Sha256 => sha256,
@@ -465,7 +468,8 @@ fn bootstrap_pair<'a>(st: &'a AppState, domain: Option<&'a Domain>) -> Option<(&
     domain
         .and_then(|d| pair(&d.bootstrap_username, &d.bootstrap_password))
         .or_else(|| {
-            st.security
+            st.access
+                .security
                 .bootstrap
                 .as_ref()
                 .map(|(u, p)| (u.as_str(), p.as_str()))
@@ -541,7 +545,7 @@ pub(crate) async fn authenticate(
         return Err(AppError::PhoneUnauthorized);
     }
     if let Some((d, _)) = c.digest()
-        && !st.replay.first_use(d.nonce(), d.nc())
+        && !st.access.replay.first_use(d.nonce(), d.nc())
     {
         // A correctly signed request seen before: a replay, or a phone reusing its count.
         c.stale.store(true, Ordering::Relaxed);
@@ -567,7 +571,7 @@ pub(crate) async fn authenticate(
         let bootstrap = PreviousCredentials {
             username: user.to_string(),
             password: password.to_string(),
-            until: now.saturating_add(st.security.bootstrap_grace.as_secs()),
+            until: now.saturating_add(st.access.security.bootstrap_grace.as_secs()),
         };
         return exchange_bootstrap(st, phone.mac, bootstrap, c, now)
             .await
