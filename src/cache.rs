@@ -304,8 +304,8 @@ fn take<'b>(b: &'b [u8], pos: &mut usize) -> Option<&'b [u8]> {
 
 /// The per-phone file a phone was last served, kept with its gate: a repeat fetch of it
 /// takes it from there instead of looking it up in the memory tier (one probe fewer into
-/// a table of every phone's file: 4.6 % of the CPU in a profile of fetches spread over
-/// 100,000 phones, most of it cache misses). It holds a [`Weak`]: the memory tier alone keeps files alive, so
+/// a table of every phone's file; docs/PERFORMANCE.md has its cost). It holds a
+/// [`Weak`]: the memory tier alone keeps files alive, so
 /// its byte bound holds; a file the tier let go of is looked up again. Valid under the same
 /// rule as the tier's entries (the gate's revision, the model's digest), for the one file
 /// name it was served as (the gate fixes the MAC and model).

@@ -7,8 +7,8 @@
 //! (about 100 MB for a 100,000-phone storm) and slowed its readers. A request that repeats
 //! the one recorded through the phone's gate (same IP, User-Agent, file and status) within
 //! [`TOUCH_PERSIST_EVERY`] only moves a time in the gate ([`Seen`]), which the fetch path
-//! holds anyway: no lock, no lookup in the table of 100,000 records (whose random reads
-//! cost a cached fetch 8-15 % of its throughput in A/B runs of a build that skipped them). Readers take the later of the two
+//! holds anyway: no lock, no lookup in the table of every phone's record (random reads a
+//! cached fetch should not pay; docs/PERFORMANCE.md). Readers take the later of the two
 //! times; a gate leaving the memo hands its time back ([`Folds`]). Anything else takes
 //! the table's short lock. A thread writes
 //! what changed every [`FLUSH_EVERY`], [`WRITE_CHUNK`] records at a time. Unprovisioned

@@ -32,8 +32,7 @@ fn main() -> std::process::ExitCode {
 }
 
 /// One worker: the current-thread scheduler (no work-stealing queues, no cross-thread
-/// wake-ups; a bare hyper server answered 6-8 % more requests a second on one core that
-/// way, docs/PERFORMANCE.md). More: the multi-thread one with that many workers.
+/// wake-ups; docs/PERFORMANCE.md). More: the multi-thread one with that many workers.
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut b = if workers <= 1 {
         tokio::runtime::Builder::new_current_thread()

@@ -171,10 +171,9 @@ fn http_builder() -> http1::Builder {
         .max_header_size(MAX_HEADER_BYTES)
         // Headers and body copied into one buffer and sent with one `write`, instead of a
         // `writev` of the header buffer and the queued body: a phone file is a few KiB,
-        // and the queue was one more piece of per-connection state to walk and free per
-        // response (+3.5-6 % at 256 connections in four alternating series of five, -3.5 %
-        // in the fifth; neutral at 64; docs/PERFORMANCE.md). Buffering per connection is
-        // bounded by hyper's `max_buf_size` either way; firmware chunks are copied too.
+        // and the queue is one more piece of per-connection state to walk and free per
+        // response (measured in docs/PERFORMANCE.md). Buffering per connection is bounded
+        // by hyper's `max_buf_size` either way; firmware chunks are copied too.
         .writev(false)
         .keep_alive(true);
     http

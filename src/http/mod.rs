@@ -87,9 +87,9 @@ where
 }
 
 /// `work`'s output, or `None` once it has waited `limit`. The first poll runs without a
-/// timer: a cached fetch completes there, and arming and cancelling a timer for each of
-/// them cost 3-5 % of its throughput. The limit counts from that first wait, so a request
-/// gets its full `limit` of waiting (on a body, a render, a flush) in any case.
+/// timer: a cached fetch completes there, and needs no timer armed and cancelled (its cost
+/// is in docs/PERFORMANCE.md). The limit counts from that first wait, so a request gets
+/// its full `limit` of waiting (on a body, a render, a flush) in any case.
 async fn within<T>(
     limit: std::time::Duration,
     mut work: std::pin::Pin<&mut impl Future<Output = T>>,
