@@ -28,8 +28,8 @@ use http_range_header::RangeUnsatisfiableError;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::phone::{
-    Presented, admit, authenticate, challenge, client_address, count_failure, ip_text,
-    mac_in_user_agent, peer_of, server_default_ok, user_agent,
+    Presented, admit, authenticate, challenge, client_address, count_failure, ip_text, peer_of,
+    server_default_ok, user_agent,
 };
 use crate::AppState;
 use crate::error::AppError;
@@ -123,7 +123,7 @@ async fn authorise(
     let mac = a
         .agent
         .and_then(|ag| ag.mac)
-        .or_else(|| mac_in_user_agent(a.ua));
+        .or_else(|| agent::mac_in(a.ua));
     let phone = match mac {
         Some(m) => st.store.gate(m)?,
         None => None,

@@ -622,14 +622,6 @@ async fn exchange_bootstrap(
     }
 }
 
-/// A MAC in the User-Agent (`… 00:15:65:aa:bb:cc`, `… 001565aabbcc`, `(SN:001565aabbcc)`).
-pub fn mac_in_user_agent(ua: &str) -> Option<Mac> {
-    ua.split(|c: char| c.is_whitespace() || matches!(c, ';' | '(' | ')' | '/' | ','))
-        .map(|t| t.strip_prefix("SN:").unwrap_or(t))
-        .filter(|t| t.len() == 12 || t.len() == 17)
-        .find_map(|t| Mac::parse(t).ok())
-}
-
 /// Serves a phone's file: the path names a catalogue file, the caller passes the checks,
 /// the file comes from the cache (rendered on a miss), the User-Agent rule of the rendered
 /// file holds, and the answer honours conditional headers.
@@ -754,7 +746,7 @@ async fn serve_common_file(
     let creds = &req.auth;
     // Common files carry no line data. They are served to the server-default
     // credentials, or to a known phone (MAC from the User-Agent) with its own.
-    let mac = ua_mac.or_else(|| mac_in_user_agent(req.ua));
+    let mac = ua_mac.or_else(|| agent::mac_in(req.ua));
     let phone = match mac {
         Some(m) => st.store.gate(m)?,
         None => None,
@@ -1007,31 +999,4 @@ fn respond(
     h.insert(header::ETAG, r.etag_header());
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(resp)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ua_macs() {
-        let m = Mac::parse("805ec0d57d72").unwrap();
-        assert_eq!(
-            mac_in_user_agent("Yealink SIP-T31G 124.85.257.55 80:5e:c0:d5:7d:72"),
-            Some(m)
-        );
-        assert_eq!(
-            mac_in_user_agent("Yealink SIP-T56A  58.80.0.25 805ec0d57d72"),
-            Some(m)
-        );
-        assert_eq!(
-            mac_in_user_agent("FileTransport X-UA/4.0 (SN:805ec0d57d72) Type/App"),
-            Some(m)
-        );
-        assert_eq!(
-            mac_in_user_agent("Yealink-T46G 28.71.0.81 28.1.0.128.0.0.0"),
-            None
-        );
-        assert_eq!(mac_in_user_agent("curl/8.0"), None);
-    }
 }

@@ -43,6 +43,14 @@ fn mac_token(t: &str) -> Option<Mac> {
     }
 }
 
+/// A MAC anywhere in a User-Agent (`… 00:15:65:aa:bb:cc`, `… 001565aabbcc`,
+/// `(SN:001565aabbcc)`), whatever the vendor: the one MAC reader of the phone path, for
+/// agents [`parse`] does not know.
+pub fn mac_in(ua: &str) -> Option<Mac> {
+    ua.split(|c: char| c.is_whitespace() || matches!(c, ';' | '(' | ')' | '/' | ','))
+        .find_map(mac_token)
+}
+
 /// Identifies the phone; `None` for a User-Agent of no known vendor.
 pub fn parse(ua: &str) -> Option<Agent> {
     let ua = ua.trim();
@@ -251,6 +259,22 @@ fn gigaset(ua: &str) -> Option<Agent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ua_macs() {
+        let m = Mac::parse("805ec0d57d72").unwrap();
+        assert_eq!(
+            mac_in("Yealink SIP-T31G 124.85.257.55 80:5e:c0:d5:7d:72"),
+            Some(m)
+        );
+        assert_eq!(mac_in("Yealink SIP-T56A  58.80.0.25 805ec0d57d72"), Some(m));
+        assert_eq!(
+            mac_in("FileTransport X-UA/4.0 (SN:805ec0d57d72) Type/App"),
+            Some(m)
+        );
+        assert_eq!(mac_in("Yealink-T46G 28.71.0.81 28.1.0.128.0.0.0"), None);
+        assert_eq!(mac_in("curl/8.0"), None);
+    }
     use proptest::prelude::*;
 
     /// Real User-Agents (VENDORS.md) → vendor, model, firmware, MAC.
