@@ -762,26 +762,17 @@ async fn an_abandoned_import_writes_nothing() {
         autoprov::admin::bulk::parse(CSV.as_bytes(), autoprov::admin::bulk::Format::Csv).unwrap();
     let before = srv.dump();
     let abandoned = std::sync::atomic::AtomicBool::new(true);
-    let r = autoprov::admin::bulk::apply_sync(
-        &srv.state.store,
-        &srv.state.templates(),
-        &rows,
-        &|_| {},
-        &abandoned,
-    );
+    let apply = |abandoned: &std::sync::atomic::AtomicBool| {
+        let t = srv.state.templates();
+        autoprov::admin::bulk::apply_sync(&srv.state.store, &t, &rows, &|_| {}, abandoned)
+    };
+    let r = apply(&abandoned);
     assert!(
         matches!(r, Err(autoprov::admin::bulk::BulkError::Abandoned)),
         "{r:?}"
     );
     assert_eq!(srv.dump(), before);
     abandoned.store(false, std::sync::atomic::Ordering::SeqCst);
-    let r = autoprov::admin::bulk::apply_sync(
-        &srv.state.store,
-        &srv.state.templates(),
-        &rows,
-        &|_| {},
-        &abandoned,
-    )
-    .unwrap();
+    let r = apply(&abandoned).unwrap();
     assert_eq!(r.phones, 3);
 }
