@@ -909,6 +909,27 @@ mod tests {
         assert_eq!(out, "<r><line idx=\"1\"><a>2</a></line><c>1</c></r>");
     }
 
+    /// An indexed element holding a value stays a value: a key under it goes to a new
+    /// element, and both keys read back.
+    #[test]
+    fn a_key_under_an_indexed_value_keeps_the_value() {
+        let out = apply(
+            Format::XmlElement,
+            "<r><line idx=\"1\">x</line><c>1</c></r>",
+            [("line[1]/a", "2")],
+        )
+        .unwrap();
+        let p = pairs(Format::XmlElement, &out).unwrap();
+        assert!(
+            p.contains(&("line[1]".to_string(), "x".to_string())),
+            "{out}"
+        );
+        assert!(
+            p.contains(&("line[1]/a".to_string(), "2".to_string())),
+            "{out}"
+        );
+    }
+
     /// Before any model is known, a key must fit at least one format.
     #[test]
     fn unlinked_overrides_fit_some_format() {
