@@ -126,7 +126,12 @@ fi
 # --- the three servers side by side, each idle while another is measured
 mkdir -p "$WORK/nginx"
 echo "${CREDS%%:*}:{PLAIN}${CREDS#*:}" >"$WORK/nginx/htpasswd"
+# Started as root, nginx's worker drops to `nobody`, which cannot enter the 0700 work
+# folder: keep it as the user that started it.
+NGINX_USER=""
+[ "$(id -u)" = 0 ] && NGINX_USER="user root;"
 cat >"$WORK/nginx/nginx.conf" <<NGINX
+$NGINX_USER
 worker_processes 1;
 daemon off;
 error_log $WORK/nginx/error.log warn;
