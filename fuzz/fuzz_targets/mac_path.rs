@@ -1,6 +1,6 @@
 //! MAC and request-path parsing: `Mac::parse`, `Mac::parse_plain`, the catalogue's
 //! `Catalogue::match_path` over the shipped `models/`, `http::phone::upload_mac`,
-//! `http::phone::mac_in_user_agent` and the User-Agent parser `model::agent::parse`.
+//! `model::agent::mac_in` and the User-Agent parser `model::agent::parse`.
 //!
 //! Input: the first byte picks a mode, the rest is the string (lossy UTF-8).
 //! - even: the string goes to every parser as it is;
@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use autoprov::http::phone::{mac_in_user_agent, upload_mac};
+use autoprov::http::phone::upload_mac;
 use autoprov::model::catalogue::FileRef;
 use autoprov::model::{Catalogue, Mac, agent};
 use autoprov::render::Engine;
@@ -118,7 +118,7 @@ fn in_text(ua: &str, m: Mac) -> bool {
 }
 
 fn check_user_agent(ua: &str) {
-    if let Some(m) = mac_in_user_agent(ua) {
+    if let Some(m) = agent::mac_in(ua) {
         assert!(in_text(ua, m), "{ua:?}");
     }
     if let Some(a) = agent::parse(ua) {
