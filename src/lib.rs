@@ -63,7 +63,6 @@ pub struct Inner {
     pub fleet: fleet::Fleet,
     /// Where uploaded phone logs go (`<data>/uploads`).
     pub uploads: PathBuf,
-    /// A model or domain asks for Digest: every 401 offers it (uniformly, so the challenge
     /// Connection and request limits.
     pub limits: config::Limits,
     /// The firmware folder (`/firmware/{*path}`).
@@ -90,6 +89,7 @@ pub struct PhoneAccess {
     pub nonces: digest::Nonces,
     /// Digest `(nonce, nc)` pairs already used.
     pub replay: digest::ReplayGuard,
+    /// A model or domain asks for Digest: every 401 offers it (uniformly, so the challenge
     /// never tells whether a MAC exists).
     pub digest_in_use: std::sync::atomic::AtomicBool,
     /// HA1 of the server-default credentials for Digest (MD5, SHA-256), when known.
@@ -117,7 +117,8 @@ impl AppState {
     }
 }
 
-/// What the admin use cases that run off the async workers hold (see [`bulk::apply`]).
+/// What the admin use cases that run off the async workers hold (see
+/// [`admin::bulk::apply`]).
 impl AsRef<store::Store> for AppState {
     fn as_ref(&self) -> &store::Store {
         &self.store

@@ -11,7 +11,7 @@
 //!
 //! [`reload`] (SIGHUP and `POST /api/v1/reload`) builds a whole new set from the configured
 //! folders, validates it like startup does (every model parses; every model's files render
-//! for the sample phone of [`crate::sample_phone`]), then swaps it in. On any failure the old
+//! for the sample phone of [`crate::model::sample_phone`]), then swaps it in. On any failure the old
 //! set stays and the error names the file (and line where tera or toml give one).
 
 use std::collections::{BTreeMap, BTreeSet};
