@@ -447,3 +447,31 @@ async fn failed_authentications_are_throttled_per_ip_and_per_mac() {
         StatusCode::OK
     );
 }
+
+/// The server-default credential opens only as a pair: its user with another password, or
+/// its password with another user, is a 401 like any wrong credential; so is any
+/// `Authorization` value too short or too odd to be a credential.
+#[tokio::test]
+async fn the_server_default_credential_matches_only_as_a_pair() {
+    let s = TestServer::start().await;
+    let (user, pass) = (s.prov.0.clone(), s.prov.1.clone());
+    let common = "y000000000066.cfg";
+    assert_eq!(s.fetch(common).await.status(), StatusCode::OK);
+    for (u, p) in [
+        (user.as_str(), "wrong-password"),
+        ("wrong-user", pass.as_str()),
+    ] {
+        let r = s.fetch_as(common, Some((u, p)), None).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{u}:{p}");
+    }
+    for raw in ["", "x", "Basic", "Digest", "digest", "Bearer a"] {
+        let r = s
+            .client
+            .get(format!("{}/{common}", s.url))
+            .header("authorization", raw)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{raw:?}");
+    }
+}
