@@ -1,4 +1,4 @@
-//! `/api/v1/tokens`: domain-scoped admin tokens over HTTP (logic in `crate::tokens`).
+//! `/api/v1/tokens`: domain-scoped admin tokens over HTTP (logic in `crate::admin::tokens`).
 //!
 //! Who may do what:
 //! - `POST /tokens` `{"domain": "…"}` → 201 `{"id", "token", "domain", "created"}`: the only
