@@ -375,3 +375,24 @@ async fn a_repeated_fetch_moves_the_last_fetch_time() {
         t2
     );
 }
+
+#[tokio::test]
+async fn a_log_upload_counts_under_the_vendor_of_its_user_agent() {
+    let s = linked(|_| {}).await;
+    let r = s
+        .client
+        .put(format!("{}/{A}-app.log", s.url))
+        .basic_auth(&s.prov.0, Some(&s.prov.1))
+        .header(
+            "user-agent",
+            "FileTransport PolycomVVX-VVX_450-UA/6.4.3.1 (SN:001565000001)",
+        )
+        .body("boot ok\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (_, _, text) = scrape(&s, None).await;
+    let m = parse(&text);
+    assert_eq!(get(&m, &requests("phone", 201, "polycom")), 1.0, "{text}");
+}
