@@ -10,6 +10,7 @@
 // No function over 80 lines (clippy.toml): long functions are split, never allowed.
 #![warn(clippy::too_many_lines)]
 
+pub mod activity;
 pub mod admin;
 pub mod args;
 pub mod auth;
@@ -18,10 +19,8 @@ pub mod cli;
 pub mod config;
 pub mod digest;
 pub mod error;
-pub mod fleet;
 pub mod guard;
 pub mod http;
-pub mod journal;
 pub mod metrics;
 pub mod model;
 pub mod reload;
@@ -60,7 +59,7 @@ pub struct Inner {
     /// SHA-256 of the admin token.
     pub admin_token_hash: Vec<u8>,
     /// Fetch audit and unprovisioned MACs.
-    pub fleet: fleet::Fleet,
+    pub fleet: activity::Fleet,
     /// Where uploaded phone logs go (`<data>/uploads`).
     pub uploads: PathBuf,
     /// Connection and request limits.
@@ -238,7 +237,7 @@ pub fn init(config: &Config) -> Result<(AppState, Startup), StartupError> {
         || store.any_domain(|d| d.auth_scheme == Some(model::AuthScheme::Digest))?;
 
     let models = templates.catalogue.models().count();
-    let fleet = fleet::Fleet::load(&store, Some(&config.data))?;
+    let fleet = activity::Fleet::load(&store, Some(&config.data))?;
     let cache = Cache::new(config.memory_cache_bytes - config.memory_cache_bytes / 3);
     if store.renders_empty()? {
         cache.store_starts_empty();
@@ -468,7 +467,7 @@ pub struct Listeners {
     pub https: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
 }
 
-/// The thread that writes the fetch audit every [`fleet::FLUSH_EVERY`]. It runs at the
+/// The thread that writes the fetch audit every [`activity::FLUSH_EVERY`]. It runs at the
 /// idle scheduling class: on a busy server the request workers always get the CPU first, so
 /// writing a storm's worth of audit records never shows in their latency (it did: tens of
 /// milliseconds of p99 when it ran on the blocking pool beside a saturated worker).
@@ -486,7 +485,7 @@ impl AuditWriter {
             .spawn(move || {
                 idle_priority();
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::park_timeout(fleet::FLUSH_EVERY);
+                    std::thread::park_timeout(activity::FLUSH_EVERY);
                     write_audit(&state);
                 }
             })

@@ -22,10 +22,10 @@ const LAYERS: &[(&str, u8)] = &[
     // Rendering and persistence, each on the domain only.
     ("render", 2),
     ("store", 2),
-    ("journal", 2),
-    // The phone pipeline's state and the activity record.
+    // The phone pipeline's state and the activity record (fetch audit, journal,
+    // unprovisioned list).
     ("cache", 3),
-    ("fleet", 3),
+    ("activity", 3),
     // Admin use cases.
     ("admin", 4),
     ("reload", 4),
@@ -48,8 +48,8 @@ const LAYERS: &[(&str, u8)] = &[
 const KNOWN: &[&str] = &[
     // Upward imports.
     "model -> cache",
-    "model -> fleet",
-    "store -> fleet",
+    "model -> activity",
+    "store -> activity",
 ];
 
 fn top_module(src: &Path, file: &Path) -> String {

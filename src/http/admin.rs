@@ -1177,7 +1177,7 @@ async fn list_phones(
         .not_fetched_since
         .as_deref()
         .map(|t| {
-            crate::fleet::parse_time(t).ok_or_else(|| {
+            crate::activity::parse_time(t).ok_or_else(|| {
                 AppError::invalid(
                     "not-fetched-since",
                     "must be an RFC 3339 time like 2026-01-31T08:00:00Z",

@@ -32,8 +32,8 @@ use super::phone::{
     server_default_ok, user_agent,
 };
 use crate::AppState;
+use crate::activity::Asked;
 use crate::error::AppError;
-use crate::fleet::Asked;
 use crate::model::Gate;
 use crate::model::agent::{self, Agent};
 use crate::telemetry::RequestFacts;

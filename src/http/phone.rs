@@ -12,11 +12,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
+use crate::activity::Asked;
 use crate::auth::{self, BasicCredentials};
 use crate::cache::{FileKey, Outcome, Packed, Rendered};
 use crate::digest::{self, DigestResponse, NonceState};
 use crate::error::AppError;
-use crate::fleet::Asked;
 use crate::guard;
 use crate::model::agent::{self, Agent};
 use crate::model::{Account, Domain, FileRef, FileSpec, Gate, Mac, Member, Model, Phone};

@@ -288,8 +288,8 @@ pub struct Gate {
     /// The file last served to this phone, so a repeat fetch needs no second lookup (the
     /// memory tier holds the file; this only points at it).
     pub last_served: crate::cache::LastServed,
-    /// The phone's last request as recorded through this gate (see [`crate::fleet`]).
-    pub seen: crate::fleet::Seen,
+    /// The phone's last request as recorded through this gate (see [`crate::activity`]).
+    pub seen: crate::activity::Seen,
 }
 
 impl Drop for Gate {
@@ -304,7 +304,7 @@ impl Gate {
     pub fn of(
         p: &Phone,
         mut intern: impl FnMut(&str) -> std::sync::Arc<str>,
-        folds: &std::sync::Arc<crate::fleet::Folds>,
+        folds: &std::sync::Arc<crate::activity::Folds>,
     ) -> Self {
         let provisioning = match (&p.provisioning_username, &p.provisioning_password) {
             (Some(u), Some(pw)) => Some(Box::new((u.clone(), pw.clone()))),
@@ -318,7 +318,7 @@ impl Gate {
             provisioning,
             previous_credentials: p.previous_credentials.clone().map(Box::new),
             last_served: crate::cache::LastServed::default(),
-            seen: crate::fleet::Seen::new(folds.clone()),
+            seen: crate::activity::Seen::new(folds.clone()),
         }
     }
 
@@ -334,7 +334,7 @@ impl Gate {
             .previous_credentials
             .as_ref()
             .map_or(0, |p| p.username.len() + p.password.len() + 72);
-        (128 + crate::cache::LastServed::WEIGHT + crate::fleet::Seen::WEIGHT + own + prev) as u64
+        (128 + crate::cache::LastServed::WEIGHT + crate::activity::Seen::WEIGHT + own + prev) as u64
     }
 }
 

@@ -124,7 +124,7 @@ pub struct Store {
     names: Mutex<std::collections::HashSet<Arc<str>>>,
     /// Where gates leaving the memo hand back their phones' latest request times (the
     /// fleet's audit applies them).
-    folds: Arc<crate::fleet::Folds>,
+    folds: Arc<crate::activity::Folds>,
     /// Commits so far (the memo's race guard, and what a flush covers).
     commits: AtomicU64,
     /// Commits known to be on disk.
@@ -451,7 +451,7 @@ impl Store {
     }
 
     /// Where gates leaving the memo hand back their phones' latest request times.
-    pub fn folds(&self) -> Arc<crate::fleet::Folds> {
+    pub fn folds(&self) -> Arc<crate::activity::Folds> {
         self.folds.clone()
     }
 

@@ -2,8 +2,8 @@
 //! server-default credentials but are not linked (`GET /api/v1/unprovisioned`).
 //!
 //! Last fetches live in memory (one compact record per phone) and in the append-only
-//! [`crate::journal`] beside the store, not in sled: a reboot storm is one record per phone
-//! and request, and sled's write path held far more memory than the records themselves
+//! [`journal`] beside the store, not in sled: a reboot storm is one record per phone and
+//! request, and sled's write path held far more memory than the records themselves
 //! (about 100 MB for a 100,000-phone storm) and slowed its readers. A request that repeats
 //! the one recorded through the phone's gate (same IP, User-Agent, file and status) within
 //! [`TOUCH_PERSIST_EVERY`] only moves a time in the gate ([`Seen`]), which the fetch path
@@ -15,6 +15,8 @@
 //! MACs (at most [`UNPROVISIONED_CAP`]) stay in their sled tree. Neither ever bumps a
 //! revision or invalidates a cached file.
 
+pub mod journal;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{self, Journal, Record, truncate_str};
+use self::journal::{Journal, Record, truncate_str};
 use crate::model::agent::Agent;
 use crate::model::{Gate, Mac};
 use crate::store::{Store, StoreError};

@@ -1,8 +1,8 @@
 //! The fetch journal: `<data>/fetches.journal`, an append-only file of the phones' last
-//! fetches (the [`crate::fleet`] audit). Each record is a phone's whole last fetch, so the
+//! fetches (the [`crate::activity`] audit). Each record is a phone's whole last fetch, so the
 //! latest record of a MAC is its state and older ones are garbage; the file is rewritten
 //! with one record per phone when garbage dominates. Appends are not synced: a crash loses
-//! at most the last [`crate::fleet::FLUSH_EVERY`] of audit, and a torn last record is
+//! at most the last [`crate::activity::FLUSH_EVERY`] of audit, and a torn last record is
 //! ignored when the file is read back.
 //!
 //! Format: the magic `APJ1`, then records
