@@ -335,12 +335,7 @@ impl LastServed {
     /// Remembers `p` as the file served as `file`.
     pub fn set(&self, file: &str, p: &Arc<Packed>) {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match slot.as_mut() {
-            Some((name, weak)) if name.as_slice() == file.as_bytes() => {
-                *weak = Arc::downgrade(p);
-            }
-            _ => *slot = Some((SlotName::from_slice(file.as_bytes()), Arc::downgrade(p))),
-        }
+        *slot = Some((SlotName::from_slice(file.as_bytes()), Arc::downgrade(p)));
     }
 }
 
