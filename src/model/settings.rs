@@ -235,4 +235,65 @@ mod tests {
         assert!(valid_key("local_time.ntp-server1"));
         assert!(!valid_key("Bad Key"));
     }
+
+    /// Every known key has its own kind: a value only that kind refuses is refused, and
+    /// one it accepts is accepted.
+    #[test]
+    fn each_known_key_is_checked_by_its_kind() {
+        let cases: &[(&str, &str, &str)] = &[
+            (CORE_SERVER, "sip.example.com:5061", "sip example"),
+            (SIP_PORT, "5060", "0"),
+            (SIP_PORT, "65535", "65536"),
+            (TRANSPORT, "udp", "sctp"),
+            (EXPIRY, "604800", "604801"),
+            (SRTP, "opportunistic", "maybe"),
+            (NAT, "fixed", "sometimes"),
+            (RECORDING, "yes-with-transcription", "always"),
+            ("auto-answer-enabled", "yes", "maybe"),
+            ("device-push-enabled", "no", "true"),
+        ];
+        for (key, good, bad) in cases {
+            assert!(check_value(key, good).is_ok(), "{key}={good}");
+            assert!(check_value(key, bad).is_err(), "{key}={bad}");
+        }
+        for key in [EMERGENCY_CID, ALLOWED_UA] {
+            assert!(matches!(kind_of(key), Some(Kind::Text)), "{key}");
+        }
+        assert!(kind_of("time-zone").is_none());
+        assert!(kind_of("label").is_none());
+    }
+
+    #[test]
+    fn builtin_floor_is_the_seed_defaults() {
+        let b = builtin();
+        assert_eq!(b.len(), 7 + SEED_FLAGS.len());
+        assert_eq!(b[TRANSPORT], "udp");
+        assert_eq!(b[EXPIRY], "60");
+        assert_eq!(b[SIP_PORT], "5060");
+        assert_eq!(b[EMERGENCY_CID], "[*]");
+        assert_eq!(b["device-push-enabled"], "yes");
+        assert_eq!(b["auto-answer-enabled"], "no");
+        for (k, v) in &b {
+            assert!(check_value(k, v).is_ok(), "{k}={v}");
+        }
+    }
+
+    #[test]
+    fn length_limits_are_inclusive() {
+        assert!(check_text(&"a".repeat(1024)).is_ok());
+        assert!(check_text(&"a".repeat(1025)).is_err());
+        assert!(check_text(&"a".repeat(4000)).is_err());
+        let host = |n: usize| format!("{}.example", "a".repeat(n - 8));
+        assert!(check_host_port(&host(255)).is_ok());
+        assert!(check_host_port(&host(256)).is_err());
+        assert!(check_host_port(&host(400)).is_err());
+    }
+
+    #[test]
+    fn only_the_last_colon_outside_brackets_starts_a_port() {
+        assert_eq!(split_host_port("a:b:c"), ("a:b:c", None));
+        assert_eq!(split_host_port("2001:db8::1"), ("2001:db8::1", None));
+        assert_eq!(split_host_port("[2001:db8::1]"), ("[2001:db8::1]", None));
+        assert_eq!(split_host_port("pbx"), ("pbx", None));
+    }
 }
