@@ -1074,6 +1074,9 @@ mod tests {
             .unwrap();
         assert!(r2 > r1);
         assert_eq!(s.phone(mac(1)).unwrap().unwrap().revision, r2);
+        // An empty change writes nothing and answers the current revision.
+        assert_eq!(s.commit(&Change::default()).unwrap(), r2);
+        assert_eq!(s.revision().unwrap(), r2);
         p.members.clear();
         p.domain = None;
         s.commit(&Change {
@@ -1083,11 +1086,18 @@ mod tests {
         .unwrap();
         assert!(s.phones_in_domain("d").unwrap().is_empty());
         assert!(s.phones_of_account("a@d").unwrap().is_empty());
+        // A deleted phone's rendered files go with it; another phone's stay.
+        let own = keys::render_key(Some(mac(1)), "m", "{mac}.cfg");
+        let other = keys::render_key(Some(mac(2)), "m", "{mac}.cfg");
+        s.render_put(&own, b"one".to_vec()).unwrap();
+        s.render_put(&other, b"two".to_vec()).unwrap();
         s.commit(&Change {
             phones: vec![(mac(1), None)],
             ..Default::default()
         })
         .unwrap();
         assert!(s.phone(mac(1)).unwrap().is_none());
+        assert!(s.render_get(&own).unwrap().is_none());
+        assert_eq!(s.render_get(&other).unwrap().as_deref(), Some(&b"two"[..]));
     }
 }
