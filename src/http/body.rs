@@ -230,19 +230,26 @@ impl Fields {
         })
     }
 
-    /// A setting value: validated by `settings::check_value` (integers accepted for
-    /// integer settings).
+    /// A setting value: validated by `settings::check_value`. A JSON integer is accepted
+    /// for an integer setting only (as the API document says); every other setting is a
+    /// string.
     pub fn setting(&mut self, key: &str) -> Result<Patch<String>, AppError> {
+        let int = matches!(settings::kind_of(key), Some(settings::Kind::Int(..)));
         let v = match self.take(key) {
             Patch::Set(Value::String(s)) => s,
-            Patch::Set(Value::Number(n)) if n.is_i64() => n.to_string(),
-            Patch::Set(_) => return Err(AppError::invalid(self.path(key), "must be a string")),
+            Patch::Set(Value::Number(n)) if int && n.is_i64() => n.to_string(),
+            Patch::Set(_) => {
+                let want = if int {
+                    "must be an integer"
+                } else {
+                    "must be a string"
+                };
+                return Err(AppError::invalid(self.path(key), want));
+            }
             Patch::Null => return Ok(Patch::Null),
             Patch::Absent => return Ok(Patch::Absent),
         };
-        if matches!(settings::kind_of(key), Some(settings::Kind::Int(..)))
-            && v.parse::<i64>().is_err()
-        {
+        if int && v.parse::<i64>().is_err() {
             return Err(AppError::invalid(self.path(key), "must be an integer"));
         }
         settings::check_value(key, &v).map_err(|m| AppError::invalid(self.path(key), m))?;
