@@ -78,7 +78,8 @@ START=$(date +%s)
 set +e
 # From the work folder: schemathesis keeps its cache (.schemathesis/) in the current one.
 cd "$WORK"
-"$VENV/bin/schemathesis" run "$BASE/api/v1/openapi.json" \
+"$VENV/bin/schemathesis" --config-file "$ROOT/scripts/schemathesis.toml" \
+    run "$BASE/api/v1/openapi.json" \
     --header "Authorization: Bearer $TOKEN" \
     --checks "$CHECKS" \
     --max-examples "$MAX_EXAMPLES" \

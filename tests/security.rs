@@ -141,7 +141,8 @@ async fn domain_bootstrap_is_exchanged_for_a_per_device_credential() {
             json!({"device-provisioning-bootstrap-username": null}),
         )
         .await;
-    assert_eq!(st, StatusCode::BAD_REQUEST);
+    // The stored password would be left without its username: a conflict with the record.
+    assert_eq!(st, StatusCode::CONFLICT);
     assert_eq!(
         b["error"]["field"],
         "device-provisioning-bootstrap-password"

@@ -46,7 +46,7 @@ pub fn create(
     }
     let _w = store.writer();
     if store.domain(domain)?.is_none() {
-        return Err(AdminError::invalid(
+        return Err(AdminError::conflict(
             "domain",
             format!("unknown domain {domain:?}; create it with PUT /api/v1/domains/{domain}"),
         ));
@@ -156,7 +156,7 @@ mod tests {
         }
         assert!(matches!(
             create(&s, None, "nowhere.example"),
-            Err(AdminError::Invalid { field, .. }) if field == "domain"
+            Err(AdminError::Conflict { field, .. }) if field == "domain"
         ));
         assert_eq!(list(&s, Some("b.example")).unwrap(), vec![tb.clone()]);
         assert_eq!(list(&s, None).unwrap().len(), 2);

@@ -67,7 +67,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// - `/phones/{mac}` GET/PUT/DELETE, `/members` GET/PUT, `/files/{file}`, `/explain`: a
 ///   phone outside its domain (another domain's, or in no domain) → 404. `PUT` of a new
 ///   MAC creates the phone in its domain; the body's `domain` may only name its domain
-///   (another answers like an unknown domain: 400 naming `domain`), and `null` (which
+///   (another answers like an unknown domain: 409 naming `domain`), and `null` (which
 ///   would leave the phone in no domain) is a 400 naming `domain`.
 /// - Account bodies linking `device-provisioning-mac-address` to a phone outside its
 ///   domain (or in no domain, which the server-wide token would claim) → 404.
@@ -153,9 +153,10 @@ pub(crate) fn check_name(field: &str, v: &str, max: usize) -> Result<(), AppErro
 fn resolve_domain(admin: &Admin, domain: &str) -> Result<String, AppError> {
     let d = if domain == "~" {
         admin.domain.clone().ok_or_else(|| {
-            AppError::invalid(
-                "domain",
-                "`~` needs a token bound to a domain; name the domain",
+            AppError::NotFound(
+                "`~` names the token's own domain and this token is bound to none; name the \
+                 domain"
+                    .into(),
             )
         })?
     } else {
@@ -172,7 +173,10 @@ fn resolve_domain(admin: &Admin, domain: &str) -> Result<String, AppError> {
 fn resolve_user(admin: &Admin, user: &str) -> Result<String, AppError> {
     let u = if user == "~" {
         admin.user.clone().ok_or_else(|| {
-            AppError::invalid("user", "`~` needs a token bound to a user; name the user")
+            AppError::NotFound(
+                "`~` names the token's own user and this token is bound to none; name the user"
+                    .into(),
+            )
         })?
     } else {
         user.to_string()
@@ -323,7 +327,7 @@ async fn put_domain(
             if !st::valid_key(k) {
                 return Err("is not a valid setting name".into());
             }
-            st::check_value(k, v)
+            v.map_or(Ok(()), |v| st::check_value(k, v))
         })?;
         read_credentials(
             &mut f,
@@ -339,7 +343,7 @@ async fn put_domain(
             f.secret("device-provisioning-bootstrap-password")?,
         );
         if d.bootstrap_username.is_some() != d.bootstrap_password.is_some() {
-            return Err(AppError::invalid(
+            return Err(AppError::conflict(
                 "device-provisioning-bootstrap-password",
                 "bootstrap username and password are set together",
             ));
@@ -392,7 +396,7 @@ fn read_credentials(
     set_opt(user, f.secret("device-provisioning-username")?);
     set_opt(password, f.secret("device-provisioning-password")?);
     if user.is_some() != password.is_some() {
-        return Err(AppError::invalid(
+        return Err(AppError::conflict(
             "device-provisioning-password",
             "provisioning username and password are set together",
         ));
@@ -769,16 +773,17 @@ fn read_account_fields(
     })
 }
 
-/// A model or line names a phone to link to: refused when there is none.
+/// A model or line names a phone to link to: refused when there is none (a conflict with
+/// the stored account, which is linked to no phone).
 fn check_link_request(link: &LinkRequest, target_mac: Option<Mac>) -> Result<(), AppError> {
     if link.model.named() && !link.mac.named() && target_mac.is_none() {
-        return Err(AppError::invalid(
+        return Err(AppError::conflict(
             "device-models-model",
             "needs device-provisioning-mac-address to link a phone",
         ));
     }
     if link.line.named() && target_mac.is_none() {
-        return Err(AppError::invalid(
+        return Err(AppError::conflict(
             "device-provisioning-line",
             "needs device-provisioning-mac-address to link a phone",
         ));
@@ -804,7 +809,7 @@ fn link_account(
     if let Patch::Set(m) = &link.model
         && t.catalogue.get(m).is_none()
     {
-        return Err(AppError::invalid(
+        return Err(AppError::conflict(
             "device-models-model",
             format!("unknown model {m:?}; see GET /api/v1/models"),
         ));
@@ -880,13 +885,13 @@ fn phone_to_link(
         }
         None => {
             let Patch::Set(model) = model else {
-                return Err(AppError::invalid(
+                return Err(AppError::conflict(
                     "device-models-model",
                     "is required to link a MAC that is not provisioned yet",
                 ));
             };
             if st.templates().catalogue.get(model).is_none() {
-                return Err(AppError::invalid(
+                return Err(AppError::conflict(
                     "device-models-model",
                     format!("unknown model {model:?}; see GET /api/v1/models"),
                 ));
@@ -938,12 +943,13 @@ fn seat_member(
     Ok(())
 }
 
-/// Checks that `m` fits on `phone` (see [`rules::place`]): 400 when it does not fit the
-/// model, 409 when another member holds the port.
+/// Checks that `m` fits on `phone` (see [`rules::place`]): 409 when it does not fit the
+/// model or another member holds the port (both depend on what is stored).
 pub(crate) fn place(phone: &Phone, model: &Model, m: &Member, field: &str) -> Result<(), AppError> {
     rules::place(phone, &model.id, model.ports, m).map_err(|e| match e {
-        rules::Misplaced::DoesNotFit(msg) => AppError::invalid(field, msg),
-        rules::Misplaced::Taken(msg) => AppError::conflict(field, msg),
+        rules::Misplaced::DoesNotFit(msg) | rules::Misplaced::Taken(msg) => {
+            AppError::conflict(field, msg)
+        }
     })
 }
 
@@ -983,7 +989,7 @@ async fn write_account(
 /// Creates an account (the body names `device`; 409 if it exists).
 #[utoipa::path(
     post, path = "/domains/{domain}/users/{user}/devices", tag = "accounts", params(UserPath),
-    request_body = schema::AccountIn,
+    request_body = schema::AccountCreateIn,
     responses((status = 201, description = "Created", body = schema::AccountOut), schema::WriteErrors)
 )]
 async fn post_account(
@@ -1266,16 +1272,16 @@ fn edited_phone(
         (Some(p), _) => p.clone(),
         (None, Patch::Set(m)) => Phone::new(mac, m.clone()),
         (None, _) => {
-            return Err(AppError::invalid(
+            return Err(AppError::conflict(
                 "device-models-model",
-                "is required to create a phone",
+                "is required to create a phone (no phone has this MAC)",
             ));
         }
     };
     match model_patch {
         Patch::Set(m) => {
             if t.catalogue.get(&m).is_none() {
-                return Err(AppError::invalid(
+                return Err(AppError::conflict(
                     "device-models-model",
                     format!("unknown model {m:?}; see GET /api/v1/models"),
                 ));
@@ -1313,7 +1319,12 @@ fn edited_phone(
         &mut phone.overrides,
         "device-provisioning-overrides",
         ov,
-        &|_, _| Ok(()),
+        // Kept and new values are checked against the model's formats below; a removal's
+        // key must still be one that some format could hold.
+        &|k, v| match v {
+            None => overlay::check_override(crate::model::Format::KeyValue, k, ""),
+            Some(_) => Ok(()),
+        },
     )?;
     // Every override (kept ones too: the model may have changed) must fit its formats.
     check_overrides(model, "device-provisioning-overrides", &phone.overrides)?;
@@ -1336,7 +1347,7 @@ fn read_phone_domain(
             check_name("domain", &d, 64)?;
             // Another domain answers like an unknown one under a domain token.
             if !a.sees(&d) || st.store.domain(&d)?.is_none() {
-                return Err(AppError::invalid(
+                return Err(AppError::conflict(
                     "domain",
                     format!("unknown domain {d:?}; create it with PUT /api/v1/domains/{d}"),
                 ));
@@ -1505,7 +1516,10 @@ fn parse_member(i: usize, v: Value) -> Result<Member, AppError> {
 }
 
 /// Validates a whole members list against the phone's model and domain (each rule names
-/// the field).
+/// the field). A member that does not fit the model, takes a port or the primary-owner
+/// role another member holds, or names an account the phone's domain lacks conflicts with
+/// stored state or another member (409); only a hotline without its destination is a
+/// malformed member (400, and the API document says so).
 fn check_members(
     st: &AppState,
     phone: &Phone,
@@ -1516,19 +1530,19 @@ fn check_members(
     for (i, m) in members.iter().enumerate() {
         let at = |k: &str| format!("members[{i}].{k}");
         if m.port > model.ports {
-            return Err(AppError::invalid(
+            return Err(AppError::conflict(
                 at("port"),
                 format!("{} has ports 1 to {}", model.id, model.ports),
             ));
         }
         if let Some(j) = members[..i].iter().position(|o| o.port == m.port) {
-            return Err(AppError::invalid(
+            return Err(AppError::conflict(
                 at("port"),
                 format!("port {} is already used by members[{j}]", m.port),
             ));
         }
         if m.ports().any(|p| p > model.ports) {
-            return Err(AppError::invalid(
+            return Err(AppError::conflict(
                 at("lineWeight"),
                 format!(
                     "ports {} to {} run past the {} ports of {}",
@@ -1546,7 +1560,7 @@ fn check_members(
         {
             // Name the member whose lineWeight reaches into the other's ports.
             let wide = if m.ports().contains(&o.port) { i } else { j };
-            return Err(AppError::invalid(
+            return Err(AppError::conflict(
                 format!("members[{wide}].lineWeight"),
                 format!("ports of members[{i}] and members[{j}] overlap"),
             ));
@@ -1554,7 +1568,7 @@ fn check_members(
         if m.primary_owner {
             owners += 1;
             if owners > 1 {
-                return Err(AppError::invalid(
+                return Err(AppError::conflict(
                     at("primaryOwner"),
                     "only one member can be the primary owner",
                 ));
@@ -1567,7 +1581,7 @@ fn check_members(
             ));
         }
         if m.t38_fax_compression_enabled && !model.ata {
-            return Err(AppError::invalid(
+            return Err(AppError::conflict(
                 at("t38FaxCompressionEnabled"),
                 format!("{} is not an ATA; T.38 is for ATAs only", model.id),
             ));
@@ -1575,7 +1589,7 @@ fn check_members(
         match st.store.account(&m.id)? {
             Some(a) if Some(&a.domain) == phone.domain.as_ref() => {}
             _ => {
-                return Err(AppError::invalid(
+                return Err(AppError::conflict(
                     at("id"),
                     format!("no account {:?} in the phone's domain", m.id),
                 ));

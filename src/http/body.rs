@@ -204,7 +204,7 @@ impl Fields {
     /// An integer in `lo..=hi`.
     pub fn int(&mut self, key: &str, lo: i64, hi: i64) -> Result<Patch<i64>, AppError> {
         Ok(match self.take(key) {
-            Patch::Set(v) => match v.as_i64() {
+            Patch::Set(v) => match json_int(&v) {
                 Some(n) if (lo..=hi).contains(&n) => Patch::Set(n),
                 _ => {
                     return Err(AppError::invalid(
@@ -237,7 +237,9 @@ impl Fields {
         let int = matches!(settings::kind_of(key), Some(settings::Kind::Int(..)));
         let v = match self.take(key) {
             Patch::Set(Value::String(s)) => s,
-            Patch::Set(Value::Number(n)) if int && n.is_i64() => n.to_string(),
+            Patch::Set(v) if int && json_int(&v).is_some() => {
+                json_int(&v).map_or_else(String::new, |n| n.to_string())
+            }
             Patch::Set(_) => {
                 let want = if int {
                     "must be an integer"
@@ -257,14 +259,18 @@ impl Fields {
     }
 
     /// A read-only echo field: allowed only when equal to `expected` (lets a client PUT
-    /// back what it got).
+    /// back what it got); another value conflicts with the record the path names (409).
     pub fn echo(&mut self, key: &str, expected: &str) -> Result<(), AppError> {
         match self.take(key) {
             Patch::Absent => Ok(()),
             Patch::Set(Value::String(s)) if s == expected => Ok(()),
-            _ => Err(AppError::invalid(
+            Patch::Set(Value::String(_)) => Err(AppError::conflict(
                 self.path(key),
                 format!("is read-only here and must be {expected:?} if given"),
+            )),
+            _ => Err(AppError::invalid(
+                self.path(key),
+                format!("must be the string {expected:?} if given (read-only)"),
             )),
         }
     }
@@ -286,13 +292,17 @@ impl Fields {
     }
 }
 
+/// Checks one key of a merge patch with its new value (`None`: the key is removed).
+pub type KeyCheck = dyn Fn(&str, Option<&str>) -> Result<(), String>;
+
 /// Applies a JSON merge patch (RFC 7386) of string values onto `target`: `null` removes a
-/// key; `check` validates each key/value and names the field on failure.
+/// key; `check` validates each key with its new value (`None`: a removal, whose key must
+/// still be one that could be set) and names the field on failure.
 pub fn merge_patch(
     target: &mut std::collections::BTreeMap<String, String>,
     field: &str,
     patch: Patch<Value>,
-    check: &dyn Fn(&str, &str) -> Result<(), String>,
+    check: &KeyCheck,
 ) -> Result<bool, AppError> {
     match patch {
         Patch::Absent => Ok(false),
@@ -303,21 +313,26 @@ pub fn merge_patch(
         Patch::Set(Value::Object(m)) => {
             for (k, v) in m {
                 let path = format!("{field}.{k}");
-                match v {
+                let text = match v {
                     Value::Null => {
+                        check(&k, None).map_err(|msg| AppError::invalid(path, msg))?;
                         target.remove(&k);
+                        continue;
                     }
-                    Value::String(s) => {
-                        check(&k, &s).map_err(|msg| AppError::invalid(path, msg))?;
-                        target.insert(k, s);
-                    }
-                    Value::Number(n) if n.is_i64() || n.is_u64() => {
-                        let s = n.to_string();
-                        check(&k, &s).map_err(|msg| AppError::invalid(path, msg))?;
-                        target.insert(k, s);
-                    }
-                    _ => return Err(AppError::invalid(path, "must be a string or null")),
-                }
+                    Value::String(s) => s,
+                    Value::Number(n) if n.is_u64() => n.to_string(),
+                    v => match json_int(&v) {
+                        Some(n) => n.to_string(),
+                        None => {
+                            return Err(AppError::invalid(
+                                path,
+                                "must be a string, an integer or null",
+                            ));
+                        }
+                    },
+                };
+                check(&k, Some(&text)).map_err(|msg| AppError::invalid(path, msg))?;
+                target.insert(k, text);
             }
             Ok(true)
         }
@@ -326,6 +341,18 @@ pub fn merge_patch(
             "must be an object of key → string value",
         )),
     }
+}
+
+/// A JSON integer as JSON Schema counts them: a number with no fractional part, so `335.0`
+/// is the integer 335 (the API document's `integer` type allows it) and `1.5` is none.
+pub fn json_int(v: &Value) -> Option<i64> {
+    if let Some(n) = v.as_i64() {
+        return Some(n);
+    }
+    let f = v.as_f64()?;
+    // Within i64's range, exactly: 2^63 itself is out.
+    (f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f))
+        .then_some(f as i64)
 }
 
 #[cfg(test)]

@@ -188,6 +188,18 @@ pub enum SettingValue {
     Int(i64),
 }
 
+/// Free text as every text field takes it: no control character, no U+FFFE or U+FFFF
+/// (`model::settings::check_text`), at most 1024 characters.
+const TEXT: &str = r"^[^\u0000-\u001f\u007f-\u009f\uFFFE\uFFFF]*$";
+
+fn text_schema() -> utoipa::openapi::schema::ObjectBuilder {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(TEXT))
+        .max_length(Some(1024))
+}
+
 /// A value in a merge patch of settings: text, an integer, or `null` to remove the key.
 #[derive(Deserialize)]
 pub struct SettingPatch(serde_json::Value);
@@ -196,7 +208,7 @@ impl utoipa::PartialSchema for SettingPatch {
     fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
         OneOfBuilder::new()
-            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(text_schema())
             .item(ObjectBuilder::new().schema_type(Type::Integer))
             .item(ObjectBuilder::new().schema_type(Type::Null))
             .into()
@@ -204,6 +216,104 @@ impl utoipa::PartialSchema for SettingPatch {
 }
 
 impl ToSchema for SettingPatch {}
+
+/// A setting name (`model::settings::valid_key`).
+const SETTING_KEY: &str = r"^[a-z0-9][a-z0-9._-]{0,127}$";
+
+/// An override key as every format takes it (the key-value rule, the loosest): 1–256
+/// characters, not starting with `#` or `;`, no `=`, space or control character. A model
+/// with an XML file narrows it (an XML name, `line[1]/RegisterAddr` paths for elements).
+const OVERRIDE_KEY: &str =
+    r"^[^#;=\s\u0000-\u001f\u007f-\u009f][^=\s\u0000-\u001f\u007f-\u009f]{0,255}$";
+
+fn keyed_map(
+    key: &'static str,
+    value: RefOr<utoipa::openapi::schema::Schema>,
+) -> RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(key)),
+        ))
+        .additional_properties(Some(AdditionalProperties::RefOr(value)))
+        .into()
+}
+
+/// A merge patch of settings: name → text, an integer, or `null` to remove the name.
+#[derive(Deserialize)]
+pub struct SettingsPatch(BTreeMap<String, SettingPatch>);
+
+impl utoipa::PartialSchema for SettingsPatch {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        keyed_map(
+            SETTING_KEY,
+            <SettingPatch as utoipa::PartialSchema>::schema(),
+        )
+    }
+}
+
+impl ToSchema for SettingsPatch {}
+
+/// A merge patch of overrides: key → text, an integer, or `null` to remove the key.
+#[derive(Deserialize)]
+pub struct OverridePatch(BTreeMap<String, SettingPatch>);
+
+impl utoipa::PartialSchema for OverridePatch {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        keyed_map(
+            OVERRIDE_KEY,
+            <SettingPatch as utoipa::PartialSchema>::schema(),
+        )
+    }
+}
+
+impl ToSchema for OverridePatch {}
+
+/// Overrides as a whole: key → text.
+#[derive(Deserialize)]
+pub struct OverrideMap(BTreeMap<String, String>);
+
+impl utoipa::PartialSchema for OverrideMap {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        keyed_map(OVERRIDE_KEY, text_schema().into())
+    }
+}
+
+impl ToSchema for OverrideMap {}
+
+/// An address or an IPv4 block (`192.0.2.0/24`); IPv6 blocks (`2001:db8::/32`) are accepted
+/// too, beyond what the schema's pattern says.
+#[derive(Deserialize)]
+pub struct Cidr(String);
+
+impl utoipa::PartialSchema for Cidr {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type,
+        };
+        const OCTET: &str = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+        let block = format!(r"^({OCTET}\.){{3}}{OCTET}/(3[0-2]|[12]?[0-9])$");
+        let text = |f: KnownFormat| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(f)))
+        };
+        AnyOfBuilder::new()
+            .item(text(KnownFormat::Ipv4))
+            .item(text(KnownFormat::Ipv6))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(block)),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for Cidr {}
 
 /// Registration expiry: 1–604800, as an integer or its decimal text.
 #[derive(Deserialize)]
@@ -371,7 +481,7 @@ pub struct DomainIn {
     #[schema(nullable = false)]
     pub domain: Option<String>,
     /// Merge patch of domain defaults (a key given `null` is removed; `null` clears all).
-    pub defaults: Option<BTreeMap<String, SettingPatch>>,
+    pub defaults: Option<SettingsPatch>,
     /// Provisioning user name (set together with the password).
     #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$", max_length = 1024)]
     pub device_provisioning_username: Option<String>,
@@ -385,7 +495,8 @@ pub struct DomainIn {
     #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$", max_length = 1024)]
     pub device_provisioning_bootstrap_password: Option<String>,
     /// CIDR blocks or addresses (at most 256); `[]` or `null`: any.
-    pub device_provisioning_allowed_cidrs: Option<Vec<String>>,
+    #[schema(max_items = 256)]
+    pub device_provisioning_allowed_cidrs: Option<Vec<Cidr>>,
     /// `basic`, `digest`, or `null` (the model's).
     pub device_provisioning_auth_scheme: Option<AuthScheme>,
 }
@@ -462,9 +573,32 @@ pub struct AccountOut {
 #[serde(untagged)]
 pub enum OverridesIn {
     /// Key → value.
-    Map(BTreeMap<String, String>),
+    Map(OverrideMap),
     /// `key = value` lines.
     Lines(String),
+}
+
+/// Account body of `POST` (creation): an [`AccountIn`] that names `device`.
+pub struct AccountCreateIn;
+
+impl utoipa::PartialSchema for AccountCreateIn {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Ref};
+        AllOfBuilder::new()
+            .item(Ref::from_schema_name("AccountIn"))
+            .item(ObjectBuilder::new().required("device"))
+            .into()
+    }
+}
+
+impl ToSchema for AccountCreateIn {
+    fn schemas(schemas: &mut Vec<(String, RefOr<utoipa::openapi::schema::Schema>)>) {
+        schemas.push((
+            "AccountIn".into(),
+            <AccountIn as utoipa::PartialSchema>::schema(),
+        ));
+        <AccountIn as ToSchema>::schemas(schemas);
+    }
 }
 
 /// Account body (`POST` needs `device`; `PUT` takes it from the path). Every field
@@ -521,6 +655,7 @@ pub struct AccountIn {
     pub emergency_address_id: Option<String>,
     /// Model of the phone to link (with the MAC).
     #[schema(example = "yealink-t46s")]
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$", max_length = 64)]
     pub device_models_model: Option<String>,
     /// MAC to link (creating the phone if needed); `null` unlinks.
     #[schema(
@@ -595,7 +730,11 @@ pub struct MemberIn {
     #[schema(minimum = 1, maximum = 1024)]
     pub port: u32,
     /// Account id (`device@domain`) of the phone's domain.
-    #[schema(example = "d100@example.com")]
+    #[schema(
+        example = "d100@example.com",
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$",
+        max_length = 1024
+    )]
     pub id: String,
     /// Default `PRIMARY`.
     pub line_type: Option<LineType>,
@@ -632,7 +771,47 @@ pub struct MembersOut {
 #[serde(deny_unknown_fields)]
 pub struct MembersIn {
     /// The new list.
-    pub members: Option<Vec<MemberIn>>,
+    pub members: Option<Vec<Member>>,
+}
+
+/// One member as the document states it in full: a [`MemberIn`] whose hotline, when on,
+/// names a destination (a rule across two fields, which `MemberIn`'s derive cannot say).
+#[derive(Deserialize)]
+pub struct Member(MemberIn);
+
+impl utoipa::PartialSchema for Member {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Ref, Type};
+        let off = ObjectBuilder::new().property(
+            "hotlineEnabled",
+            ObjectBuilder::new().enum_values(Some([
+                serde_json::Value::Bool(false),
+                serde_json::Value::Null,
+            ])),
+        );
+        let named = ObjectBuilder::new()
+            .required("hotlineDestination")
+            .property(
+                "hotlineDestination",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"\S")),
+            );
+        AllOfBuilder::new()
+            .item(Ref::from_schema_name("MemberIn"))
+            .item(AnyOfBuilder::new().item(off).item(named))
+            .into()
+    }
+}
+
+impl ToSchema for Member {
+    fn schemas(schemas: &mut Vec<(String, RefOr<utoipa::openapi::schema::Schema>)>) {
+        schemas.push((
+            "MemberIn".into(),
+            <MemberIn as utoipa::PartialSchema>::schema(),
+        ));
+        <MemberIn as ToSchema>::schemas(schemas);
+    }
 }
 
 /// The phone's last request.
@@ -719,6 +898,7 @@ pub struct PhoneIn {
     /// Model id (cannot be null).
     #[schema(nullable = false)]
     #[schema(example = "yealink-t46s")]
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$", max_length = 64)]
     pub device_models_model: Option<String>,
     /// The phone's own provisioning user name (set together with the password).
     #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$", max_length = 1024)]
@@ -735,7 +915,7 @@ pub struct PhoneIn {
     /// Phone-level transport.
     pub device_provisioning_sip_transport_protocol: Option<Transport>,
     /// Merge patch of vendor key → value.
-    pub device_provisioning_overrides: Option<BTreeMap<String, SettingPatch>>,
+    pub device_provisioning_overrides: Option<OverridePatch>,
 }
 
 // ---------------------------------------------------------------- explain

@@ -118,7 +118,8 @@ pub fn valid_key(key: &str) -> bool {
 }
 
 /// Text a user typed may never carry a line break or another control character, nor
-/// U+FFFE or U+FFFF: free text lands in XML files too, and XML cannot hold those two.
+/// U+FFFE or U+FFFF: free text lands in XML files too, and XML cannot hold those two. At
+/// most 1024 characters.
 pub fn check_text(v: &str) -> Result<(), String> {
     if v.chars().any(|c| c.is_control()) {
         return Err("must not contain line breaks or control characters".into());
@@ -126,8 +127,9 @@ pub fn check_text(v: &str) -> Result<(), String> {
     if v.contains(['\u{FFFE}', '\u{FFFF}']) {
         return Err("must not contain U+FFFE or U+FFFF (not XML characters)".into());
     }
-    if v.len() > 1024 {
-        return Err("must be at most 1024 bytes".into());
+    // Characters, as the API document's `maxLength` counts them.
+    if v.chars().count() > 1024 {
+        return Err("must be at most 1024 characters".into());
     }
     Ok(())
 }

@@ -498,8 +498,8 @@ pub fn check_override(format: Format, key: &str, value: &str) -> Result<(), Stri
     if value.chars().any(char::is_control) {
         return Err("value must not contain line breaks or control characters".into());
     }
-    if value.len() > 1024 {
-        return Err("value must be at most 1024 bytes".into());
+    if value.chars().count() > 1024 {
+        return Err("value must be at most 1024 characters".into());
     }
     // Not characters XML 1.0 can hold, escaped or not (found by the property tests).
     if format.is_xml() && value.contains(['\u{FFFE}', '\u{FFFF}']) {
@@ -507,7 +507,7 @@ pub fn check_override(format: Format, key: &str, value: &str) -> Result<(), Stri
     }
     match format {
         Format::XmlAttribute => {
-            if key.len() > 256 || !xml::valid_name(key) || is_namespace_attr(key) {
+            if key.chars().count() > 256 || !xml::valid_name(key) || is_namespace_attr(key) {
                 return Err(
                     "key must be an XML attribute name (letters, digits, `_`, `.`, \
                             `-`; not starting with a digit or `xml`)"
@@ -517,7 +517,7 @@ pub fn check_override(format: Format, key: &str, value: &str) -> Result<(), Stri
             Ok(())
         }
         Format::XmlElement => {
-            if key.len() > 256 || parse_key(key).is_none() {
+            if key.chars().count() > 256 || parse_key(key).is_none() {
                 return Err("key must be an element name, optionally with an index \
                             (`P271`, `user_host[1]`, `line[1]/RegisterAddr`)"
                     .into());
@@ -525,7 +525,7 @@ pub fn check_override(format: Format, key: &str, value: &str) -> Result<(), Stri
             Ok(())
         }
         Format::KeyValue => {
-            if key.is_empty() || key.len() > 256 {
+            if key.is_empty() || key.chars().count() > 256 {
                 return Err("key must be 1 to 256 characters".into());
             }
             // `#` and `;` start comment lines, and kv_key trims whitespace: such a key
@@ -723,11 +723,11 @@ mod tests {
                 }
                 prop_assert_eq!(pairs(Format::KeyValue, &out).unwrap(), want, "{:?}", out);
             }
-            // Refused: a control character or more than 1024 bytes in the value; an empty or
+            // Refused: a control character or more than 1024 characters in the value; an empty or
             // over-long key, a comment marker first, `=`, whitespace or a control character.
-            let bad_value = value.chars().any(char::is_control) || value.len() > 1024;
+            let bad_value = value.chars().any(char::is_control) || value.chars().count() > 1024;
             let bad_key = key.is_empty()
-                || key.len() > 256
+                || key.chars().count() > 256
                 || key.starts_with(['#', ';'])
                 || key.contains('=')
                 || key.chars().any(|c| c.is_whitespace() || c.is_control());
@@ -1151,7 +1151,8 @@ mod tests {
     /// Checks an XML overlay's output: well-formed to a conforming parser, which reads the
     /// same keys and values as [`pairs`]; no key twice; every accepted override's value
     /// exactly as typed. And what the check refuses, for a value: exactly a control
-    /// character, a character XML cannot hold (U+FFFE, U+FFFF), or more than 1024 bytes.
+    /// character, a character XML cannot hold (U+FFFE, U+FFFF), or more than 1024
+    /// characters.
     fn check_xml_overlay(
         format: Format,
         text: &str,
@@ -1173,7 +1174,7 @@ mod tests {
             let refused = v
                 .chars()
                 .any(|c| c.is_control() || !hostile::is_xml_char(c))
-                || v.len() > 1024;
+                || v.chars().count() > 1024;
             let verdict = check_override(format, "P1", v);
             prop_assert_eq!(verdict.is_err(), refused, "{:?}: {:?}", v, verdict);
         }
