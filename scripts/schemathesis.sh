@@ -2,9 +2,11 @@
 # Fuzzes the admin API from its own OpenAPI document with schemathesis: builds and starts
 # the real server on 127.0.0.1 (a free port, a temp data folder), seeds a domain and an
 # account linked to a phone, then runs schemathesis against
-# http://127.0.0.1:PORT/api/v1/openapi.json with the admin token. Fails on any 5xx
-# (not_a_server_error) or any response that violates its documented schema
-# (response_schema_conformance). Results are recorded in docs/RELIABILITY.md (## Schemathesis).
+# http://127.0.0.1:PORT/api/v1/openapi.json with the admin token and every check
+# (CHECKS=all): a 5xx, a response outside its documented schema, a request the document
+# allows but the server refuses (or the reverse), … fail the run; scripts/schemathesis.toml
+# holds the one documented exception (CSV import). Results are recorded in
+# docs/RELIABILITY.md (## Schemathesis).
 #
 #   scripts/schemathesis.sh                     # MAX_EXAMPLES=30
 #   MAX_EXAMPLES=100 SEED=1 scripts/schemathesis.sh
@@ -15,7 +17,7 @@
 set -euo pipefail
 
 MAX_EXAMPLES=${MAX_EXAMPLES:-30}
-CHECKS=${CHECKS:-not_a_server_error,response_schema_conformance}
+CHECKS=${CHECKS:-all}
 SCHEMATHESIS_VERSION=${SCHEMATHESIS_VERSION:-4.32.5}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-$ROOT/target/schemathesis-venv}
