@@ -2643,3 +2643,30 @@ async fn moving_an_account_leaves_the_other_members_in_place() {
         ]
     );
 }
+
+/// Provisioning credentials set or changed on a linked account reach its phone, whichever
+/// half changed: the phone answers to the new pair and no longer to the server default.
+#[tokio::test]
+async fn account_credentials_reach_the_linked_phone() {
+    let s = fixture().await;
+    let file = format!("{T46S}.cfg");
+    let ua = Some("Yealink SIP-T46S 66.86.0.15");
+    let (st, b) = s
+        .put(
+            ACC,
+            json!({"device-provisioning-username": "desk", "device-provisioning-password": "first-pass"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let (_, phone) = s.get(&format!("/phones/{T46S}")).await;
+    assert_eq!(phone["device-provisioning-username"], "desk", "{phone}");
+    let r = s.fetch_as(&file, Some(("desk", "first-pass")), ua).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // Only the password changes.
+    let (st, b) = s
+        .put(ACC, json!({"device-provisioning-password": "second-pass"}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let r = s.fetch_as(&file, Some(("desk", "second-pass")), ua).await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
