@@ -2642,6 +2642,9 @@ async fn moving_an_account_leaves_the_other_members_in_place() {
             ("1005a@example.com".to_string(), 2)
         ]
     );
+    // The phone had a primary owner: the newcomer is not a second one.
+    assert_eq!(b["members"][0]["primaryOwner"], true, "{b}");
+    assert_eq!(b["members"][1]["primaryOwner"], false, "{b}");
 }
 
 /// Provisioning credentials set or changed on a linked account reach its phone, whichever

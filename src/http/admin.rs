@@ -912,7 +912,8 @@ fn seat_member(
 ) -> Result<(), AppError> {
     let already = phone.members.iter().position(|m| m.id == id);
     match (already, wanted_port) {
-        (Some(i), Some(port)) if phone.members[i].port != port => {
+        // Moved (or left on its port: placing it again finds the port free).
+        (Some(i), Some(port)) => {
             let mut moved = phone.members.remove(i);
             moved.port = port;
             place(phone, model, &moved, "device-provisioning-line")?;
