@@ -2672,4 +2672,11 @@ async fn account_credentials_reach_the_linked_phone() {
     assert_eq!(st, StatusCode::OK, "{b}");
     let r = s.fetch_as(&file, Some(("desk", "second-pass")), ua).await;
     assert_eq!(r.status(), StatusCode::OK);
+    // Only the username changes.
+    let (st, b) = s
+        .put(ACC, json!({"device-provisioning-username": "desk-2"}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let (_, phone) = s.get(&format!("/phones/{T46S}")).await;
+    assert_eq!(phone["device-provisioning-username"], "desk-2", "{phone}");
 }
