@@ -853,6 +853,7 @@ async fn members_rules_are_refused_by_name() {
         clash("port 3 on a 2-port T31G", &p31, vec![own(3, t31)], "members[0].port"),
         clash("port 17 on a 16-port T46S", &p46, vec![own(1, a), mem(17, b)], "members[1].port"),
         bad("port 1025", &p46, vec![own(1025, a)], "members[0].port"),
+        bad("empty account id", &p46, vec![json!({"port": 1, "id": "", "primaryOwner": true})], "members[0].id"),
         clash("two members on one port", &p46, vec![own(1, a), mem(1, b)], "members[1].port"),
         clash("lineWeight 2 on port 1 overlaps port 2", &p46,
             vec![with(1, a, json!({"lineWeight": 2})), mem(2, b)], "members[0].lineWeight"),
@@ -2679,4 +2680,55 @@ async fn account_credentials_reach_the_linked_phone() {
     assert_eq!(st, StatusCode::OK, "{b}");
     let (_, phone) = s.get(&format!("/phones/{T46S}")).await;
     assert_eq!(phone["device-provisioning-username"], "desk-2", "{phone}");
+}
+
+/// A model change keeps the members that fit the new model: a port equal to its last port
+/// fits; T.38 moves from one ATA to another and not to a desk phone. `lineType` may be
+/// given as either documented word.
+#[tokio::test]
+async fn a_model_change_keeps_members_that_fit() {
+    let s = fixture().await;
+    let model = "device-models-model";
+    let (st, b) = s
+        .put(
+            &members_path(T46S),
+            json!({"members": [
+                {"port": 1, "id": "1004a@example.com", "primaryOwner": true, "lineType": "PRIMARY"},
+                {"port": 2, "id": "1005a@example.com", "lineType": "SHARED_CALL_APPEARANCE"},
+            ]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(b["members"][0]["lineType"], "PRIMARY", "{b}");
+    // Two ports, members on ports 1 and 2: fits exactly.
+    let (st, b) = s
+        .put(&format!("/phones/{T46S}"), json!({ model: "yealink-t31g" }))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    // An ATA with a T.38 member moves to another ATA, not to a desk phone.
+    let ata = "001565a7a7a7";
+    let (st, b) = s
+        .put(
+            &format!("/phones/{ata}"),
+            json!({ model: "grandstream-ht802", "domain": DOM }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    let (st, b) = s
+        .put(
+            &members_path(ata),
+            json!({"members": [{"port": 1, "id": "1006a@example.com", "primaryOwner": true,
+                                "t38FaxCompressionEnabled": true}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let (st, b) = s
+        .put(&format!("/phones/{ata}"), json!({ model: "cisco-spa112" }))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let (st, b) = s
+        .put(&format!("/phones/{ata}"), json!({ model: "yealink-t46s" }))
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{b}");
+    assert_eq!(b["error"]["field"], model, "{b}");
 }
