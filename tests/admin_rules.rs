@@ -2732,3 +2732,17 @@ async fn a_model_change_keeps_members_that_fit() {
     assert_eq!(st, StatusCode::CONFLICT, "{b}");
     assert_eq!(b["error"]["field"], model, "{b}");
 }
+
+/// The server-wide token may take a phone out of its domain (`"domain": null`); a domain
+/// token may not (tests/tokens.rs).
+#[tokio::test]
+async fn the_server_token_takes_a_phone_out_of_its_domain() {
+    let s = fixture().await;
+    let (st, b) = s.put(&members_path(T31G), json!({"members": []})).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let (st, b) = s
+        .put(&format!("/phones/{T31G}"), json!({"domain": null}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(b["domain"], Value::Null, "{b}");
+}

@@ -1292,7 +1292,7 @@ fn edited_phone(
         Patch::Null => return Err(AppError::invalid("device-models-model", "cannot be null")),
         Patch::Absent => {}
     }
-    read_phone_domain(st, a, &mut f, &mut phone, existing.is_none())?;
+    read_phone_domain(st, a, &mut f, &mut phone)?;
     read_credentials(
         &mut f,
         &mut phone.provisioning_username,
@@ -1335,13 +1335,13 @@ fn edited_phone(
 }
 
 /// Reads the phone body's `domain`: a domain the caller sees and that exists; a domain token
-/// can neither clear it nor name another, and creates its phones in its own domain.
+/// can neither clear it nor name another, and creates its phones in its own domain (a phone
+/// it may update is in that domain already, so an absent `domain` always means its own).
 fn read_phone_domain(
     st: &AppState,
     a: &Admin,
     f: &mut Fields,
     phone: &mut Phone,
-    created: bool,
 ) -> Result<(), AppError> {
     match f.string("domain")? {
         Patch::Set(d) => {
@@ -1363,7 +1363,7 @@ fn read_phone_domain(
         }
         Patch::Null => phone.domain = None,
         // A phone created with a domain token is created in its domain.
-        Patch::Absent if created && a.domain.is_some() => phone.domain = a.domain.clone(),
+        Patch::Absent if a.domain.is_some() => phone.domain = a.domain.clone(),
         Patch::Absent => {}
     }
     Ok(())
