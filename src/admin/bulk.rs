@@ -161,7 +161,11 @@ pub fn parse(bytes: &[u8], format: Format) -> Result<Vec<Row>, Vec<RowError>> {
 }
 
 /// Splits CSV text into records with the line each starts on (RFC 4180: quoted fields may
-/// hold commas, `""` and line breaks; CRLF or LF; blank lines skipped; a UTF-8 BOM ignored).
+/// hold commas, `""` and line breaks; CRLF or LF; blank lines skipped; a UTF-8 BOM ignored;
+/// a quote inside an unquoted field is kept as text). Hand-written rather than the `csv`
+/// crate: its reader (csv-core) is lenient with invalid CSV by design, so text after a
+/// closing quote (`"a"b`) or an unterminated quote would be imported as some reading of
+/// it, and an import must refuse both, naming the line.
 fn csv_records(text: &str) -> Result<Vec<(usize, Vec<String>)>, RowError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
@@ -1326,6 +1330,16 @@ mod tests {
         assert_eq!(r[2], (4, vec!["multi\nline".to_string(), "z".to_string()]));
         assert_eq!(r[3], (6, vec!["last".to_string(), String::new()]));
         assert!(csv_records("a,\"open").is_err());
+        // A quote inside an unquoted field is text, not the start of a quoted field.
+        let r = csv_records("a,Desk 5\" screen,c\n").unwrap();
+        assert_eq!(
+            r[0].1,
+            vec![
+                "a".to_string(),
+                "Desk 5\" screen".to_string(),
+                "c".to_string()
+            ]
+        );
         assert!(csv_records("\"a\"b,c").is_err());
     }
 
