@@ -2746,3 +2746,20 @@ async fn the_server_token_takes_a_phone_out_of_its_domain() {
     assert_eq!(st, StatusCode::OK, "{b}");
     assert_eq!(b["domain"], Value::Null, "{b}");
 }
+
+/// An account's overrides reach its phone when the account names them (or links the
+/// phone); an edit of another account field leaves overrides set on the phone itself alone.
+#[tokio::test]
+async fn account_overrides_reach_the_phone_only_when_named() {
+    let s = fixture().await;
+    let ov = "device-provisioning-overrides";
+    let phone = format!("/phones/{T46S}");
+    let (st, b) = s.put(ACC, json!({ ov: {"custom.a": "1"} })).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(s.get(&phone).await.1[ov], json!({"custom.a": "1"}));
+    let (st, b) = s.put(&phone, json!({ ov: {"custom.a": "2"} })).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let (st, b) = s.put(ACC, json!({"device-srtp-enabled": "yes"})).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(s.get(&phone).await.1[ov], json!({"custom.a": "2"}));
+}
