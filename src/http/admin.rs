@@ -649,7 +649,7 @@ fn account_change(
         change.phones.push((p.mac, Some(p)));
     }
     if let Some(mac) = target_mac {
-        let phone = link_account(st, a, current.as_ref(), mac, &id, &acc, &edits)?;
+        let phone = link_account(st, a, mac, &id, &acc, &edits)?;
         change.phones.push((mac, Some(phone)));
     } else if edits.overrides_named
         && let Some(ov) = &acc.overrides
@@ -796,7 +796,6 @@ fn check_link_request(link: &LinkRequest, target_mac: Option<Mac>) -> Result<(),
 fn link_account(
     st: &AppState,
     a: &Admin,
-    current: Option<&(Phone, u32)>,
     mac: Mac,
     id: &str,
     acc: &Account,
@@ -805,7 +804,7 @@ fn link_account(
     let t = st.templates();
     let link = &edits.link;
     let domain = acc.domain.as_str();
-    let mut phone = phone_to_link(st, a, current, mac, domain, &link.model)?;
+    let mut phone = phone_to_link(st, a, mac, domain, &link.model)?;
     if let Patch::Set(m) = &link.model
         && t.catalogue.get(m).is_none()
     {
@@ -845,16 +844,11 @@ fn link_account(
 fn phone_to_link(
     st: &AppState,
     a: &Admin,
-    current: Option<&(Phone, u32)>,
     mac: Mac,
     domain: &str,
     model: &Patch<String>,
 ) -> Result<Phone, AppError> {
-    let stored = match current {
-        Some((p, _)) if p.mac == mac => Some(p.clone()),
-        _ => st.store.phone(mac)?,
-    };
-    match stored {
+    match st.store.phone(mac)? {
         // A domain token cannot link (or claim) a phone outside its domain.
         Some(p) if !a.sees_phone(&p) => {
             Err(AppError::NotFound(format!("no phone {}", mac.lower())))
