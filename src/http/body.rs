@@ -237,17 +237,17 @@ impl Fields {
         let int = matches!(settings::kind_of(key), Some(settings::Kind::Int(..)));
         let v = match self.take(key) {
             Patch::Set(Value::String(s)) => s,
-            Patch::Set(v) if int && json_int(&v).is_some() => {
-                json_int(&v).map_or_else(String::new, |n| n.to_string())
-            }
-            Patch::Set(_) => {
-                let want = if int {
-                    "must be an integer"
-                } else {
-                    "must be a string"
-                };
-                return Err(AppError::invalid(self.path(key), want));
-            }
+            Patch::Set(v) => match json_int(&v).filter(|_| int) {
+                Some(n) => n.to_string(),
+                None => {
+                    let want = if int {
+                        "must be an integer"
+                    } else {
+                        "must be a string"
+                    };
+                    return Err(AppError::invalid(self.path(key), want));
+                }
+            },
             Patch::Null => return Ok(Patch::Null),
             Patch::Absent => return Ok(Patch::Absent),
         };
@@ -358,6 +358,26 @@ pub fn json_int(v: &Value) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integers_as_json_schema_counts_them() {
+        use serde_json::json;
+        for (v, want) in [
+            (json!(2), Some(2)),
+            (json!(2.0), Some(2)),
+            (json!(-0.0), Some(0)),
+            (json!(-7.0), Some(-7)),
+            (json!(i64::MAX), Some(i64::MAX)),
+            (json!(1.5), None),
+            (json!(9.3e18), None),
+            (json!(-9.3e18), None),
+            (json!(u64::MAX), None),
+            (json!("2"), None),
+            (json!(null), None),
+        ] {
+            assert_eq!(json_int(&v), want, "{v}");
+        }
+    }
 
     fn dup_field(body: &str) -> Option<String> {
         match parse_strict(body.as_bytes()) {
