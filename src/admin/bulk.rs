@@ -1330,6 +1330,10 @@ mod tests {
         assert_eq!(r[2], (4, vec!["multi\nline".to_string(), "z".to_string()]));
         assert_eq!(r[3], (6, vec!["last".to_string(), String::new()]));
         assert!(csv_records("a,\"open").is_err());
+        // A CR that does not end a line is text (the value check refuses it later, naming
+        // the field), never dropped.
+        let r = csv_records("a,b\rc\r\n").unwrap();
+        assert_eq!(r[0].1, vec!["a".to_string(), "b\rc".to_string()]);
         // A quote inside an unquoted field is text, not the start of a quoted field.
         let r = csv_records("a,Desk 5\" screen,c\n").unwrap();
         assert_eq!(
