@@ -1303,6 +1303,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn json_rows_come_as_a_list_or_under_rows_alone() {
+        let row = r#"{"mac":"001565aabbcc","model":"yealink-t46s"}"#;
+        for body in [format!("[{row}]"), format!(r#"{{"rows": [{row}]}}"#)] {
+            let rows = parse(body.as_bytes(), Format::Json).unwrap();
+            assert_eq!(rows.len(), 1, "{body}");
+            assert_eq!(rows[0].get("mac"), "001565aabbcc", "{body}");
+        }
+        for (body, field) in [
+            (r#"{"rows": 5}"#.to_string(), "rows"),
+            (r#"{"rows": {}}"#.to_string(), "rows"),
+            (format!(r#"{{"rows": [{row}], "more": 1}}"#), "json"),
+            (format!(r#"{{"lines": [{row}]}}"#), "json"),
+            (row.to_string(), "json"),
+        ] {
+            let e = parse(body.as_bytes(), Format::Json).unwrap_err();
+            assert_eq!(e.len(), 1, "{body}: {e:?}");
+            assert_eq!(e[0].field, field, "{body}: {e:?}");
+        }
+    }
+
+    #[test]
     fn free_text_keeps_its_spaces_and_json_keys_are_strict() {
         let rows = parse(
             b"mac,model,label,password\n 001565aabbcc ,yealink-t46s,\" Desk \",\" pw \"\n",
