@@ -1303,6 +1303,62 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_last_line_without_its_line_break_is_a_row() {
+        let r = csv_records("a\nz").unwrap();
+        assert_eq!(
+            r,
+            vec![(1, vec!["a".to_string()]), (2, vec!["z".to_string()])]
+        );
+        // A line of one empty or all-space field is blank; two empty fields are a row.
+        let r = csv_records("a\n  \n\"\"\nz,\n").unwrap();
+        assert_eq!(
+            r,
+            vec![
+                (1, vec!["a".to_string()]),
+                (4, vec!["z".to_string(), String::new()])
+            ]
+        );
+    }
+
+    #[test]
+    fn header_names_are_the_columns_or_override_keys() {
+        let known = "mac, model, domain, user, device, line, label, password, transport, server, \
+                     override:<key>";
+        assert_eq!(known_columns(), known);
+        for bad in ["nonsense-column", "override:", "overrides", "Ovérride:x"] {
+            let csv = format!("mac,model,{bad}\n001565aabbcc,yealink-t46s,1\n");
+            let e = parse(csv.as_bytes(), Format::Csv).unwrap_err();
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            assert_eq!(e[0].field, bad.trim(), "{bad}: {e:?}");
+            assert!(e[0].message.contains(known), "{bad}: {e:?}");
+        }
+        let rows = parse(
+            b"MAC,Model,OVERRIDE:custom.x\n001565aabbcc,yealink-t46s,1\n",
+            Format::Csv,
+        )
+        .unwrap();
+        assert_eq!(
+            rows[0].overrides,
+            vec![("custom.x".to_string(), "1".to_string())]
+        );
+    }
+
+    #[test]
+    fn json_null_is_not_given_and_empty_overrides_are_skipped() {
+        let body = br#"[{"mac": "001565aabbcc", "model": "yealink-t46s", "label": null,
+            "overrides": {"a": "1", "b": ""}, "override:c": "3", "override:d": ""}]"#;
+        let rows = parse(body, Format::Json).unwrap();
+        assert_eq!(rows[0].get("label"), "");
+        assert_eq!(
+            rows[0].overrides,
+            vec![
+                ("a".to_string(), "1".to_string()),
+                ("c".to_string(), "3".to_string())
+            ]
+        );
+    }
+
+    #[test]
     fn json_rows_come_as_a_list_or_under_rows_alone() {
         let row = r#"{"mac":"001565aabbcc","model":"yealink-t46s"}"#;
         for body in [format!("[{row}]"), format!(r#"{{"rows": [{row}]}}"#)] {
