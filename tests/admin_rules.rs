@@ -2763,3 +2763,39 @@ async fn account_overrides_reach_the_phone_only_when_named() {
     assert_eq!(st, StatusCode::OK, "{b}");
     assert_eq!(s.get(&phone).await.1[ov], json!({"custom.a": "2"}));
 }
+
+/// An import that changes a phone's model checks the whole phone once every row is in: a
+/// member past the new model's ports, T.38 on a desk phone, or a member of another domain
+/// is a bad row naming the column, and nothing is imported.
+#[tokio::test]
+async fn an_import_checks_the_whole_phone_against_its_new_model() {
+    let s = fixture().await;
+    let (st, b) = s
+        .put(
+            FREE_ACC,
+            json!({"device-provisioning-mac-address": T46S, "device-provisioning-line": 5}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let before = s.dump();
+    let r = s
+        .admin(POST, "/import")
+        .header("content-type", "application/json")
+        .body(json!([{"mac": T46S, "model": "yealink-t31g"}]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "invalid_rows", "{b}");
+    assert_eq!(b["rows"][0]["field"], "model", "{b}");
+    assert_eq!(b["rows"][0]["line"], 1, "{b}");
+    assert!(
+        b["rows"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1005a@example.com"),
+        "{b}"
+    );
+    assert_eq!(s.dump(), before);
+}
