@@ -2799,3 +2799,79 @@ async fn an_import_checks_the_whole_phone_against_its_new_model() {
     );
     assert_eq!(s.dump(), before);
 }
+
+/// The other whole-phone rules of an import: T.38 on a model that is not an ATA, an override
+/// the new model's format cannot hold; and the summary counts what an import created.
+#[tokio::test]
+async fn an_import_checks_t38_and_overrides_and_counts_what_it_created() {
+    let s = fixture().await;
+    let ata = "001565a7a7a7";
+    let model = "device-models-model";
+    let (st, b) = s
+        .put(
+            &format!("/phones/{ata}"),
+            json!({ model: "grandstream-ht802", "domain": DOM }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    let (st, b) = s
+        .put(
+            &members_path(ata),
+            json!({"members": [{"port": 1, "id": "1006a@example.com", "primaryOwner": true,
+                                "t38FaxCompressionEnabled": true}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let (st, b) = s
+        .put(
+            &format!("/phones/{T46S}"),
+            json!({"device-provisioning-overrides": {"a/b": "1"}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let import = |rows: Value| {
+        let s = &s;
+        async move {
+            let r = s
+                .admin(POST, "/import")
+                .header("content-type", "application/json")
+                .body(rows.to_string())
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let before = s.dump();
+    for (rows, field, needle) in [
+        (
+            json!([{"mac": ata, "model": "yealink-t31g"}]),
+            "model",
+            "T.38",
+        ),
+        (
+            json!([{"mac": T46S, "model": "polycom-vvx450"}]),
+            "model",
+            "a/b",
+        ),
+    ] {
+        let (st, b) = import(rows.clone()).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{rows}: {b}");
+        assert_eq!(b["rows"].as_array().unwrap().len(), 1, "{rows}: {b}");
+        assert_eq!(b["rows"][0]["field"], field, "{rows}: {b}");
+        let message = b["rows"][0]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{rows}: {b}");
+        assert_eq!(s.dump(), before, "{rows}");
+    }
+    let (st, b) = import(json!([
+        {"mac": NEW_MAC, "model": "yealink-t46s", "domain": "new.example", "user": "1", "device": "1a"},
+        {"mac": "001565e0e0e1", "model": "yealink-t46s", "domain": "newer.example", "user": "2", "device": "2a"},
+    ]))
+    .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(
+        b["created"],
+        json!({"phones": 2, "accounts": 2, "domains": 2}),
+        "{b}"
+    );
+}
