@@ -2866,12 +2866,14 @@ async fn an_import_checks_t38_and_overrides_and_counts_what_it_created() {
     let (st, b) = import(json!([
         {"mac": NEW_MAC, "model": "yealink-t46s", "domain": "new.example", "user": "1", "device": "1a"},
         {"mac": "001565e0e0e1", "model": "yealink-t46s", "domain": "newer.example", "user": "2", "device": "2a"},
+        {"mac": "001565e0e0e2", "model": "yealink-t46s"},
     ]))
     .await;
     assert_eq!(st, StatusCode::OK, "{b}");
+    // A row without a domain creates none (no domain named "").
     assert_eq!(
         b["created"],
-        json!({"phones": 2, "accounts": 2, "domains": 2}),
+        json!({"phones": 3, "accounts": 2, "domains": 2}),
         "{b}"
     );
 }
