@@ -1358,6 +1358,54 @@ mod tests {
         );
     }
 
+    fn csv_row(header: &str, values: &str) -> Row {
+        let csv = format!("mac,model,{header}\n001565aabbcc,yealink-t46s,{values}\n");
+        parse(csv.as_bytes(), Format::Csv).unwrap().remove(0)
+    }
+
+    #[test]
+    fn a_line_needs_user_device_and_domain_and_its_columns_need_a_line() {
+        let fields = |row: &Row| {
+            let mut e = Vec::new();
+            let has = check_line_columns(row, &mut e);
+            (has, e.into_iter().map(|e| e.field).collect::<Vec<_>>())
+        };
+        let all = csv_row("user,device,domain", "100,100a,example.com");
+        assert_eq!(fields(&all), (true, vec![]));
+        let user = csv_row("user", "100");
+        assert_eq!(
+            fields(&user),
+            (true, vec!["device".into(), "domain".into()])
+        );
+        let device = csv_row("device,domain", "100a,example.com");
+        assert_eq!(fields(&device), (true, vec!["user".into()]));
+        let label = csv_row("label,line", "Desk,1");
+        assert_eq!(fields(&label), (false, vec!["line".into(), "label".into()]));
+        let phone = csv_row("domain", "example.com");
+        assert_eq!(fields(&phone), (false, vec![]));
+    }
+
+    #[test]
+    fn a_line_is_a_port_of_the_model() {
+        let text = std::fs::read_to_string("models/yealink-t46s.toml").unwrap();
+        let t46s: Model = toml::from_str(&text).unwrap();
+        let port = |v: &str, model: Option<&Model>| {
+            let mut e = Vec::new();
+            let p = row_port(&csv_row("line", v), model, &mut e);
+            (p, e.into_iter().map(|e| e.message).collect::<Vec<_>>())
+        };
+        assert_eq!(port("", Some(&t46s)), (Some(None), vec![]));
+        assert_eq!(port("1", Some(&t46s)), (Some(Some(1)), vec![]));
+        assert_eq!(port("16", Some(&t46s)), (Some(Some(16)), vec![]));
+        assert_eq!(port("99", None), (Some(Some(99)), vec![]));
+        let t46s_range = "must be a port from 1 to 16 (yealink-t46s has 16)".to_string();
+        assert_eq!(port("17", Some(&t46s)), (None, vec![t46s_range.clone()]));
+        assert_eq!(port("0", Some(&t46s)), (None, vec![t46s_range]));
+        let any = "must be a port number from 1".to_string();
+        assert_eq!(port("0", None), (None, vec![any.clone()]));
+        assert_eq!(port("x", None), (None, vec![any]));
+    }
+
     #[test]
     fn json_rows_come_as_a_list_or_under_rows_alone() {
         let row = r#"{"mac":"001565aabbcc","model":"yealink-t46s"}"#;
