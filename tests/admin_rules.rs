@@ -2877,3 +2877,43 @@ async fn an_import_checks_t38_and_overrides_and_counts_what_it_created() {
         "{b}"
     );
 }
+
+/// Rows of one import agree on a phone's domain: two rows may stage one phone in one
+/// domain (and a stored phone in its own), not in two.
+#[tokio::test]
+async fn rows_agree_on_a_phones_domain() {
+    let s = fixture().await;
+    let import = |rows: Value| {
+        let s = &s;
+        async move {
+            let r = s
+                .admin(POST, "/import")
+                .header("content-type", "application/json")
+                .body(rows.to_string())
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let before = s.dump();
+    let (st, b) = import(json!([
+        {"mac": NEW_MAC, "model": "yealink-t46s", "domain": DOM},
+        {"mac": NEW_MAC, "model": "yealink-t46s", "domain": "other.org"},
+    ]))
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(b["rows"][0]["line"], 2, "{b}");
+    assert_eq!(b["rows"][0]["field"], "domain", "{b}");
+    let message = b["rows"][0]["message"].as_str().unwrap();
+    assert!(message.contains("on line 1"), "{b}");
+    assert_eq!(s.dump(), before);
+    let (st, b) = import(json!([
+        {"mac": NEW_MAC, "model": "yealink-t46s", "domain": DOM, "user": "1007", "device": "1007a"},
+        {"mac": NEW_MAC, "model": "yealink-t46s", "domain": DOM, "user": "1008", "device": "1008a"},
+        {"mac": T46S, "model": "yealink-t46s", "domain": DOM},
+    ]))
+    .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(b["created"]["accounts"], 2, "{b}");
+}
