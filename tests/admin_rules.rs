@@ -2908,6 +2908,14 @@ async fn rows_agree_on_a_phones_domain() {
     let message = b["rows"][0]["message"].as_str().unwrap();
     assert!(message.contains("on line 1"), "{b}");
     assert_eq!(s.dump(), before);
+    // A stored phone stays in its domain.
+    let (st, b) =
+        import(json!([{"mac": T31G, "model": "yealink-t31g", "domain": "other.org"}])).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(b["rows"][0]["field"], "domain", "{b}");
+    let message = b["rows"][0]["message"].as_str().unwrap();
+    assert!(message.contains("belongs to domain example.com"), "{b}");
+    assert_eq!(s.dump(), before);
     let (st, b) = import(json!([
         {"mac": NEW_MAC, "model": "yealink-t46s", "domain": DOM, "user": "1007", "device": "1007a"},
         {"mac": NEW_MAC, "model": "yealink-t46s", "domain": DOM, "user": "1008", "device": "1008a"},
