@@ -2925,3 +2925,85 @@ async fn rows_agree_on_a_phones_domain() {
     assert_eq!(st, StatusCode::OK, "{b}");
     assert_eq!(b["created"]["accounts"], 2, "{b}");
 }
+
+/// Rows of one import agree on what they give twice: an override of one phone, a password
+/// of one account, the user a device belongs to (in the store or on an earlier row); the
+/// same value twice is no conflict.
+#[tokio::test]
+async fn rows_agree_on_what_they_give_twice() {
+    let s = fixture().await;
+    let import = |rows: Value| {
+        let s = &s;
+        async move {
+            let r = s
+                .admin(POST, "/import")
+                .header("content-type", "application/json")
+                .body(rows.to_string())
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let row = |user: &str, device: &str, extra: Value| {
+        let mut r = json!({"mac": NEW_MAC, "model": "yealink-t46s", "domain": DOM,
+                           "user": user, "device": device});
+        for (k, v) in extra.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+        r
+    };
+    let before = s.dump();
+    for (rows, field, needle) in [
+        (
+            json!([
+                row("1", "1a", json!({"override:custom.x": "1"})),
+                row("2", "2a", json!({"override:custom.x": "2"}))
+            ]),
+            "override:custom.x",
+            "on line 1",
+        ),
+        (
+            json!([
+                row("1", "1a", json!({"password": "pw-one"})),
+                row("1", "1a", json!({"password": "pw-two"}))
+            ]),
+            "password",
+            "on line 1",
+        ),
+        (
+            json!([row("1", "1a", json!({})), row("2", "1a", json!({}))]),
+            "user",
+            "(on line 1)",
+        ),
+        (
+            json!([row("9999", "1004a", json!({}))]),
+            "user",
+            "(in the store)",
+        ),
+    ] {
+        let (st, b) = import(rows.clone()).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{rows}: {b}");
+        assert_eq!(b["rows"].as_array().unwrap().len(), 1, "{rows}: {b}");
+        assert_eq!(b["rows"][0]["field"], field, "{rows}: {b}");
+        assert!(
+            b["rows"][0]["message"].as_str().unwrap().contains(needle),
+            "{rows}: {b}"
+        );
+        assert_eq!(s.dump(), before, "{rows}");
+    }
+    let (st, b) = import(json!([
+        row(
+            "1",
+            "1a",
+            json!({"override:custom.x": "1", "password": "pw-one"})
+        ),
+        row(
+            "1",
+            "1a",
+            json!({"override:custom.x": "1", "password": "pw-one"})
+        ),
+    ]))
+    .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+}

@@ -1014,11 +1014,11 @@ fn stage_account(
         std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
         std::collections::btree_map::Entry::Vacant(v) => {
             let original = store.account(id)?;
+            // A new account's password is generated below unless a row gives one.
             let account = original.clone().unwrap_or_else(|| Account {
                 domain: f.domain.clone(),
                 user: f.user.clone(),
                 device: f.device.clone(),
-                password: String::new(),
                 ..Default::default()
             });
             v.insert(StagedAccount {
