@@ -3001,9 +3001,20 @@ async fn rows_agree_on_what_they_give_twice() {
         row(
             "1",
             "1a",
-            json!({"override:custom.x": "1", "password": "pw-one"})
+            json!({"override:custom.x": "1", "password": "pw-one",
+                   "transport": "tcp", "server": "sip.example.net"})
         ),
     ]))
     .await;
     assert_eq!(st, StatusCode::OK, "{b}");
+    // Each column lands in its own field.
+    let (_, acc) = s.get(&format!("/domains/{DOM}/users/1/devices/1a")).await;
+    assert_eq!(
+        acc["device-provisioning-sip-transport-protocol"], "tcp",
+        "{acc}"
+    );
+    assert_eq!(
+        acc["device-provisioning-registration-core-server"], "sip.example.net",
+        "{acc}"
+    );
 }
