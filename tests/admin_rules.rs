@@ -2981,6 +2981,14 @@ async fn rows_agree_on_what_they_give_twice() {
             "user",
             "(in the store)",
         ),
+        (
+            json!([
+                row("1", "1a", json!({"line": "3"})),
+                row("2", "2a", json!({"line": "3"}))
+            ]),
+            "line",
+            "is given to 1a@example.com on line 1",
+        ),
     ] {
         let (st, b) = import(rows.clone()).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{rows}: {b}");
@@ -3007,6 +3015,15 @@ async fn rows_agree_on_what_they_give_twice() {
     ]))
     .await;
     assert_eq!(st, StatusCode::OK, "{b}");
+    // A member imported again keeps its port and takes the row's label.
+    let (st, b) = import(json!([{"mac": T46S, "model": "yealink-t46s", "domain": DOM,
+                                  "user": "1004", "device": "1004a", "label": "Front desk"}]))
+    .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let (_, m) = s.get(&members_path(T46S)).await;
+    assert_eq!(m["members"].as_array().unwrap().len(), 1, "{m}");
+    assert_eq!(m["members"][0]["port"], 1, "{m}");
+    assert_eq!(m["members"][0]["lineLabel"], "Front desk", "{m}");
     // Each column lands in its own field.
     let (_, acc) = s.get(&format!("/domains/{DOM}/users/1/devices/1a")).await;
     assert_eq!(
