@@ -2924,6 +2924,10 @@ async fn rows_agree_on_a_phones_domain() {
     .await;
     assert_eq!(st, StatusCode::OK, "{b}");
     assert_eq!(b["created"]["accounts"], 2, "{b}");
+    // The first member of a new phone is its primary owner, the second is not.
+    let (_, m) = s.get(&members_path(NEW_MAC)).await;
+    assert_eq!(m["members"][0]["primaryOwner"], true, "{m}");
+    assert_eq!(m["members"][1]["primaryOwner"], false, "{m}");
 }
 
 /// Rows of one import agree on what they give twice: an override of one phone, a password

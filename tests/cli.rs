@@ -776,3 +776,36 @@ async fn an_abandoned_import_writes_nothing() {
     let r = apply(&abandoned).unwrap();
     assert_eq!(r.phones, 3);
 }
+
+#[tokio::test]
+async fn an_import_whose_request_is_dropped_is_abandoned() {
+    // The request's future dropped (a client gone, a timeout) while the blocking half waits
+    // for the writer lock: when it gets the lock it must not commit. The test holds the lock
+    // so the drop comes first; afterwards it gives the blocking half time to finish, so a
+    // slow machine can only make this pass without checking, never fail by itself.
+    let srv = common::TestServer::start().await;
+    let rows =
+        autoprov::admin::bulk::parse(CSV.as_bytes(), autoprov::admin::bulk::Format::Csv).unwrap();
+    let before = srv.dump();
+    let writer = srv.state.store.writer();
+    {
+        let import = autoprov::admin::bulk::apply(
+            &srv.state,
+            srv.state.templates().clone(),
+            rows.clone(),
+            |_| {},
+        );
+        tokio::select! {
+            r = import => panic!("the import finished while the writer lock was held: {r:?}"),
+            () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+        }
+    }
+    drop(writer);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(srv.dump(), before);
+    // The same import, not dropped, commits.
+    let r = autoprov::admin::bulk::apply(&srv.state, srv.state.templates().clone(), rows, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(r.phones, 3);
+}
