@@ -787,7 +787,16 @@ async fn an_import_whose_request_is_dropped_is_abandoned() {
     let rows =
         autoprov::admin::bulk::parse(CSV.as_bytes(), autoprov::admin::bulk::Format::Csv).unwrap();
     let before = srv.dump();
-    let writer = srv.state.store.writer();
+    // Another thread holds the writer lock until told to let go.
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let state = srv.state.clone();
+    let holder = std::thread::spawn(move || {
+        let _writer = state.store.writer();
+        locked_tx.send(()).unwrap();
+        release_rx.recv().ok();
+    });
+    locked_rx.recv().unwrap();
     {
         let import = autoprov::admin::bulk::apply(
             &srv.state,
@@ -800,7 +809,8 @@ async fn an_import_whose_request_is_dropped_is_abandoned() {
             () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
         }
     }
-    drop(writer);
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(srv.dump(), before);
     // The same import, not dropped, commits.
