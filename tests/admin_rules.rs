@@ -2706,22 +2706,7 @@ async fn a_model_change_keeps_members_that_fit() {
         .await;
     assert_eq!(st, StatusCode::OK, "{b}");
     // An ATA with a T.38 member moves to another ATA, not to a desk phone.
-    let ata = "001565a7a7a7";
-    let (st, b) = s
-        .put(
-            &format!("/phones/{ata}"),
-            json!({ model: "grandstream-ht802", "domain": DOM }),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{b}");
-    let (st, b) = s
-        .put(
-            &members_path(ata),
-            json!({"members": [{"port": 1, "id": "1006a@example.com", "primaryOwner": true,
-                                "t38FaxCompressionEnabled": true}]}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{b}");
+    let ata = ata_with_t38(&s).await;
     let (st, b) = s
         .put(&format!("/phones/{ata}"), json!({ model: "cisco-spa112" }))
         .await;
@@ -2805,23 +2790,7 @@ async fn an_import_checks_the_whole_phone_against_its_new_model() {
 #[tokio::test]
 async fn an_import_checks_t38_and_overrides_and_counts_what_it_created() {
     let s = fixture().await;
-    let ata = "001565a7a7a7";
-    let model = "device-models-model";
-    let (st, b) = s
-        .put(
-            &format!("/phones/{ata}"),
-            json!({ model: "grandstream-ht802", "domain": DOM }),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{b}");
-    let (st, b) = s
-        .put(
-            &members_path(ata),
-            json!({"members": [{"port": 1, "id": "1006a@example.com", "primaryOwner": true,
-                                "t38FaxCompressionEnabled": true}]}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{b}");
+    let ata = ata_with_t38(&s).await;
     let (st, b) = s
         .put(
             &format!("/phones/{T46S}"),
@@ -2829,19 +2798,6 @@ async fn an_import_checks_t38_and_overrides_and_counts_what_it_created() {
         )
         .await;
     assert_eq!(st, StatusCode::OK, "{b}");
-    let import = |rows: Value| {
-        let s = &s;
-        async move {
-            let r = s
-                .admin(POST, "/import")
-                .header("content-type", "application/json")
-                .body(rows.to_string())
-                .send()
-                .await
-                .unwrap();
-            (r.status(), r.json::<Value>().await.unwrap())
-        }
-    };
     let before = s.dump();
     for (rows, field, needle) in [
         (
@@ -2855,7 +2811,7 @@ async fn an_import_checks_t38_and_overrides_and_counts_what_it_created() {
             "a/b",
         ),
     ] {
-        let (st, b) = import(rows.clone()).await;
+        let (st, b) = import_rows(&s, rows.clone()).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{rows}: {b}");
         assert_eq!(b["rows"].as_array().unwrap().len(), 1, "{rows}: {b}");
         assert_eq!(b["rows"][0]["field"], field, "{rows}: {b}");
@@ -2863,7 +2819,7 @@ async fn an_import_checks_t38_and_overrides_and_counts_what_it_created() {
         assert!(message.contains(needle), "{rows}: {b}");
         assert_eq!(s.dump(), before, "{rows}");
     }
-    let (st, b) = import(json!([
+    let (st, b) = import_rows(&s, json!([
         {"mac": NEW_MAC, "model": "yealink-t46s", "domain": "new.example", "user": "1", "device": "1a"},
         {"mac": "001565e0e0e1", "model": "yealink-t46s", "domain": "newer.example", "user": "2", "device": "2a"},
         {"mac": "001565e0e0e2", "model": "yealink-t46s"},
@@ -2883,24 +2839,14 @@ async fn an_import_checks_t38_and_overrides_and_counts_what_it_created() {
 #[tokio::test]
 async fn rows_agree_on_a_phones_domain() {
     let s = fixture().await;
-    let import = |rows: Value| {
-        let s = &s;
-        async move {
-            let r = s
-                .admin(POST, "/import")
-                .header("content-type", "application/json")
-                .body(rows.to_string())
-                .send()
-                .await
-                .unwrap();
-            (r.status(), r.json::<Value>().await.unwrap())
-        }
-    };
     let before = s.dump();
-    let (st, b) = import(json!([
-        {"mac": NEW_MAC, "model": "yealink-t46s", "domain": DOM},
-        {"mac": NEW_MAC, "model": "yealink-t46s", "domain": "other.org"},
-    ]))
+    let (st, b) = import_rows(
+        &s,
+        json!([
+            {"mac": NEW_MAC, "model": "yealink-t46s", "domain": DOM},
+            {"mac": NEW_MAC, "model": "yealink-t46s", "domain": "other.org"},
+        ]),
+    )
     .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{b}");
     assert_eq!(b["rows"][0]["line"], 2, "{b}");
@@ -2909,14 +2855,17 @@ async fn rows_agree_on_a_phones_domain() {
     assert!(message.contains("on line 1"), "{b}");
     assert_eq!(s.dump(), before);
     // A stored phone stays in its domain.
-    let (st, b) =
-        import(json!([{"mac": T31G, "model": "yealink-t31g", "domain": "other.org"}])).await;
+    let (st, b) = import_rows(
+        &s,
+        json!([{"mac": T31G, "model": "yealink-t31g", "domain": "other.org"}]),
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{b}");
     assert_eq!(b["rows"][0]["field"], "domain", "{b}");
     let message = b["rows"][0]["message"].as_str().unwrap();
     assert!(message.contains("belongs to domain example.com"), "{b}");
     assert_eq!(s.dump(), before);
-    let (st, b) = import(json!([
+    let (st, b) = import_rows(&s, json!([
         {"mac": NEW_MAC, "model": "yealink-t46s", "domain": DOM, "user": "1007", "device": "1007a"},
         {"mac": NEW_MAC, "model": "yealink-t46s", "domain": DOM, "user": "1008", "device": "1008a"},
         {"mac": T46S, "model": "yealink-t46s", "domain": DOM},
@@ -2936,19 +2885,6 @@ async fn rows_agree_on_a_phones_domain() {
 #[tokio::test]
 async fn rows_agree_on_what_they_give_twice() {
     let s = fixture().await;
-    let import = |rows: Value| {
-        let s = &s;
-        async move {
-            let r = s
-                .admin(POST, "/import")
-                .header("content-type", "application/json")
-                .body(rows.to_string())
-                .send()
-                .await
-                .unwrap();
-            (r.status(), r.json::<Value>().await.unwrap())
-        }
-    };
     let row = |user: &str, device: &str, extra: Value| {
         let mut r = json!({"mac": NEW_MAC, "model": "yealink-t46s", "domain": DOM,
                            "user": user, "device": device});
@@ -2994,7 +2930,7 @@ async fn rows_agree_on_what_they_give_twice() {
             "is given to 1a@example.com on line 1",
         ),
     ] {
-        let (st, b) = import(rows.clone()).await;
+        let (st, b) = import_rows(&s, rows.clone()).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{rows}: {b}");
         assert_eq!(b["rows"].as_array().unwrap().len(), 1, "{rows}: {b}");
         assert_eq!(b["rows"][0]["field"], field, "{rows}: {b}");
@@ -3004,24 +2940,30 @@ async fn rows_agree_on_what_they_give_twice() {
         );
         assert_eq!(s.dump(), before, "{rows}");
     }
-    let (st, b) = import(json!([
-        row(
-            "1",
-            "1a",
-            json!({"override:custom.x": "1", "password": "pw-one"})
-        ),
-        row(
-            "1",
-            "1a",
-            json!({"override:custom.x": "1", "password": "pw-one",
+    let (st, b) = import_rows(
+        &s,
+        json!([
+            row(
+                "1",
+                "1a",
+                json!({"override:custom.x": "1", "password": "pw-one"})
+            ),
+            row(
+                "1",
+                "1a",
+                json!({"override:custom.x": "1", "password": "pw-one",
                    "transport": "tcp", "server": "sip.example.net"})
-        ),
-    ]))
+            ),
+        ]),
+    )
     .await;
     assert_eq!(st, StatusCode::OK, "{b}");
     // A member imported again keeps its port and takes the row's label.
-    let (st, b) = import(json!([{"mac": T46S, "model": "yealink-t46s", "domain": DOM,
-                                  "user": "1004", "device": "1004a", "label": "Front desk"}]))
+    let (st, b) = import_rows(
+        &s,
+        json!([{"mac": T46S, "model": "yealink-t46s", "domain": DOM,
+                                  "user": "1004", "device": "1004a", "label": "Front desk"}]),
+    )
     .await;
     assert_eq!(st, StatusCode::OK, "{b}");
     let (_, m) = s.get(&members_path(T46S)).await;
@@ -3038,4 +2980,37 @@ async fn rows_agree_on_what_they_give_twice() {
         acc["device-provisioning-registration-core-server"], "sip.example.net",
         "{acc}"
     );
+}
+
+/// `POST /import` of JSON `rows`: the status and the body.
+async fn import_rows(s: &TestServer, rows: Value) -> (StatusCode, Value) {
+    let r = s
+        .admin(POST, "/import")
+        .header("content-type", "application/json")
+        .body(rows.to_string())
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json::<Value>().await.unwrap())
+}
+
+/// A Grandstream HT802 in the fixture's domain whose one member (1006a) uses T.38; its MAC.
+async fn ata_with_t38(s: &TestServer) -> &'static str {
+    let ata = "001565a7a7a7";
+    let (st, b) = s
+        .put(
+            &format!("/phones/{ata}"),
+            json!({"device-models-model": "grandstream-ht802", "domain": DOM}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    let (st, b) = s
+        .put(
+            &members_path(ata),
+            json!({"members": [{"port": 1, "id": "1006a@example.com", "primaryOwner": true,
+                                "t38FaxCompressionEnabled": true}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    ata
 }
