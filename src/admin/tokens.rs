@@ -32,7 +32,7 @@ pub fn token_json(t: &Token) -> Value {
 /// Creates a token for `domain` and commits it (the caller flushes). Returns the record
 /// and the secret, which exists nowhere else afterwards.
 ///
-/// Errors: `domain` not a valid name, or no such domain → 400 naming `domain`; a domain
+/// Errors: `domain` not a valid name → 400 naming `domain`, no such domain → 409; a domain
 /// token asking for another domain → 404 (whether that domain exists or not).
 pub fn create(
     store: &Store,

@@ -4,8 +4,8 @@
 //! - `POST /tokens` `{"domain": "…"}` → 201 `{"id", "token", "domain", "created"}`: the only
 //!   response that ever holds the token. Only the server-wide token creates tokens (a domain
 //!   token gets 403: a leaked one must not be able to mint spares that outlive its
-//!   revocation). `domain` missing, not a string, not a valid name, or an unknown domain →
-//!   400 naming `domain`; unknown fields → 400 naming them.
+//!   revocation). `domain` missing, not a string or not a valid name → 400 naming
+//!   `domain`; an unknown domain → 409 naming it; unknown fields → 400 naming them.
 //! - `GET /tokens` → 200 `{"tokens": [{"id", "domain", "created"}]}`: all tokens for the
 //!   server-wide token, its own domain's for a domain token. Never a token or a hash.
 //! - `DELETE /tokens/{id}` → 204; unknown id, or another domain's token under a domain
