@@ -1700,7 +1700,7 @@ fn name_cases() -> Vec<Hostile> {
     v
 }
 
-/// Override keys: no control character, space, `=`, leading `#`/`;`; at most 256 bytes.
+/// Override keys: no control character, space, `=`, leading `#`/`;`; at most 256 characters.
 fn override_key_cases() -> Vec<Hostile> {
     let mut v = vec![];
     let others = [" ", "=", "\u{a0}"];

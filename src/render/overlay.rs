@@ -736,7 +736,7 @@ mod tests {
     }
 
     /// Override keys for `key = value` files: mostly plausible keys, hostile fragments, and
-    /// keys at the 256-byte limit.
+    /// keys at the 256-character limit.
     fn kv_key_text() -> impl Strategy<Value = String> {
         prop_oneof![
             3 => "[a-z0-9._#;\\[\\]-]{1,16}",
@@ -939,13 +939,19 @@ mod tests {
         assert!(check_override_unlinked("a", "1\n2").is_err());
     }
 
-    /// Keys of up to 256 bytes are accepted, longer ones refused, in both XML formats.
+    /// Keys of up to 256 characters are accepted, longer ones refused, in every format;
+    /// values up to 1024 characters (characters, as the API document's lengths count them).
     #[test]
-    fn xml_key_length_limit() {
+    fn key_and_value_length_limits() {
         for format in [Format::XmlAttribute, Format::XmlElement] {
             assert_eq!(check_override(format, &"a".repeat(256), "v"), Ok(()));
             assert!(check_override(format, &"a".repeat(257), "v").is_err());
         }
+        let kv = Format::KeyValue;
+        assert_eq!(check_override(kv, &"é".repeat(256), "v"), Ok(()));
+        assert!(check_override(kv, &"é".repeat(257), "v").is_err());
+        assert_eq!(check_override(kv, "k", &"é".repeat(1024)), Ok(()));
+        assert!(check_override(kv, "k", &"é".repeat(1025)).is_err());
     }
 
     /// Found by the `overlay_xml_element` fuzz target: a container generated twice
@@ -1094,7 +1100,7 @@ mod tests {
     }
 
     /// Override keys for XML files: plausible ones, hostile fragments (`:` among them, a
-    /// namespace prefix), and names either side of the 256-byte limit.
+    /// namespace prefix), and names either side of the 256-character limit.
     fn xml_key() -> impl Strategy<Value = String> {
         prop_oneof![
             "P[0-9]{1,3}",
