@@ -449,6 +449,7 @@ async fn unknown_fields_are_refused_by_name() {
         row("phone update", PUT, &phone, json!({"foo": 1}), 400, "foo"),
         row("phone create", PUT, &new_phone, json!({"device-models-model": "yealink-t46s", "colour": "red"}), 400, "colour"),
         row("phone read-only mac", PUT, &phone, json!({"mac": NEW_MAC}), 409, "mac"),
+        row("phone read-only mac as a number", PUT, &phone, json!({"mac": 1565}), 400, "mac"),
         row("domain update", PUT, &dom, json!({"foo": 1}), 400, "foo"),
         row("domain create", PUT, "/domains/new.org", json!({"defaults": {}, "settings": {}}), 400, "settings"),
         row("domain default with a bad name", PUT, &dom, json!({"defaults": {"Time Zone": "+1"}}), 400, "defaults.Time Zone"),
